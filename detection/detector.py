@@ -1,0 +1,137 @@
+"""Face and plate detection with one or more ultralytics YOLO models, tiled for large images."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from detection.detections import CLASS_NAMES, DEFAULT_ALIASES, Detections, canonical_class
+from detection.runtime import prepare_ultralytics
+from detection.tiling import extend_seam, is_panorama, merge_boxes, plan_views, unwrap_seam
+
+DEFAULT_MODEL = Path(__file__).parent / "weights" / "streetblur-n.pt"
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Every detection option, with its default. See README "How it works"."""
+
+    models: tuple[str, ...] = (str(DEFAULT_MODEL),)  # .pt/.onnx/... files ultralytics can load
+    thresholds: dict[str, float] = field(default_factory=lambda: {"face": 0.25, "plate": 0.25})
+    aliases: dict[str, str] = field(
+        default_factory=lambda: dict(DEFAULT_ALIASES)
+    )  # model class -> face/plate
+    imgsz: int = 640  # model input size (pixels, longer side)
+    tile_size: int = 640  # images with a side larger than this are tiled; 0 disables tiling
+    tile_overlap: float = 0.2  # overlap of neighbouring tiles, as a fraction of the tile size
+    whole_image_pass: bool = True  # also run the downscaled whole image, for objects larger than a tile
+    panorama: str = "auto"  # "auto" (2:1 images), "on" or "off": wrap the left/right seam
+    merge_overlap: float = (
+        0.6  # merge boxes of a class when their intersection covers this much of the smaller
+    )
+    nms_iou: float = 0.5  # IoU of the per-view non-maximum suppression inside ultralytics
+    batch_size: int = 8  # views per model call
+    device: str | None = None  # "cpu", "0", "cuda:0"...; None lets ultralytics choose
+
+
+class Detector:
+    """Loads its models once; `detect` finds faces and plates in BGR images of any size."""
+
+    def __init__(self, config: DetectorConfig = DetectorConfig()) -> None:
+        prepare_ultralytics()
+        from ultralytics import YOLO
+
+        unknown = set(config.thresholds) - set(CLASS_NAMES)
+        if unknown:
+            raise ValueError(f"thresholds for unknown classes {sorted(unknown)}; classes are {CLASS_NAMES}")
+        self.config = config
+        self._models = []
+        for path in config.models:
+            if not Path(path).exists():
+                raise FileNotFoundError(f"model file not found: {path}")
+            model = YOLO(str(path), task="detect")
+            to_canonical = {
+                i: CLASS_NAMES.index(c)
+                for i, name in model.names.items()
+                if (c := canonical_class(name, config.aliases)) is not None
+            }
+            if not to_canonical:
+                raise ValueError(
+                    f"{path}: none of its classes {sorted(model.names.values())} maps to face or plate; "
+                    "add aliases"
+                )
+            self._models.append((model, to_canonical))
+        self.model_id = "+".join(_file_id(Path(p)) for p in config.models)
+
+    def detect(self, image: np.ndarray) -> Detections:
+        """Faces and plates in one BGR (H, W, 3) uint8 image, boxes in its pixels."""
+        return self.detect_batch([image])[0]
+
+    def detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
+        """`detect` for several images, their views sent to the models in shared batches."""
+        jobs = []  # (image index, view, pixels of the view)
+        extended = []
+        for index, image in enumerate(images):
+            height, width = image.shape[:2]
+            wrap = self.config.panorama == "on" or (
+                self.config.panorama == "auto" and is_panorama(width, height)
+            )
+            pixels = extend_seam(image, min(width, self._seam_pad(width))) if wrap else image
+            extended.append(wrap)
+            views = plan_views(
+                pixels.shape[1],
+                pixels.shape[0],
+                self.config.tile_size,
+                self.config.tile_overlap,
+                self.config.whole_image_pass,
+            )
+            jobs += [(index, view, view.crop(pixels)) for view in views]
+        found: list[list[Detections]] = [[] for _ in images]
+        for start in range(0, len(jobs), self.config.batch_size):
+            chunk = jobs[start : start + self.config.batch_size]
+            for (index, view, _), dets in zip(chunk, self._predict([c for _, _, c in chunk]), strict=True):
+                found[index].append(dets.scaled(1.0, (view.x, view.y)))
+        results = []
+        for image, wrap, parts in zip(images, extended, found, strict=True):
+            height, width = image.shape[:2]
+            dets = Detections.concat(parts)
+            if wrap:
+                dets = unwrap_seam(dets, width)
+            results.append(merge_boxes(dets.clipped(width, height), self.config.merge_overlap))
+        return results
+
+    def _seam_pad(self, width: int) -> int:
+        """Width of the strip copied across the seam: one tile, so seam objects up to a tile are whole."""
+        return self.config.tile_size or width // 4
+
+    def _predict(self, crops: list[np.ndarray]) -> list[Detections]:
+        """Run every model on a batch of crops; per-class thresholds applied."""
+        threshold = np.array([self.config.thresholds.get(c, 0.25) for c in CLASS_NAMES], np.float32)
+        per_crop: list[list[Detections]] = [[] for _ in crops]
+        for model, to_canonical in self._models:
+            results = model.predict(
+                crops,
+                imgsz=self.config.imgsz,
+                conf=float(threshold.min()),
+                iou=self.config.nms_iou,
+                device=self.config.device,
+                batch=len(crops),
+                verbose=False,
+            )
+            for i, result in enumerate(results):
+                boxes = result.boxes
+                cls = boxes.cls.cpu().numpy().astype(int)
+                known = np.array([c in to_canonical for c in cls], bool)
+                class_id = np.array([to_canonical[c] for c in cls[known]], np.int64)
+                dets = Detections(boxes.xyxy.cpu().numpy()[known], boxes.conf.cpu().numpy()[known], class_id)
+                per_crop[i].append(dets[dets.scores >= threshold[dets.class_id]])
+        return [Detections.concat(parts) for parts in per_crop]
+
+
+def _file_id(path: Path) -> str:
+    """`name@sha256-prefix` of a model file: names the exact weights in manifests and reports."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+    return f"{path.name}@{digest}"

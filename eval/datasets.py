@@ -1,0 +1,217 @@
+"""Labelled image sets in COCO json, YOLO txt or Pascal VOC xml, read into one type.
+
+Ground-truth boxes are a `Detections` (score 1.0), the same type the detector returns. Dataset
+class names become `face`/`plate` through a class map; classes that map to neither are dropped.
+
+Held-out splits are fixed by rule, never by chance at run time, so training and evaluation agree:
+- `random`: a stable 15% of images, chosen by a hash of the file name;
+- `time`: the last 15% of each video's time range, for frames named `VIDEO#t=SECONDS.jpg`
+  (consecutive frames are near duplicates, so a random split would leak);
+- `group`: a stable 15% of *source* images, for Roboflow exports where one photo appears up to
+  three times as `NAME_jpg.rf.HASH.jpg`; a NAME shared by more files than that is a generic upload
+  name (`i.jpg`), not one photo, and its files are split one by one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import xml.etree.ElementTree as ET
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from PIL import Image
+
+from detection.detections import CLASS_NAMES, Detections, canonical_class
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+VAL_FRACTION = 0.15
+
+
+@dataclass(frozen=True)
+class LabelledImage:
+    """One image of a labelled set and its ground-truth boxes."""
+
+    path: Path
+    width: int
+    height: int
+    boxes: Detections
+    image_id: int
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """How to read one of the shared sets: format, class map and held-out split rule."""
+
+    format: str
+    class_map: dict[str, str]
+    split: str
+
+
+SHARED_DATASETS: dict[str, DatasetSpec] = {
+    "faces-crowd": DatasetSpec(
+        "coco", {"with_mask": "face", "without_mask": "face", "mask_weared_incorrect": "face"}, "random"
+    ),
+    "plates-dashcam": DatasetSpec("voc", {"license-plate": "plate"}, "time"),
+    "plates-roboflow": DatasetSpec("yolo", {"license_plate": "plate"}, "group"),
+}
+"""Defaults for the sets in `../shared/datasets`, keyed by folder name."""
+
+
+def parse_class_map(text: str) -> dict[str, str]:
+    """`with_mask,without_mask=face;license-plate=plate` -> {"with_mask": "face", ...}."""
+    mapping: dict[str, str] = {}
+    for clause in filter(None, (c.strip() for c in text.split(";"))):
+        names, _, target = clause.rpartition("=")
+        if not names or target not in CLASS_NAMES:
+            raise ValueError(f"bad class map clause {clause!r}: expected NAME[,NAME...]=face|plate")
+        mapping.update({n.strip(): target for n in names.split(",") if n.strip()})
+    return mapping
+
+
+def detect_format(root: Path) -> str:
+    """`coco`, `yolo` or `voc`, from the files in `root`."""
+    if (root / "annotations.json").exists() or list(root.glob("*.json")):
+        return "coco"
+    if (root / "data.yaml").exists() or (root / "labels").is_dir():
+        return "yolo"
+    if (root / "annotations").is_dir() or list(root.glob("*.xml")):
+        return "voc"
+    raise ValueError(f"{root}: cannot tell the label format (no COCO json, YOLO labels/ or VOC xml)")
+
+
+def load_dataset(
+    root: str | Path, format: str | None = None, class_map: dict[str, str] | None = None
+) -> list[LabelledImage]:
+    """Every labelled image under `root`, sorted by file name.
+
+    `format` and `class_map` default to the shared set's spec when `root` is one of them, else
+    the format is detected and class names go through the default aliases.
+    """
+    root = Path(root)
+    spec = SHARED_DATASETS.get(root.name)
+    format = format or (spec.format if spec else detect_format(root))
+    class_map = class_map if class_map is not None else (spec.class_map if spec else None)
+    loader = {"coco": _load_coco, "yolo": _load_yolo, "voc": _load_voc}[format]
+    images = loader(root, lambda name: canonical_class(name, class_map))
+    return sorted(images, key=lambda im: im.path.name)
+
+
+def _boxes(rows: list[tuple[str | None, list[float]]]) -> Detections:
+    rows = [(c, b) for c, b in rows if c is not None]
+    return Detections([b for _, b in rows], [1.0] * len(rows), [CLASS_NAMES.index(c) for c, _ in rows])
+
+
+def _load_coco(root: Path, to_class) -> list[LabelledImage]:
+    json_path = root / "annotations.json"
+    if not json_path.exists():
+        json_path = sorted(root.glob("*.json"))[0]
+    coco = json.loads(json_path.read_text())
+    category = {c["id"]: to_class(c["name"]) for c in coco["categories"]}
+    rows = defaultdict(list)
+    for a in coco["annotations"]:
+        x, y, w, h = a["bbox"]
+        rows[a["image_id"]].append((category[a["category_id"]], [x, y, x + w, y + h]))
+    image_dir = root / "images" if (root / "images").is_dir() else root
+    return [
+        LabelledImage(
+            image_dir / im["file_name"], im["width"], im["height"], _boxes(rows[im["id"]]), im["id"]
+        )
+        for im in coco["images"]
+    ]
+
+
+def _load_voc(root: Path, to_class) -> list[LabelledImage]:
+    xml_dir = root / "annotations" if (root / "annotations").is_dir() else root
+    image_dir = root / "images" if (root / "images").is_dir() else root
+    images = []
+    for image_id, xml_path in enumerate(sorted(xml_dir.glob("*.xml"))):
+        tree = ET.parse(xml_path).getroot()
+        rows = []
+        for obj in tree.iter("object"):
+            bb = obj.find("bndbox")
+            box = [float(bb.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")]
+            rows.append((to_class(obj.findtext("name")), box))
+        size = tree.find("size")
+        images.append(
+            LabelledImage(
+                image_dir / tree.findtext("filename"),
+                int(float(size.findtext("width"))),
+                int(float(size.findtext("height"))),
+                _boxes(rows),
+                image_id,
+            )
+        )
+    return images
+
+
+def _load_yolo(root: Path, to_class) -> list[LabelledImage]:
+    names = {}
+    if (root / "data.yaml").exists():
+        declared = yaml.safe_load((root / "data.yaml").read_text())["names"]
+        names = dict(enumerate(declared)) if isinstance(declared, list) else declared
+    image_paths = sorted(p for p in (root / "images").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = []
+    for image_id, path in enumerate(image_paths):
+        with Image.open(path) as im:  # reads the header only; trusts content, not the extension
+            width, height = im.size
+        label_path = root / "labels" / path.relative_to(root / "images").with_suffix(".txt")
+        rows = []
+        lines = label_path.read_text().splitlines() if label_path.exists() else []
+        for line in filter(None, (ln.split() for ln in lines)):
+            cls, cx, cy, w, h = int(line[0]), *map(float, line[1:5])
+            box = [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
+            rows.append((to_class(names.get(cls, str(cls))), box))
+        images.append(LabelledImage(path, width, height, _boxes(rows), image_id))
+    return images
+
+
+def _stable_fraction(key: str) -> float:
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+
+_VIDEO_FRAME = re.compile(r"^(?P<video>.+)#t=(?P<t>[\d.]+)\.\w+$")
+_ROBOFLOW_MAX_COPIES = 3
+_ROBOFLOW_SOURCE = re.compile(r"^(?P<source>.+?)_(jpe?g|png|webp)(_jpe?g|_png)*\.rf\.[0-9a-f]+\.\w+$", re.I)
+
+
+def split_dataset(images: list[LabelledImage], rule: str) -> dict[str, list[LabelledImage]]:
+    """`{"train": [...], "val": [...]}` by the held-out rule `random`, `time` or `group`."""
+    if rule == "time":
+        times = defaultdict(list)
+        for im in images:
+            match = _VIDEO_FRAME.match(im.path.name)
+            if match is None:
+                raise ValueError(f"{im.path.name}: not named VIDEO#t=SECONDS for a time split")
+            times[match["video"]].append(float(match["t"]))
+        cut = {v: sorted(t)[int(len(t) * (1 - VAL_FRACTION))] for v, t in times.items()}
+
+        def is_val(im: LabelledImage) -> bool:
+            match = _VIDEO_FRAME.match(im.path.name)
+            return float(match["t"]) >= cut[match["video"]]
+    elif rule in ("random", "group"):
+        key = {im.path.name: im.path.name for im in images}
+        if rule == "group":
+            sources = {n: m["source"] for n in key if (m := _ROBOFLOW_SOURCE.match(n))}
+            copies = Counter(sources.values())
+            key.update({n: s for n, s in sources.items() if copies[s] <= _ROBOFLOW_MAX_COPIES})
+
+        def is_val(im: LabelledImage) -> bool:
+            return _stable_fraction(key[im.path.name]) < VAL_FRACTION
+    else:
+        raise ValueError(f"unknown split rule {rule!r}: use random, time or group")
+    split = {"train": [], "val": []}
+    for im in images:
+        split["val" if is_val(im) else "train"].append(im)
+    return split
+
+
+def load_split(root: str | Path, part: str) -> list[LabelledImage]:
+    """The `train` or `val` part of one of the shared sets, by its spec's split rule."""
+    root = Path(root)
+    if root.name not in SHARED_DATASETS:
+        raise ValueError(f"{root.name}: no split rule known; one of {sorted(SHARED_DATASETS)}")
+    return split_dataset(load_dataset(root), SHARED_DATASETS[root.name].split)[part]

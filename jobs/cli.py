@@ -1,0 +1,159 @@
+"""`streetblur` command line: `blur` photos, `train` the default model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from jobs.image_io import BadImageError, output_format
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `streetblur` console script."""
+    parser = argparse.ArgumentParser(prog="streetblur", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_blur_parser(commands.add_parser("blur", help="blur faces and plates in a photo or a folder"))
+    _add_train_parser(commands.add_parser("train", help="train the face+plate model on labelled sets"))
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except (ValueError, FileNotFoundError) as error:
+        print(f"streetblur: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _add_blur_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("input", type=Path, help="a photo, or a folder searched recursively")
+    p.add_argument("-o", "--output", type=Path, required=True,
+                   help="output photo (format from its extension), or folder for a folder input")
+    p.add_argument("--model", action="append", dest="models", metavar="FILE",
+                   help="detector weights (.pt, .onnx, ...); repeat to combine models")
+    p.add_argument("--threshold", action="append", default=[], metavar="CLASS=SCORE",
+                   help="per-class score threshold, e.g. --threshold face=0.3")
+    p.add_argument("--tile-size", type=int, help="tile images larger than this (0: no tiling)")
+    p.add_argument("--tile-overlap", type=float, help="tile overlap as a fraction of the tile size")
+    p.add_argument("--panorama", choices=["auto", "on", "off"], help="wrap the left/right seam (auto: 2:1)")
+    p.add_argument("--mode", choices=["gaussian", "pixelate", "solid"], help="how boxes are obscured")
+    p.add_argument("--margin", type=float, help="grow boxes by this fraction of their size before blurring")
+    p.add_argument("--device", help="cpu, 0, cuda:0 ... (default: ultralytics chooses)")
+    p.add_argument("--max-pixels", type=int, help="refuse images with more pixels than this")
+    p.add_argument("--strip-metadata", action="store_true", help="write no EXIF or ICC profile")
+    p.add_argument("--detections", type=Path, metavar="FILE.json", help="also write the boxes found")
+    p.add_argument("--config", type=Path, metavar="FILE.yaml", help="options file (see README)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any option, e.g. --set detect.imgsz=960 --set blur.feather=0")
+    p.set_defaults(run=_run_blur)
+
+
+def _blur_overrides(args: argparse.Namespace) -> dict:
+    """Dotted config overrides from the blur flags; `--set` pairs win."""
+    flags = {
+        "detect.models": args.models, "detect.tile_size": args.tile_size,
+        "detect.tile_overlap": args.tile_overlap, "detect.panorama": args.panorama,
+        "detect.device": args.device, "blur.mode": args.mode, "blur.margin": args.margin,
+        "max_pixels": args.max_pixels,
+    }
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    if args.threshold:
+        overrides["detect.thresholds"] = dict(_pair(t, float) for t in args.threshold)
+    if args.strip_metadata:
+        overrides["keep_metadata"] = False
+    overrides.update(_pair(s, yaml.safe_load) for s in args.set)
+    return overrides
+
+
+def _pair(text: str, convert) -> tuple[str, object]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise ValueError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), convert(value)
+
+
+def _run_blur(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from detection.detector import Detector
+    from jobs.pipeline import Outcome, blur_image_bytes, load_config
+
+    config = load_config(args.config, _blur_overrides(args))
+    if not args.input.exists():
+        raise FileNotFoundError(f"{args.input}: no such file or folder")
+    if args.input.is_dir():
+        inputs = sorted(p for p in args.input.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        if not inputs:
+            raise ValueError(f"{args.input}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        if args.output.exists() and not args.output.is_dir():
+            raise ValueError(f"{args.output}: must be a folder when the input is a folder")
+        pairs = [(p, args.output / p.relative_to(args.input)) for p in inputs]
+    else:
+        target = args.output / args.input.name if args.output.is_dir() else args.output
+        pairs = [(args.input, target)]
+    detector = Detector(config.detect)
+    records, failures = [], []
+    for source, target in tqdm(pairs, unit="image", disable=len(pairs) == 1 or None, file=sys.stderr):
+        try:
+            outcome = blur_image_bytes(source.read_bytes(), output_format(target), detector, config)
+        except (BadImageError, OSError) as error:
+            outcome = Outcome("failed", str(error))
+        if outcome.output is not None:
+            _write_atomically(target, outcome.output)
+        else:
+            failures.append((source, outcome.error))
+            tqdm.write(f"streetblur: error: {source}: {outcome.error}", file=sys.stderr)
+        records.append({
+            "input": str(source), "output": str(target) if outcome.output is not None else None,
+            "status": outcome.status, "error": outcome.error, "width": outcome.width,
+            "height": outcome.height, "detections": outcome.detections.to_records(),
+        })
+    if args.detections:
+        report = {"model": detector.model_id, "images": records}
+        _write_atomically(args.detections, (json.dumps(report, indent=1) + "\n").encode())
+    blurred = len(pairs) - len(failures)
+    if len(pairs) > 1 or failures:
+        print(f"streetblur: {blurred} blurred, {len(failures)} failed of {len(pairs)} images", file=sys.stderr)
+        for source, error_text in failures:
+            print(f"  failed: {source}: {error_text}", file=sys.stderr)
+    return 1 if failures else 0
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary name, then rename, so a half-written file never has the final name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    partial.write_bytes(data)
+    partial.replace(path)
+
+
+def _add_train_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, default=Path("../shared/datasets"),
+                   help="folder holding faces-crowd/, plates-dashcam/ and plates-roboflow/")
+    p.add_argument("--out", type=Path, default=Path("detection/weights/streetblur-n.pt"),
+                   help="where to copy the best checkpoint (a .json run record is written beside it)")
+    p.add_argument("--init", help="starting weights or model YAML (default: fastanpr's plate model)")
+    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--hours", type=float, help="stop after this much training time (overrides --epochs)")
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--device", help="cpu, 0, ... (default: ultralytics chooses)")
+    p.add_argument("--workdir", type=Path, default=Path("runs/train"))
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> int:
+    from jobs.train import train
+
+    record = train(args.data, args.out, init=args.init, epochs=args.epochs, hours=args.hours,
+                   imgsz=args.imgsz, batch=args.batch, device=args.device, workdir=args.workdir)
+    print(json.dumps(record["val"], indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

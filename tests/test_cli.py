@@ -1,0 +1,396 @@
+"""`streetblur blur` end to end on real photos: outputs, reports, failures, EXIF and options.
+
+Runs `jobs.cli.main` in-process (each call loads the default model itself), plus one run of the
+installed `streetblur` console script.
+"""
+
+import io
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from blurring import BlurConfig, anonymize
+from detection.detections import CLASS_NAMES, Detections
+from jobs.cli import main
+from jobs.image_io import decode_image
+from tests.conftest import SAMPLES
+
+CROWD = SAMPLES / "crowd_0.jpg"  # 400x267 with several faces
+DASHCAM = SAMPLES / "dashcam_0.jpg"  # 1280x720
+LIMIT = 10**9
+ORIENTATION, MAKE, MODEL = 0x0112, 0x010F, 0x0110
+
+
+def blur(capsys: pytest.CaptureFixture, *args: object) -> tuple[int, str]:
+    """Run `streetblur blur ARGS` in-process; exit code and stderr."""
+    code = main(["blur", *map(str, args)])
+    return code, capsys.readouterr().err
+
+
+def read_pixels(path: Path) -> np.ndarray:
+    """Decoded pixels of a written file, exactly as the pipeline decodes (BGR, upright)."""
+    return decode_image(path.read_bytes(), LIMIT).pixels
+
+
+def read_report(path: Path) -> dict:
+    return json.loads(path.read_text())
+
+
+def boxes_of(record: dict) -> Detections:
+    return Detections.from_records(record["detections"])
+
+
+def far_from_boxes(shape: tuple[int, ...], dets: Detections, grow: float = 0.5) -> np.ndarray:
+    """True where a pixel lies outside every box grown by `grow` of its size on each side."""
+    far = np.ones(shape[:2], bool)
+    for x1, y1, x2, y2 in dets.xyxy:
+        w, h = x2 - x1, y2 - y1
+        r0, r1 = max(int(np.floor(y1 - grow * h)), 0), int(np.ceil(y2 + grow * h))
+        c0, c1 = max(int(np.floor(x1 - grow * w)), 0), int(np.ceil(x2 + grow * w))
+        far[r0:r1, c0:c1] = False
+    return far
+
+
+def box_slices(box: np.ndarray) -> tuple[slice, slice]:
+    """The pixels wholly inside a box."""
+    x1, y1, x2, y2 = box
+    return slice(int(np.ceil(y1)), int(np.floor(y2))), slice(int(np.ceil(x1)), int(np.floor(x2)))
+
+
+def mean_abs_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(a.astype(np.int16) - b.astype(np.int16)).mean())
+
+
+def sideways_copy(path: Path, orientation: int = 6) -> bytes:
+    """A real photo stored rotated, with the EXIF orientation that turns it upright, and camera tags."""
+    with Image.open(path) as image:
+        upright = image.convert("RGB")
+    stored = upright.transpose(Image.Transpose.ROTATE_90 if orientation == 6 else Image.Transpose.ROTATE_270)
+    exif = Image.Exif()
+    exif[ORIENTATION] = orientation
+    exif[MAKE] = "StreetCam"
+    exif[MODEL] = "SC-1000"
+    buffer = io.BytesIO()
+    stored.save(buffer, "JPEG", quality=95, exif=exif)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def crowd_run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """`streetblur blur crowd_0.jpg -o out.png --detections report.json` with defaults, run once."""
+    folder = tmp_path_factory.mktemp("crowd_run")
+    output, report = folder / "out.png", folder / "report.json"
+    code = main(["blur", str(CROWD), "-o", str(output), "--detections", str(report)])
+    return {"code": code, "output": output, "report": read_report(report)}
+
+
+# ---------------------------------------------------------------- 1. one photo in, one out
+
+
+def test_png_output_changes_the_boxes_and_nothing_far_from_them(crowd_run):
+    assert crowd_run["code"] == 0
+    source, output = read_pixels(CROWD), read_pixels(crowd_run["output"])
+    assert output.shape == source.shape == (267, 400, 3)
+    dets = boxes_of(crowd_run["report"]["images"][0])
+    assert len(dets.of_class("face")) >= 1, "the default model finds no face in crowd_0.jpg"
+    changed = np.any(output != source, axis=2)
+    for box in dets.xyxy:  # every box is obscured
+        rows, cols = box_slices(box)
+        assert changed[rows, cols].any(), f"box {box} left untouched"
+    assert max(mean_abs_diff(output[box_slices(b)], source[box_slices(b)]) for b in dets.xyxy) > 5
+    far = far_from_boxes(source.shape, dets)
+    assert far.mean() > 0.2  # the comparison below covers a real part of the photo
+    assert np.array_equal(output[far], source[far])  # lossless output: byte-identical away from boxes
+
+
+@pytest.mark.parametrize("suffix", [".jpg", ".jpeg", ".webp"])
+def test_lossy_output_has_the_format_of_its_extension(capsys, tmp_path: Path, suffix: str):
+    output, report = tmp_path / f"out{suffix}", tmp_path / "report.json"
+    code, err = blur(capsys, CROWD, "-o", output, "--detections", report)
+    assert code == 0, err
+    with Image.open(output) as written:
+        assert written.format == {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}[suffix]
+        assert written.size == (400, 267)
+    source, pixels = read_pixels(CROWD), read_pixels(output)
+    dets = boxes_of(read_report(report)["images"][0])
+    assert len(dets) >= 1
+    inside = max(mean_abs_diff(pixels[box_slices(b)], source[box_slices(b)]) for b in dets.xyxy)
+    far = far_from_boxes(source.shape, dets)
+    outside = mean_abs_diff(pixels[far], source[far])  # only re-encoding noise there
+    assert outside < 3
+    assert inside > outside + 3
+    assert not list(tmp_path.glob(".*"))  # no partial file left behind
+
+
+def test_output_into_an_existing_folder_keeps_the_name(capsys, tmp_path: Path):
+    code, err = blur(capsys, CROWD, "-o", tmp_path)
+    assert code == 0, err
+    assert read_pixels(tmp_path / CROWD.name).shape == (267, 400, 3)
+
+
+# ---------------------------------------------------------------- 2. --detections report
+
+
+def test_detections_report_has_the_documented_shape(crowd_run, detector):
+    report = crowd_run["report"]
+    assert set(report) >= {"model", "images"}
+    assert re.fullmatch(r"streetblur-n\.pt@[0-9a-f]{12}", report["model"]), report["model"]
+    assert len(report["images"]) == 1
+    record = report["images"][0]
+    assert set(record) >= {"input", "output", "status", "width", "height", "detections"}
+    assert record["input"] == str(CROWD)
+    assert record["output"] == str(crowd_run["output"])
+    assert record["status"] == "blurred"
+    assert (record["width"], record["height"]) == (400, 267)
+    assert record["detections"]
+    for det in record["detections"]:
+        assert set(det) == {"class", "score", "box"}
+        assert det["class"] in CLASS_NAMES
+        assert 0.25 <= det["score"] <= 1.0  # default thresholds are 0.25
+        x1, y1, x2, y2 = det["box"]
+        assert 0 <= x1 < x2 <= record["width"]
+        assert 0 <= y1 < y2 <= record["height"]
+    # the report lists what the default detector finds in the decoded photo
+    expected = detector.detect(read_pixels(CROWD))
+    reported = boxes_of(record)
+    assert len(reported) == len(expected)
+    order_r, order_e = np.lexsort(reported.xyxy.T[::-1]), np.lexsort(expected.xyxy.T[::-1])
+    assert np.allclose(reported.xyxy[order_r], expected.xyxy[order_e], atol=0.01)
+    assert np.array_equal(reported.class_id[order_r], expected.class_id[order_e])
+
+
+# ---------------------------------------------------------------- 3. a folder with bad files
+
+
+def test_folder_blurs_good_photos_and_names_every_failure(capsys, tmp_path: Path):
+    source, out, report = tmp_path / "in", tmp_path / "out", tmp_path / "report.json"
+    (source / "sub").mkdir(parents=True)
+    shutil.copy(SAMPLES / "crowd_0.jpg", source / "a.jpg")
+    shutil.copy(SAMPLES / "crowd_1.jpg", source / "b.jpg")
+    shutil.copy(DASHCAM, source / "sub" / "c.jpg")
+    (source / "empty.jpg").write_bytes(b"")
+    whole = (SAMPLES / "crowd_2.jpg").read_bytes()
+    (source / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    (source / "text.jpg").write_text("not a photo at all\n" * 50)
+    (source / "readme.txt").write_text("ignored: not an image suffix\n")
+
+    code, err = blur(capsys, source, "-o", out, "--detections", report)
+
+    assert code != 0
+    written = sorted(p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file())
+    assert written == ["a.jpg", "b.jpg", "sub/c.jpg"]  # mirrors the input tree; nothing for the bad ones
+    for name, sample in [("a.jpg", "crowd_0.jpg"), ("b.jpg", "crowd_1.jpg"), ("sub/c.jpg", "dashcam_0.jpg")]:
+        assert read_pixels(out / name).shape == read_pixels(SAMPLES / sample).shape
+    reasons = {"empty.jpg": "empty", "truncated.jpg": "cannot decode", "text.jpg": "not an image"}
+    for name, reason in reasons.items():
+        lines = [line for line in err.splitlines() if str(source / name) in line]
+        assert lines, f"{name} not named on stderr:\n{err}"
+        assert any(reason in line for line in lines), f"{name}: reason {reason!r} missing:\n{err}"
+    assert re.search(r"\b3 blurred, 3 failed of 6 images", err), err
+    for good in ("a.jpg", "b.jpg", "c.jpg"):
+        assert not any(good in line and "fail" in line for line in err.splitlines())
+
+    records = {Path(r["input"]).name: r for r in read_report(report)["images"]}
+    assert set(records) == {"a.jpg", "b.jpg", "c.jpg", "empty.jpg", "truncated.jpg", "text.jpg"}
+    for name in ("a.jpg", "b.jpg", "c.jpg"):
+        assert records[name]["status"] == "blurred" and Path(records[name]["output"]).exists()
+    assert (records["c.jpg"]["width"], records["c.jpg"]["height"]) == (1280, 720)
+    for name in ("empty.jpg", "truncated.jpg", "text.jpg"):
+        assert records[name]["status"] == "failed"
+        assert records[name]["output"] is None and records[name]["error"]
+        assert records[name]["detections"] == []
+
+
+# ---------------------------------------------------------------- 4. one bad file
+
+
+@pytest.mark.parametrize(("content", "reason"), [("truncated", "cannot decode"), ("empty", "empty"),
+                                                 ("text", "not an image")])
+def test_single_bad_file_fails_with_a_one_line_reason_and_no_output(capsys, tmp_path: Path, content, reason):
+    data = CROWD.read_bytes()
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "text": b"hello\n" * 40}[content])
+    output = tmp_path / "out" / "bad.jpg"
+    code, err = blur(capsys, bad, "-o", output)
+    assert code != 0
+    assert not output.exists() and not output.parent.exists()
+    assert "Traceback" not in err
+    assert any(str(bad) in line and reason in line for line in err.splitlines()), err
+
+
+def test_unwritable_output_format_fails_without_output(capsys, tmp_path: Path):
+    code, err = blur(capsys, CROWD, "-o", tmp_path / "out.gif")
+    assert code != 0
+    assert "cannot write .gif" in err
+    assert not (tmp_path / "out.gif").exists()
+
+
+def test_missing_input_is_a_usage_error(capsys, tmp_path: Path):
+    code, err = blur(capsys, tmp_path / "nope.jpg", "-o", tmp_path / "out.jpg")
+    assert code == 2
+    assert "nope.jpg" in err and "no such file" in err
+
+
+# ---------------------------------------------------------------- 5. EXIF
+
+
+def test_rotated_photo_comes_out_upright_with_its_exif(capsys, tmp_path: Path):
+    rotated = tmp_path / "rotated.jpg"
+    rotated.write_bytes(sideways_copy(CROWD, 6))
+    with Image.open(rotated) as stored:
+        assert stored.size == (267, 400)  # stored sideways
+    output, report = tmp_path / "out.png", tmp_path / "report.json"
+    code, err = blur(capsys, rotated, "-o", output, "--detections", report)
+    assert code == 0, err
+    with Image.open(output) as written:
+        assert written.size == (400, 267)  # the pixels themselves are upright
+        exif = written.getexif()
+    assert exif.get(ORIENTATION, 1) == 1  # and no viewer rotates them again
+    assert exif[MAKE] == "StreetCam" and exif[MODEL] == "SC-1000"
+    record = read_report(report)["images"][0]
+    assert (record["width"], record["height"]) == (400, 267)
+    # upright, not upside down: matches the original photo away from the boxes
+    source, pixels = read_pixels(CROWD), np.array(Image.open(output).convert("RGB"))[..., ::-1]
+    far = far_from_boxes(source.shape, boxes_of(record))
+    assert mean_abs_diff(pixels[far], source[far]) < 4
+    assert mean_abs_diff(pixels[far], source[::-1, ::-1][far]) > 10
+
+
+def test_strip_metadata_writes_no_exif(capsys, tmp_path: Path):
+    rotated = tmp_path / "rotated.jpg"
+    rotated.write_bytes(sideways_copy(CROWD, 8))
+    output = tmp_path / "out.jpg"
+    code, err = blur(capsys, rotated, "-o", output, "--strip-metadata")
+    assert code == 0, err
+    with Image.open(output) as written:
+        assert written.size == (400, 267)
+        assert len(written.getexif()) == 0
+        assert "exif" not in written.info
+    source = read_pixels(CROWD)
+    assert mean_abs_diff(read_pixels(output), source) < mean_abs_diff(read_pixels(output), source[::-1, ::-1])
+
+
+# ---------------------------------------------------------------- 6. pixel limit
+
+
+@pytest.mark.parametrize("how", ["flag", "set"])
+def test_max_pixels_fails_larger_images(capsys, tmp_path: Path, how: str):
+    output = tmp_path / "out.jpg"
+    option = ["--max-pixels", 400 * 267 - 1] if how == "flag" else ["--set", f"max_pixels={400 * 267 - 1}"]
+    code, err = blur(capsys, CROWD, "-o", output, *option)
+    assert code != 0
+    assert "too many pixels" in err and str(CROWD) in err
+    assert not output.exists()
+
+
+# ---------------------------------------------------------------- 7. options reach the pipeline
+
+
+def test_face_threshold_keeps_only_confident_faces(capsys, tmp_path: Path, crowd_run):
+    default = boxes_of(crowd_run["report"]["images"][0])
+    faces = default.of_class("face")
+    assert len(faces) >= 1 and (faces.scores < 0.99).any()  # so 0.99 must drop at least one
+    report = tmp_path / "report.json"
+    code, err = blur(capsys, CROWD, "-o", tmp_path / "out.jpg", "--threshold", "face=0.99",
+                     "--detections", report)
+    assert code == 0, err
+    strict = boxes_of(read_report(report)["images"][0])
+    assert len(strict.of_class("face")) < len(faces)
+    assert (strict.of_class("face").scores >= 0.99).all()
+    # the plate threshold is untouched
+    assert len(strict.of_class("plate")) == len(default.of_class("plate"))
+
+
+@pytest.mark.parametrize("text", ["face", "=0.5"])
+def test_malformed_threshold_is_a_usage_error(capsys, tmp_path: Path, text: str):
+    code, err = blur(capsys, CROWD, "-o", tmp_path / "out.jpg", "--threshold", text)
+    assert code == 2
+    assert "KEY=VALUE" in err
+    assert not (tmp_path / "out.jpg").exists()
+
+
+def test_threshold_for_an_unknown_class_is_a_usage_error(capsys, tmp_path: Path):
+    code, err = blur(capsys, CROWD, "-o", tmp_path / "out.jpg", "--threshold", "cat=0.5")
+    assert code == 2
+    assert "cat" in err
+
+
+@pytest.mark.parametrize(("args", "mode"), [(["--mode", "pixelate"], "pixelate"),
+                                            (["--set", "blur.mode=solid"], "solid")])
+def test_blur_mode_reaches_the_blur(capsys, tmp_path: Path, args: list, mode: str):
+    output, report = tmp_path / "out.png", tmp_path / "report.json"
+    code, err = blur(capsys, CROWD, "-o", output, "--detections", report, *args)
+    assert code == 0, err
+    dets = boxes_of(read_report(report)["images"][0])
+    assert len(dets) >= 1
+    source, pixels = read_pixels(CROWD), read_pixels(output)
+    expected = anonymize(source, dets, BlurConfig(mode=mode))
+    gaussian = anonymize(source, dets, BlurConfig())
+    assert mean_abs_diff(pixels, expected) < 0.05  # (boxes in the report are rounded to 0.01 px)
+    assert mean_abs_diff(pixels, gaussian) > 10 * mean_abs_diff(pixels, expected) + 0.05
+    if mode == "solid":  # one colour fills each box (the largest box wins where boxes overlap)
+        rows, cols = box_slices(dets.xyxy[np.argmax(dets.area)])
+        assert len(np.unique(pixels[rows, cols].reshape(-1, 3), axis=0)) == 1
+
+
+def test_tile_size_reaches_the_detector(capsys, tmp_path: Path, monkeypatch):
+    import detection.detector
+
+    calls = []
+    plan_views = detection.detector.plan_views
+
+    def spy(width, height, tile_size, overlap, whole_image):
+        views = plan_views(width, height, tile_size, overlap, whole_image)
+        calls.append((width, height, tile_size, len(views)))
+        return views
+
+    monkeypatch.setattr(detection.detector, "plan_views", spy)
+    output = tmp_path / "out.jpg"
+    code, err = blur(capsys, DASHCAM, "-o", output, "--set", "detect.tile_size=0")
+    assert code == 0, err
+    assert calls == [(1280, 720, 0, 1)]  # one untiled view of the 1280x720 frame
+    assert read_pixels(output).shape == (720, 1280, 3)
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ("detect.no_such_option=1", "unknown option detect.no_such_option"),
+    ("nonsense=3", "unknown option nonsense"),
+    ("blur.mode=smudge", "unknown blur mode"),
+    ("detect.tile_size", "KEY=VALUE"),
+])
+def test_bad_set_is_a_usage_error(capsys, tmp_path: Path, setting: str, message: str):
+    code, err = blur(capsys, CROWD, "-o", tmp_path / "out.jpg", "--set", setting)
+    assert code == 2
+    assert message in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "out.jpg").exists()
+
+
+def test_missing_output_option_is_an_argparse_error(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["blur", str(CROWD)])
+    assert info.value.code == 2
+    assert "--output" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the installed console script
+
+
+def test_console_script_blurs_a_photo(tmp_path: Path):
+    script = Path(sys.executable).with_name("streetblur")
+    assert script.exists(), script
+    output, report = tmp_path / "out.jpg", tmp_path / "report.json"
+    done = subprocess.run([str(script), "blur", str(CROWD), "-o", "out.jpg", "--detections", "report.json"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    with Image.open(output) as written:
+        assert written.format == "JPEG" and written.size == (400, 267)
+    record = read_report(report)["images"][0]
+    assert record["status"] == "blurred" and record["detections"]
