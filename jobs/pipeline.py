@@ -77,40 +77,70 @@ class Outcome:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
-def blur_image_bytes(data: bytes, output_format: str, detector: Detector, config: Config) -> Outcome:
-    """Blur every face and plate in an encoded image; never returns pixels that were not checked.
+def blur_images(inputs: list[tuple[bytes, str]], detector: Detector, config: Config) -> list[Outcome]:
+    """Blur every face and plate in encoded images `(bytes, output format)`, detected in one batch.
 
-    Any failure while decoding, detecting or blurring gives `status="failed"` with a reason and no
-    output, so an image whose detection failed cannot be published unblurred.
+    Fails closed: any failure while decoding, detecting, blurring or encoding an image gives that
+    image `status="failed"` with a reason and no output, so an image whose detection failed can
+    never be published unblurred. A failure of the batched detection is retried image by image,
+    so one bad image does not fail the others.
     """
-    timings: dict[str, float] = {}
-    clock = time.perf_counter()
+    outcomes = [Outcome("failed") for _ in inputs]
+    decoded = {}
+    for outcome, (data, _) in zip(outcomes, inputs, strict=True):
+        start = time.perf_counter()
+        try:
+            image = decode_image(data, config.max_pixels)
+        except BadImageError as error:
+            outcome.error = str(error)
+            continue
+        finally:
+            outcome.timings_ms["decode"] = _ms_since(start)
+        decoded[id(outcome)] = image
+        outcome.width, outcome.height = image.width, image.height
+    todo = [o for o in outcomes if id(o) in decoded]
+    start = time.perf_counter()
+    found = _detect(detector, [decoded[id(o)].pixels for o in todo])
+    for outcome, (_, output_format) in zip(outcomes, inputs, strict=True):
+        if id(outcome) not in decoded:
+            continue
+        result = found[todo.index(outcome)]
+        outcome.timings_ms["detect"] = round(_ms_since(start) / len(todo), 1)
+        if isinstance(result, Exception):
+            outcome.error = f"detection failed: {type(result).__name__}: {result}"
+            continue
+        try:
+            lap = time.perf_counter()
+            blurred = anonymize(decoded[id(outcome)].pixels, result, config.blur)
+            outcome.timings_ms["blur"] = _ms_since(lap)
+            lap = time.perf_counter()
+            output = encode_image(
+                decoded[id(outcome)], blurred, output_format, config.keep_metadata, config.quality
+            )
+            outcome.timings_ms["encode"] = _ms_since(lap)
+        except Exception as error:  # noqa: BLE001 -- any failure must fail closed, with its reason
+            outcome.error = f"blurring failed: {type(error).__name__}: {error}"
+            continue
+        outcome.status, outcome.output, outcome.detections = "blurred", output, result
+    return outcomes
 
-    def lap(name: str) -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        timings[name] = round((now - clock) * 1000, 1)
-        clock = now
 
+def blur_image_bytes(data: bytes, output_format: str, detector: Detector, config: Config) -> Outcome:
+    """`blur_images` for one image."""
+    return blur_images([(data, output_format)], detector, config)[0]
+
+
+def _detect(detector: Detector, images: list) -> list[Detections | Exception]:
+    """Detections per image; an image whose detection raised gets the exception instead."""
+    if not images:
+        return []
     try:
-        decoded = decode_image(data, config.max_pixels)
-        lap("decode")
-    except BadImageError as error:
-        return Outcome("failed", error=str(error), timings_ms=timings)
-    try:
-        detections = detector.detect(decoded.pixels)
-        lap("detect")
-        blurred = anonymize(decoded.pixels, detections, config.blur)
-        lap("blur")
-        output = encode_image(decoded, blurred, output_format, config.keep_metadata, config.quality)
-        lap("encode")
-    except Exception as error:  # noqa: BLE001 -- any failure must fail closed, with its reason
-        return Outcome(
-            "failed",
-            f"{type(error).__name__}: {error}",
-            None,
-            decoded.width,
-            decoded.height,
-            timings_ms=timings,
-        )
-    return Outcome("blurred", "", output, decoded.width, decoded.height, detections, timings)
+        return list(detector.detect_batch(images))
+    except Exception as error:  # noqa: BLE001 -- reported per image, never swallowed
+        if len(images) == 1:
+            return [error]
+        return [_detect(detector, [image])[0] for image in images]
+
+
+def _ms_since(start: float) -> float:
+    return round((time.perf_counter() - start) * 1000, 1)

@@ -1,0 +1,407 @@
+"""Ray batch job: blur every image under an input URI into an output URI, with an audit manifest.
+
+    python -m jobs.blur_job --input s3://bucket/raw --output s3://bucket/blurred   # ray job submit
+    streetblur run --input DIR_OR_URI --output DIR_OR_URI [--address ADDR]        # local Ray if none
+
+Stages (Ray Data, streaming, so memory stays bounded whatever the bucket size):
+  listing (driver)  ->  read bytes (tasks, fractional CPU)  ->  decode, detect (tiled, batched),
+  blur, encode (a pool of detector actors, models loaded once each)  ->  write output (tasks)
+  ->  manifest rows, flushed by the driver as Parquet parts every few dozen images.
+
+Under the output root, `_streetblur/` holds the audit trail:
+  runs/RUN_ID/part-NNNNN.parquet  every input of that run, once: blurred, failed (with the reason) or
+                                  skipped (done by an earlier run with the same ETag);
+  runs/RUN_ID/summary.json        counts, images/s and wall time of the run;
+  manifest.parquet                the current state: the latest blurred/failed row of every input.
+A re-run skips inputs whose manifest row has the same ETag (unless `--overwrite`; failed ones again
+with `--retry-failed`). A run killed midway keeps the parts it flushed; the next run does the rest.
+Fail closed: an output is written only for an image whose decoding, detection and blur succeeded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import PurePosixPath
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs.image_io import FORMAT_BY_SUFFIX
+from jobs.pipeline import Config, blur_images, load_config
+from jobs.storage import NotFound, Storage, StoredObject
+
+log = logging.getLogger("streetblur.job")
+
+AUDIT_DIR = "_streetblur"
+INPUT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+BOX_TYPE = pa.struct([("class", pa.string()), ("score", pa.float32()), ("box", pa.list_(pa.float32(), 4))])
+MANIFEST_SCHEMA = pa.schema(
+    [
+        ("key", pa.string()),
+        ("output_key", pa.string()),
+        ("status", pa.string()),
+        ("error", pa.string()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+        ("faces", pa.int32()),
+        ("plates", pa.int32()),
+        ("boxes", pa.list_(BOX_TYPE)),
+        ("model_id", pa.string()),
+        ("read_ms", pa.float32()),
+        ("decode_ms", pa.float32()),
+        ("detect_ms", pa.float32()),
+        ("blur_ms", pa.float32()),
+        ("encode_ms", pa.float32()),
+        ("write_ms", pa.float32()),
+        ("etag", pa.string()),
+        ("size", pa.int64()),
+        ("run_id", pa.string()),
+        ("finished_at", pa.timestamp("ms", tz="UTC")),
+    ]
+)
+TIMING_COLUMNS = ("read_ms", "decode_ms", "detect_ms", "blur_ms", "encode_ms", "write_ms")
+
+
+@dataclass(frozen=True)
+class JobOptions:
+    """What to blur, where to, and how to spread it over the cluster."""
+
+    input_uri: str
+    output_uri: str
+    endpoint_url: str | None = None  # S3-compatible server (MinIO, moto); None: AWS
+    keys_file: str | None = None  # a text file of input keys, one a line, instead of listing
+    suffixes: tuple[str, ...] = INPUT_SUFFIXES
+    overwrite: bool = False  # redo inputs already done
+    retry_failed: bool = False  # redo inputs that failed before
+    actors: int = 1  # detector actors
+    actor_cpus: float = 1.0
+    actor_gpus: float = 0.0
+    io_cpus: float = 0.25  # CPUs per read/write task: small, so actors do not starve them
+    batch_size: int = 4  # images per actor call; their tiles share model batches
+    flush_rows: int = 32  # manifest part size
+    log_every_s: float = 10.0
+    config: Config = field(default_factory=Config)
+
+
+def run_job(options: JobOptions, address: str | None = None) -> dict:
+    """Run the job on the Ray cluster at `address` (None: `RAY_ADDRESS`, else a local Ray)."""
+    import ray
+
+    started = time.perf_counter()
+    source = Storage(options.input_uri, options.endpoint_url)
+    target = Storage(options.output_uri, options.endpoint_url)
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    inputs = list_inputs(source, options)
+    done = {row["key"]: row for row in read_manifest_rows(target)}
+    todo, skipped = [], []
+    for item in inputs:
+        previous = done.get(item.key)
+        redo = (
+            options.overwrite
+            or previous is None
+            or previous["etag"] != item.etag
+            or (options.retry_failed and previous["status"] == "failed")
+        )
+        (todo if redo else skipped).append(item)
+    log.info("run %s: %d inputs, %d to do, %d done before", run_id, len(inputs), len(todo), len(skipped))
+    writer = _ManifestWriter(target, run_id, options.flush_rows)
+    writer.add([_skipped_row(done[item.key], item, run_id) for item in skipped])
+    if todo:
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        _run_pipeline(todo, source, target, options, writer, run_id)
+    writer.flush()
+    counts = writer.counts
+    wall = time.perf_counter() - started
+    processed = counts["blurred"] + counts["failed"]
+    summary = {
+        "run_id": run_id,
+        "input": options.input_uri,
+        "output": options.output_uri,
+        "inputs": len(inputs),
+        **counts,
+        "wall_s": round(wall, 2),
+        "images_per_s": round(processed / wall, 3) if processed else 0.0,
+    }
+    consolidate_manifest(target)
+    target.write(f"{AUDIT_DIR}/runs/{run_id}/summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    log.info("summary: %s", json.dumps(summary))
+    return summary
+
+
+def list_inputs(source: Storage, options: JobOptions) -> list[StoredObject]:
+    """The input objects: listed by suffix, or the keys of `keys_file` (a missing one is an error row)."""
+    if options.keys_file is None:
+        return [o for o in source.list(options.suffixes) if not o.key.startswith(f"{AUDIT_DIR}/")]
+    with open(options.keys_file, encoding="utf-8") as lines:
+        keys = list(dict.fromkeys(line.strip() for line in lines if line.strip()))
+    objects = []
+    for key in keys:
+        try:
+            objects.append(source.stat(key))
+        except NotFound:
+            objects.append(StoredObject(key, -1, ""))  # read stage reports it as not found
+    return objects
+
+
+def _run_pipeline(
+    todo: list[StoredObject],
+    source: Storage,
+    target: Storage,
+    options: JobOptions,
+    writer: _ManifestWriter,
+    run_id: str,
+) -> None:
+    import ray
+
+    items = [{"key": o.key, "etag": o.etag, "size": o.size} for o in todo]
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 200)))
+    dataset = dataset.map(_ReadStage(source), num_cpus=options.io_cpus)
+    dataset = dataset.map_batches(
+        _BlurActor,
+        fn_constructor_kwargs={"config": options.config},
+        compute=ray.data.ActorPoolStrategy(size=options.actors),
+        batch_size=options.batch_size,
+        num_cpus=options.actor_cpus,
+        num_gpus=options.actor_gpus,
+        max_restarts=3,
+        max_task_retries=3,
+    )
+    dataset = dataset.map(_WriteStage(target, run_id), num_cpus=options.io_cpus)
+    last_log = time.perf_counter()
+    started = last_log
+    for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
+        writer.add(batch.to_pylist())
+        if time.perf_counter() - last_log >= options.log_every_s:
+            last_log = time.perf_counter()
+            done = writer.counts["blurred"] + writer.counts["failed"]
+            log.info(
+                "progress: %d/%d done, %d failed, %.2f images/s",
+                done,
+                len(todo),
+                writer.counts["failed"],
+                done / (last_log - started),
+            )
+
+
+class _ReadStage:
+    """Adds the input's bytes (or the read error) to a row."""
+
+    def __init__(self, source: Storage) -> None:
+        self.source = source
+
+    def __call__(self, row: dict) -> dict:
+        start = time.perf_counter()
+        try:
+            row["data"], row["error"] = self.source.read(row["key"]), ""
+        except NotFound:
+            row["data"], row["error"] = b"", "input not found"
+        row["read_ms"] = (time.perf_counter() - start) * 1000
+        return row
+
+
+class _BlurActor:
+    """A detector actor: loads the models once, then decodes, detects, blurs and encodes batches."""
+
+    def __init__(self, config: Config) -> None:
+        from detection.detector import Detector
+
+        self.config = config
+        self.detector = Detector(config.detect)
+
+    def __call__(self, batch: dict) -> dict:
+        keys = list(batch["key"])
+        readable = [i for i, error in enumerate(batch["error"]) if not error]
+        inputs = [(bytes(batch["data"][i]), output_format_of(keys[i])) for i in readable]
+        outcomes = dict(zip(readable, blur_images(inputs, self.detector, self.config), strict=True))
+        columns: dict[str, list] = {name: [] for name in ("output", "status", "error", "width", "height")}
+        columns |= {"boxes": [], "model_id": [], **{c: [] for c in TIMING_COLUMNS if c != "write_ms"}}
+        for i in range(len(keys)):
+            outcome = outcomes.get(i)
+            columns["output"].append(outcome.output if outcome and outcome.output else b"")
+            columns["status"].append(outcome.status if outcome else "failed")
+            columns["error"].append(outcome.error if outcome else batch["error"][i])
+            columns["width"].append(outcome.width if outcome else 0)
+            columns["height"].append(outcome.height if outcome else 0)
+            columns["boxes"].append(json.dumps(outcome.detections.to_records() if outcome else []))
+            columns["model_id"].append(self.detector.model_id)
+            timings = outcome.timings_ms if outcome else {}
+            columns["read_ms"].append(float(batch["read_ms"][i]))
+            for stage in ("decode", "detect", "blur", "encode"):
+                columns[f"{stage}_ms"].append(float(timings.get(stage, 0.0)))
+        return {"key": keys, "etag": list(batch["etag"]), "size": list(batch["size"]), **columns}
+
+
+class _WriteStage:
+    """Writes a blurred output (only a blurred one) and turns the row into a manifest row."""
+
+    def __init__(self, target: Storage, run_id: str) -> None:
+        self.target = target
+        self.run_id = run_id
+
+    def __call__(self, row: dict) -> dict:
+        start = time.perf_counter()
+        status, error = row["status"], row["error"]
+        if status == "blurred":
+            try:
+                self.target.write(row["key"], bytes(row["output"]))
+            except Exception as failure:  # noqa: BLE001 -- recorded in the manifest, job goes on
+                status, error = "failed", f"write failed: {type(failure).__name__}: {failure}"
+        boxes = json.loads(row["boxes"]) if status == "blurred" else []
+        return {
+            "key": row["key"],
+            "output_key": row["key"] if status == "blurred" else None,
+            "status": status,
+            "error": error,
+            "width": row["width"],
+            "height": row["height"],
+            "faces": sum(b["class"] == "face" for b in boxes),
+            "plates": sum(b["class"] == "plate" for b in boxes),
+            "boxes": boxes,
+            "model_id": row["model_id"],
+            **{c: float(row[c]) for c in TIMING_COLUMNS if c != "write_ms"},
+            "write_ms": (time.perf_counter() - start) * 1000,
+            "etag": row["etag"],
+            "size": row["size"],
+            "run_id": self.run_id,
+            "finished_at": datetime.now(timezone.utc),
+        }
+
+
+def output_format_of(key: str) -> str:
+    """The output format of an input key: the same as the input's, by extension."""
+    return FORMAT_BY_SUFFIX[PurePosixPath(key).suffix.lower()]
+
+
+def _skipped_row(previous: dict, item: StoredObject, run_id: str) -> dict:
+    return {
+        **previous,
+        "status": "skipped",
+        "error": f"done by run {previous['run_id']} ({previous['status']}); same ETag",
+        "run_id": run_id,
+        "finished_at": datetime.now(timezone.utc),
+        **dict.fromkeys(TIMING_COLUMNS, 0.0),
+        "etag": item.etag,
+        "size": item.size,
+    }
+
+
+class _ManifestWriter:
+    """Collects manifest rows and writes them as numbered Parquet parts of one run."""
+
+    def __init__(self, target: Storage, run_id: str, flush_rows: int) -> None:
+        self.target, self.run_id, self.flush_rows = target, run_id, flush_rows
+        self.pending: list[dict] = []
+        self.parts = 0
+        self.counts = {"blurred": 0, "failed": 0, "skipped": 0}
+
+    def add(self, rows: list[dict]) -> None:
+        for row in rows:
+            self.counts[row["status"]] += 1
+        self.pending += rows
+        if len(self.pending) >= self.flush_rows:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        table = pa.Table.from_pylist(self.pending, schema=MANIFEST_SCHEMA)
+        self.target.write(f"{AUDIT_DIR}/runs/{self.run_id}/part-{self.parts:05d}.parquet", _parquet(table))
+        self.parts += 1
+        self.pending = []
+
+
+def _parquet(table: pa.Table) -> bytes:
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    return buffer.getvalue()
+
+
+def read_manifest_rows(target: Storage) -> list[dict]:
+    """The latest blurred/failed row of every input key, from every run's parts."""
+    latest: dict[str, dict] = {}
+    for part in target.list((".parquet",), under=f"{AUDIT_DIR}/runs/"):
+        for row in pq.read_table(io.BytesIO(target.read(part.key)), schema=MANIFEST_SCHEMA).to_pylist():
+            if row["status"] == "skipped":
+                continue
+            current = latest.get(row["key"])
+            if current is None or row["finished_at"] >= current["finished_at"]:
+                latest[row["key"]] = row
+    return [latest[key] for key in sorted(latest)]
+
+
+def consolidate_manifest(target: Storage) -> None:
+    """Rewrite `_streetblur/manifest.parquet`: one row per input key, the latest done state."""
+    table = pa.Table.from_pylist(read_manifest_rows(target), schema=MANIFEST_SCHEMA)
+    target.write(f"{AUDIT_DIR}/manifest.parquet", _parquet(table))
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """The job's command-line options (shared by `streetblur run` and `python -m jobs.blur_job`)."""
+    parser.add_argument("--input", required=True, help="s3://bucket/prefix or a local folder")
+    parser.add_argument("--output", required=True, help="s3://bucket/prefix or a local folder")
+    parser.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, moto); default: AWS")
+    parser.add_argument("--keys-file", help="text file of input keys to process, one a line")
+    parser.add_argument(
+        "--extensions", default=",".join(INPUT_SUFFIXES), help="input suffixes, comma-separated"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="redo inputs already done")
+    parser.add_argument("--retry-failed", action="store_true", help="redo inputs that failed before")
+    parser.add_argument("--actors", type=int, default=1, help="detector actors in the pool")
+    parser.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs reserved per detector actor")
+    parser.add_argument("--actor-gpus", type=float, default=0.0, help="GPUs per detector actor")
+    parser.add_argument("--batch-size", type=int, default=4, help="images per detector call")
+    parser.add_argument("--config", help="options file (YAML), as for `streetblur blur`")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any option")
+
+
+def options_from_args(args: argparse.Namespace) -> JobOptions:
+    """`JobOptions` from parsed `add_job_arguments` options."""
+    import yaml
+
+    overrides = {}
+    for pair in args.set:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    suffixes = tuple(f".{s.strip().lstrip('.').lower()}" for s in args.extensions.split(",") if s.strip())
+    unsupported = set(suffixes) - set(FORMAT_BY_SUFFIX)
+    if unsupported:
+        raise ValueError(f"cannot write {sorted(unsupported)}: outputs keep the input format")
+    return JobOptions(
+        input_uri=args.input,
+        output_uri=args.output,
+        endpoint_url=args.endpoint_url,
+        keys_file=args.keys_file,
+        suffixes=suffixes,
+        overwrite=args.overwrite,
+        retry_failed=args.retry_failed,
+        actors=args.actors,
+        actor_cpus=args.actor_cpus,
+        actor_gpus=args.actor_gpus,
+        batch_size=args.batch_size,
+        config=load_config(args.config, overrides),
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for `ray job submit -- python -m jobs.blur_job ...` (connects to RAY_ADDRESS)."""
+    parser = argparse.ArgumentParser(prog="python -m jobs.blur_job", description=__doc__.split("\n")[0])
+    add_job_arguments(parser)
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    summary = run_job(options_from_args(args), address=args.address)
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

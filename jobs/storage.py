@@ -1,0 +1,148 @@
+"""Where images are read from and written to: a local folder or `s3://bucket/prefix`.
+
+S3 goes through boto3: endpoint, region and credentials come from the standard AWS environment
+and config files (so an instance role, `AWS_PROFILE` or MinIO keys all work), plus an optional
+`endpoint_url` for S3-compatible servers. Every call retries with botocore's `standard` retry mode.
+A `Storage` holds only its URI and endpoint, so it pickles cheaply into Ray tasks; each process
+makes its own client on first use and keeps it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """A listed object: its key relative to the storage root, size in bytes and ETag."""
+
+    key: str
+    size: int
+    etag: str
+
+
+_S3_CLIENTS: dict[str | None, object] = {}  # one client per endpoint, per process
+
+
+class NotFound(Exception):
+    """The object does not exist."""
+
+
+@dataclass(frozen=True)
+class Storage:
+    """A local folder or an S3 prefix, addressed by keys relative to it."""
+
+    uri: str
+    endpoint_url: str | None = None
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith("s3://")
+
+    @property
+    def bucket(self) -> str:
+        return urlparse(self.uri).netloc
+
+    @property
+    def prefix(self) -> str:
+        """The key prefix inside the bucket, empty or ending in '/'."""
+        path = urlparse(self.uri).path.strip("/")
+        return f"{path}/" if path else ""
+
+    @property
+    def root(self) -> Path:
+        return Path(self.uri)
+
+    def client(self):
+        """This process's boto3 S3 client for the endpoint (retries in botocore's standard mode)."""
+        if self.endpoint_url not in _S3_CLIENTS:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(retries={"mode": "standard", "max_attempts": 8}, max_pool_connections=32)
+            _S3_CLIENTS[self.endpoint_url] = boto3.client("s3", endpoint_url=self.endpoint_url, config=config)
+        return _S3_CLIENTS[self.endpoint_url]
+
+    def list(self, suffixes: tuple[str, ...] = (), under: str = "") -> Iterator[StoredObject]:
+        """Every object (paginated on S3) whose key ends in one of `suffixes` (any case), by key."""
+
+        def wanted(key: str) -> bool:
+            return not suffixes or key.lower().endswith(suffixes)
+
+        if self.is_s3:
+            pages = (
+                self.client()
+                .get_paginator("list_objects_v2")
+                .paginate(Bucket=self.bucket, Prefix=self.prefix + under)
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    key = item["Key"][len(self.prefix) :]
+                    if wanted(key) and not key.endswith("/"):
+                        yield StoredObject(key, item["Size"], item["ETag"].strip('"'))
+            return
+        base = self.root / under
+        if not base.is_dir():
+            return
+        for path in sorted(base.rglob("*")):
+            key = path.relative_to(self.root).as_posix()
+            if path.is_file() and wanted(key):
+                stat = path.stat()
+                yield StoredObject(key, stat.st_size, f"{stat.st_mtime_ns:x}-{stat.st_size:x}")
+
+    def stat(self, key: str) -> StoredObject:
+        """Size and ETag of one object; `NotFound` if it does not exist."""
+        if self.is_s3:
+            from botocore.exceptions import ClientError
+
+            try:
+                head = self.client().head_object(Bucket=self.bucket, Key=self.prefix + key)
+            except ClientError as error:
+                if error.response["Error"]["Code"] in ("404", "NoSuchKey", "NotFound"):
+                    raise NotFound(key) from None
+                raise
+            return StoredObject(key, head["ContentLength"], head["ETag"].strip('"'))
+        path = self.root / key
+        if not path.is_file():
+            raise NotFound(key)
+        stat = path.stat()
+        return StoredObject(key, stat.st_size, f"{stat.st_mtime_ns:x}-{stat.st_size:x}")
+
+    def read(self, key: str) -> bytes:
+        """The object's bytes; `NotFound` if it does not exist."""
+        if self.is_s3:
+            client = self.client()
+            try:
+                return client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
+            except client.exceptions.NoSuchKey:
+                raise NotFound(key) from None
+        try:
+            return (self.root / key).read_bytes()
+        except FileNotFoundError:
+            raise NotFound(key) from None
+
+    def write(self, key: str, data: bytes) -> None:
+        """Store `data` under `key`, whole or not at all."""
+        if self.is_s3:
+            self.client().put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
+        else:
+            write_file_atomically(self.root / key, data)
+
+    def delete(self, key: str) -> None:
+        """Remove `key` if it exists."""
+        if self.is_s3:
+            self.client().delete_object(Bucket=self.bucket, Key=self.prefix + key)
+        else:
+            (self.root / key).unlink(missing_ok=True)
+
+
+def write_file_atomically(path: Path, data: bytes) -> None:
+    """Write to a temporary name, then rename, so a half-written file never has the final name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    partial.write_bytes(data)
+    partial.replace(path)
