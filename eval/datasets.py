@@ -19,7 +19,7 @@ import json
 import re
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import yaml
@@ -89,7 +89,9 @@ def load_dataset(
     """Every labelled image under `root`, sorted by file name.
 
     `format` and `class_map` default to the shared set's spec when `root` is one of them, else
-    the format is detected and class names go through the default aliases.
+    the format is detected and class names go through the default aliases. Boxes are clipped to
+    the image, as the detector clips its own (faces-crowd draws some a pixel past the border);
+    a box left without area inside the image is dropped.
     """
     root = Path(root)
     spec = SHARED_DATASETS.get(root.name)
@@ -97,6 +99,7 @@ def load_dataset(
     class_map = class_map if class_map is not None else (spec.class_map if spec else None)
     loader = {"coco": _load_coco, "yolo": _load_yolo, "voc": _load_voc}[format]
     images = loader(root, lambda name: canonical_class(name, class_map))
+    images = [replace(im, boxes=im.boxes.clipped(im.width, im.height)) for im in images]
     return sorted(images, key=lambda im: im.path.name)
 
 

@@ -1,17 +1,48 @@
-"""COCO detection metrics per class, computed by faster-coco-eval (a drop-in of pycocotools)."""
+"""Detection metrics: COCO figures computed by faster-coco-eval (a drop-in of pycocotools), and
+privacy figures that ask what the blur would have hidden.
+
+COCO figures (`coco_metrics`) follow pycocotools exactly: greedy matching by falling score, IoU
+thresholds 0.50:0.05:0.95, 101-point interpolated precision, at most 100 detections per image and
+class, size ranges on the ground-truth box area (small up to 32², medium 32² to 96², large above).
+`precision_recall` sweeps score thresholds instead of ranking one set of boxes: the detector's tile
+merge widens high-score boxes with the low-score ones it absorbs, so the boxes at a threshold are not
+a subset of the boxes at a lower one, and each point is scored on its own.
+
+Privacy figures (`privacy_metrics`) take the detections the deployed detector returns and define:
+- *under the mask*: a pixel whose `blurring.blur_mask` value is at least `MASK_LEVEL` (0.5), i.e.
+  where the anonymised pixel weighs at least as much as the original in the blend. The mask is the
+  one `anonymize` applies, dilation, face ellipse and soft edge included;
+- *blurred*: a ground-truth box with at least `BLURRED_COVERAGE` (90%) of its area under the mask.
+  Each pixel counts by the area of its overlap with the box, so float boxes are measured exactly.
+  Boxes of every class hide each other: a face under a plate's blur is blurred;
+- *false blur*: a detection whose box shares no area with any ground-truth box, of any class;
+- *size*: COCO's ranges on the ground-truth box area as half-open bins, small < 32², medium < 96²,
+  large >= 96² (COCO counts a box of exactly 32² or 96² in both neighbouring bins);
+- *recall50*: COCO recall at IoU 0.5 (the share of ground-truth boxes matched by a detection).
+Classes without ground truth in the images (the shared sets label one class each) get None for
+every figure but `detections_per_image`: their detections cannot be judged.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import io
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
 
+from blurring import BlurConfig, blur_mask
 from detection.detections import CLASS_NAMES, Detections
 from eval.datasets import LabelledImage
 
 CATEGORY_ID = {name: i + 1 for i, name in enumerate(CLASS_NAMES)}  # COCO category ids start at 1
+MASK_LEVEL = 0.5  # a pixel is under the blur mask at this mask value or more
+BLURRED_COVERAGE = 0.9  # share of a ground-truth box's area that must be under the mask
+SIZE_RANGES = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, math.inf)}
+"""Half-open [low, high) ranges of box area in square pixels, COCO's sizes."""
 
 
 def ground_truth_coco(images: list[LabelledImage]) -> dict:
@@ -89,3 +120,130 @@ def coco_metrics(
         }
         figures[name] = row if has_gt else dict.fromkeys(row)
     return figures
+
+
+@dataclass(frozen=True)
+class PRCurve:
+    """Recall and precision at IoU 0.5 of one class, at each score threshold of a sweep.
+
+    Precision is the share of detections matched to a ground-truth box (COCO's matching, so
+    `recall * ground-truth boxes / detections`); NaN where there is no detection.
+    """
+
+    threshold: np.ndarray
+    recall: np.ndarray
+    precision: np.ndarray
+
+    def threshold_for_recall(self, target: float) -> float | None:
+        """The highest swept threshold whose recall reaches `target`, or None."""
+        reached = self.threshold[self.recall >= target - 1e-9]
+        return float(reached.max()) if reached.size else None
+
+
+def precision_recall(
+    images: list[LabelledImage],
+    detections_at: Callable[[float], list[Detections]],
+    thresholds: Sequence[float],
+) -> dict[str, PRCurve | None]:
+    """Per class, the curve of `detections_at(t)` (detections per image) over the `thresholds` t.
+
+    Each point is scored on its own detections, so the curve holds for detectors whose boxes change
+    with the threshold (the tile merge). None for a class without ground truth.
+    """
+    gt_boxes = Detections.concat(image.boxes for image in images).counts()
+    recall, found = [], []
+    for threshold in thresholds:
+        detections = detections_at(threshold)
+        recall.append({name: row["recall50"] for name, row in coco_metrics(images, detections).items()})
+        found.append(Detections.concat(detections).counts())
+    curves: dict[str, PRCurve | None] = dict.fromkeys(CLASS_NAMES)
+    for name in (name for name in CLASS_NAMES if gt_boxes[name]):
+        class_recall = np.array([point[name] for point in recall])
+        count = np.array([point[name] for point in found], np.float64)
+        matched = class_recall * gt_boxes[name]
+        precision = np.divide(matched, count, out=np.full(len(count), np.nan), where=count > 0)
+        curves[name] = PRCurve(np.asarray(thresholds, np.float64), class_recall, precision)
+    return curves
+
+
+def covered_fraction(xyxy: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Per box of `xyxy` (N, 4): the share of its area inside the image that is under `mask`.
+
+    A pixel counts by the area of its overlap with the box. A box with no area inside the image gets
+    1.0: nothing of it can be seen.
+    """
+    height, width = mask.shape
+    fractions = np.ones(len(xyxy))
+    for i, (x1, y1, x2, y2) in enumerate(np.asarray(xyxy, np.float64).reshape(-1, 4)):
+        c0, c1 = max(math.floor(x1), 0), min(math.ceil(x2), width)
+        r0, r1 = max(math.floor(y1), 0), min(math.ceil(y2), height)
+        cols, rows = np.arange(c0, c1), np.arange(r0, r1)
+        weight_x = np.clip(np.minimum(cols + 1, x2) - np.maximum(cols, x1), 0, 1)
+        weight_y = np.clip(np.minimum(rows + 1, y2) - np.maximum(rows, y1), 0, 1)
+        total = weight_x.sum() * weight_y.sum()
+        if total > 0:
+            under = (mask[r0:r1, c0:c1] >= MASK_LEVEL).astype(np.float64)
+            fractions[i] = weight_y @ under @ weight_x / total
+    return fractions
+
+
+def overlaps_nothing(detections: Detections, ground_truth: Detections) -> np.ndarray:
+    """Per detection: True when its box shares no area with any ground-truth box (a false blur)."""
+    a, b = detections.xyxy[:, None, :], ground_truth.xyxy[None, :, :]
+    overlap = np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]), 0, None)
+    return ~(overlap.prod(axis=-1) > 0).any(axis=1)
+
+
+def blur_outcome(
+    image: LabelledImage, detections: Detections, blur: BlurConfig
+) -> tuple[np.ndarray, np.ndarray]:
+    """For one image: which ground-truth boxes are blurred, and which detections are false blurs."""
+    mask = blur_mask(image.height, image.width, detections, blur)
+    blurred = covered_fraction(image.boxes.xyxy, mask) >= BLURRED_COVERAGE - 1e-9  # float64 round-off
+    return blurred, overlaps_nothing(detections, image.boxes)
+
+
+def size_names(areas: np.ndarray) -> np.ndarray:
+    """`small`, `medium` or `large` for each box area (square pixels), by `SIZE_RANGES`."""
+    names = np.empty(len(areas), dtype=object)
+    for name, (low, high) in SIZE_RANGES.items():
+        names[(areas >= low) & (areas < high)] = name
+    return names
+
+
+def privacy_metrics(
+    images: list[LabelledImage], detections: list[Detections], blur: BlurConfig
+) -> dict[str, dict]:
+    """Privacy figures of the deployed detections, per class and for `all` labelled classes together.
+
+    Each holds `recall50`, `boxes` and `blurred` (the blurred share) overall and by size,
+    `false_blurs_per_image` and `detections_per_image`; see the module docstring for definitions.
+    """
+    per_image = []
+    for image, dets in zip(images, detections, strict=True):
+        blurred, false_blur = blur_outcome(image, dets, blur)
+        per_image.append(
+            (blurred, image.boxes.class_id, size_names(image.boxes.area), false_blur, dets.class_id)
+        )
+    columns = (np.concatenate(column) for column in zip(*per_image, strict=True))
+    blurred, gt_class, gt_size, false_blur, det_class = columns
+    recall = {name: row["recall50"] for name, row in coco_metrics(images, detections).items()}
+    labelled = [k for k in range(len(CLASS_NAMES)) if (gt_class == k).any()]
+
+    def figures(classes: list[int]) -> dict:
+        gt, det = np.isin(gt_class, classes), np.isin(det_class, classes)
+        selections = {"all": gt} | {size: gt & (gt_size == size) for size in SIZE_RANGES}
+        matched = sum(recall[CLASS_NAMES[k]] * (gt_class == k).sum() for k in classes) if gt.any() else 0
+        return {
+            "recall50": float(matched / gt.sum()) if gt.any() else None,
+            "boxes": {key: int(chosen.sum()) for key, chosen in selections.items()},
+            "blurred": {
+                key: float(blurred[chosen].mean()) if chosen.any() else None
+                for key, chosen in selections.items()
+            },
+            "false_blurs_per_image": float(false_blur[det].sum() / len(images)) if gt.any() else None,
+            "detections_per_image": float(det.sum() / len(images)),
+        }
+
+    per_class = {name: figures([k]) for k, name in enumerate(CLASS_NAMES)}
+    return per_class | {"all": figures(labelled)}

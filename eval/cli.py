@@ -1,0 +1,126 @@
+"""`streetblur eval`: score one or more models on a labelled set and write a report (see eval/report.py)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from detection.detections import CLASS_NAMES
+from eval.datasets import (
+    SHARED_DATASETS,
+    LabelledImage,
+    detect_format,
+    load_dataset,
+    parse_class_map,
+    split_dataset,
+)
+
+
+def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `eval` subcommand to the main parser's subcommands."""
+    p = subparsers.add_parser(
+        "eval",
+        help="score models on a labelled set: COCO mAP, recall, blurred share, false blurs",
+        description=__doc__,
+    )
+    p.add_argument(
+        "--data", type=Path, required=True, help="labelled set folder (COCO json, YOLO txt or VOC xml)"
+    )
+    p.add_argument("--format", choices=["coco", "yolo", "voc"], help="label format (default: detected)")
+    p.add_argument(
+        "--class-map",
+        metavar="MAP",
+        help='dataset classes to face/plate, e.g. "with_mask,without_mask=face;license-plate=plate" '
+        "(default: the shared set's map, else the built-in aliases)",
+    )
+    p.add_argument(
+        "--split",
+        choices=["all", "val", "train"],
+        default="all",
+        help="part of a shared set, by its fixed held-out rule (default: all)",
+    )
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N images, by file name")
+    p.add_argument(
+        "--model",
+        action="extend",
+        nargs="+",
+        dest="models",
+        metavar="FILE",
+        help="weights to evaluate; several give one side-by-side report (default: the configured model)",
+    )
+    p.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="CLASS=SCORE",
+        help="deployed per-class score threshold, e.g. --threshold face=0.3",
+    )
+    p.add_argument(
+        "--target-recall",
+        type=float,
+        default=0.95,
+        help="report the per-class thresholds that reach this recall at IoU 0.5 (default: 0.95)",
+    )
+    p.add_argument("--config", type=Path, metavar="FILE.yaml", help="options file of `streetblur blur`")
+    p.add_argument("--device", help="cpu, 0, cuda:0 ... (default: ultralytics chooses)")
+    p.add_argument("--out", type=Path, required=True, help="folder for report.md/.html/.json and predictions")
+    p.set_defaults(run=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    """Run `streetblur eval` from parsed arguments; the exit code."""
+    from eval.report import run_evaluation, write_report  # matplotlib, the detector: only when run
+    from jobs.pipeline import load_config
+
+    overrides: dict[str, object] = {}
+    if args.threshold:
+        overrides["detect.thresholds"] = dict(_class_score(text) for text in args.threshold)
+    if args.device:
+        overrides["detect.device"] = args.device
+    config = load_config(args.config, overrides)
+    configs = [
+        dataclasses.replace(config, detect=dataclasses.replace(config.detect, models=(m,)))
+        for m in args.models or []
+    ]
+    images, dataset = _images(args)
+    evaluation = run_evaluation(images, configs or [config], args.target_recall, dataset)
+    files = write_report(evaluation, args.out)
+    for model in evaluation.models:
+        for name, row in model.privacy["deployed"].items():
+            if name in CLASS_NAMES and row["recall50"] is not None:
+                figures = f"recall@0.5 {row['recall50']:.3f}, blurred {row['blurred']['all']:.3f}, "
+                figures += f"false blurs/image {row['false_blurs_per_image']:.2f}"
+                print(f"{model.label} {name}: AP50 {model.coco[name]['AP50']:.3f}, {figures}")
+    print(f"wrote {', '.join(str(path) for path in files.values())}", file=sys.stderr)
+    return 0
+
+
+def _class_score(text: str) -> tuple[str, float]:
+    name, sep, value = text.partition("=")
+    if not sep or name.strip() not in CLASS_NAMES:
+        raise ValueError(f"expected CLASS=SCORE with CLASS one of {CLASS_NAMES}, got {text!r}")
+    return name.strip(), float(value)
+
+
+def _images(args: argparse.Namespace) -> tuple[list[LabelledImage], dict[str, object]]:
+    """The labelled images that `args` select, and their description for the report."""
+    if not args.data.is_dir():
+        raise FileNotFoundError(f"{args.data}: no such folder")
+    spec = SHARED_DATASETS.get(args.data.name)
+    label_format = args.format or (spec.format if spec else detect_format(args.data))
+    class_map = parse_class_map(args.class_map) if args.class_map else (spec.class_map if spec else None)
+    images = load_dataset(args.data, label_format, class_map)
+    if args.split != "all":
+        if spec is None:
+            raise ValueError(
+                f"--split {args.split}: {args.data.name} has no split rule; one of {sorted(SHARED_DATASETS)}"
+            )
+        images = split_dataset(images, spec.split)[args.split]
+    if args.limit is not None:
+        if args.limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {args.limit}")
+        images = images[: args.limit]
+    dataset = {"root": str(args.data), "format": label_format, "split": args.split, "class_map": class_map}
+    return images, dataset

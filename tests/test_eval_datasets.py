@@ -1,0 +1,120 @@
+"""Dataset loaders on the shared sets and on small hand-made sets with the quirks found in the wild."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from detection.detections import Detections
+from eval.datasets import SHARED_DATASETS, load_dataset, load_split, parse_class_map
+from tests.conftest import DATASETS
+
+SHARED_COUNTS = {"faces-crowd": (703, 3153), "plates-dashcam": (468, 569), "plates-roboflow": (138, 208)}
+
+
+@pytest.mark.parametrize("name", sorted(SHARED_COUNTS))
+def test_shared_sets_load_whole_and_inside_their_images(name):
+    images = load_dataset(DATASETS / name)
+    n_images, n_boxes = SHARED_COUNTS[name]
+    assert len(images) == n_images
+    assert sum(len(im.boxes) for im in images) == n_boxes
+    assert len({im.image_id for im in images}) == n_images
+    labelled = set(SHARED_DATASETS[name].class_map.values())
+    for im in images:
+        assert im.path.is_file(), im.path
+        xyxy = im.boxes.xyxy
+        assert (xyxy[:, :2] >= 0).all() and (xyxy[:, 2] <= im.width).all() and (xyxy[:, 3] <= im.height).all()
+        assert (xyxy[:, 2:] > xyxy[:, :2]).all(), im.path
+        assert set(im.boxes.class_names) <= labelled
+    with Image.open(images[0].path) as first:
+        assert first.size == (images[0].width, images[0].height)
+
+
+@pytest.mark.parametrize("name", sorted(SHARED_COUNTS))
+def test_held_out_split_is_a_disjoint_part(name):
+    val, train = load_split(DATASETS / name, "val"), load_split(DATASETS / name, "train")
+    assert len(val) + len(train) == SHARED_COUNTS[name][0]
+    assert 0.05 < len(val) / SHARED_COUNTS[name][0] < 0.3
+    assert not {im.path for im in val} & {im.path for im in train}
+
+
+def save_image(path, width: int, height: int, format: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (width, height), (90, 120, 150)).save(path, format=format)
+
+
+def test_yolo_quirks_hash_names_empty_labels_and_lying_extensions(tmp_path):
+    (tmp_path / "data.yaml").write_text("names: [license_plate, car]\n")
+    save_image(tmp_path / "images" / "clip#t=1.5.jpg", 200, 100, "PNG")  # a PNG named .jpg
+    save_image(tmp_path / "images" / "empty.png", 64, 32, "JPEG")  # a JPEG named .png
+    save_image(tmp_path / "images" / "unlabelled.jpg", 30, 20, "JPEG")  # no label file at all
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    (labels / "clip#t=1.5.txt").write_text("0 0.5 0.5 0.25 0.5\n\n1 0.1 0.1 0.1 0.1\n0 0.95 0.5 0.2 0.2\n")
+    (labels / "empty.txt").write_text("")
+    images = {im.path.name: im for im in load_dataset(tmp_path)}
+    assert sorted(images) == ["clip#t=1.5.jpg", "empty.png", "unlabelled.jpg"]
+    clip = images["clip#t=1.5.jpg"]
+    assert (clip.width, clip.height) == (200, 100)  # from the content, not the extension
+    assert clip.boxes.class_names == ["plate", "plate"]  # `car` maps to nothing and is dropped
+    # Float centres and sizes become pixels; the box past the right edge is clipped to it.
+    np.testing.assert_allclose(clip.boxes.xyxy, [[75, 25, 125, 75], [170, 40, 200, 60]], atol=1e-4)
+    assert (images["empty.png"].width, images["empty.png"].height) == (64, 32)
+    assert len(images["empty.png"].boxes) == len(images["unlabelled.jpg"].boxes) == 0
+
+
+def test_voc_quirks_hash_names_and_float_boxes(tmp_path):
+    save_image(tmp_path / "images" / "drive.mp4#t=12.5.jpg", 1280, 720, "JPEG")
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "drive.mp4#t=12.5.xml").write_text(
+        "<annotation><filename>drive.mp4#t=12.5.jpg</filename>"
+        "<size><width>1280</width><height>720</height><depth>3</depth></size>"
+        "<object><name>license-plate</name><bndbox><xmin>556.65</xmin><ymin>373.27</ymin>"
+        "<xmax>622.05</xmax><ymax>389.5</ymax></bndbox></object>"
+        "<object><name>car</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>9</xmax><ymax>9</ymax></bndbox>"
+        "</object></annotation>"
+    )
+    [image] = load_dataset(tmp_path, class_map={"license-plate": "plate"})
+    assert image.path.is_file() and image.path.name == "drive.mp4#t=12.5.jpg"
+    assert (image.width, image.height) == (1280, 720)
+    np.testing.assert_allclose(image.boxes.xyxy, [[556.65, 373.27, 622.05, 389.5]], atol=1e-3)
+    assert image.boxes.class_names == ["plate"]
+
+
+def test_coco_quirks_float_boxes_unknown_classes_and_boxes_past_the_border(tmp_path):
+    save_image(tmp_path / "images" / "a#1.jpg", 400, 300, "JPEG")
+    save_image(tmp_path / "images" / "b.jpg", 400, 300, "JPEG")
+    coco = {
+        "images": [
+            {"id": 7, "file_name": "a#1.jpg", "width": 400, "height": 300},
+            {"id": 9, "file_name": "b.jpg", "width": 400, "height": 300},
+        ],
+        "categories": [{"id": 1, "name": "without_mask"}, {"id": 2, "name": "person"}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 1, "bbox": [10.5, 20.25, 30.5, 40.0]},
+            {"id": 2, "image_id": 7, "category_id": 1, "bbox": [380, 10, 21, 20]},  # one pixel past the edge
+            {"id": 3, "image_id": 7, "category_id": 2, "bbox": [0, 0, 100, 200]},
+        ],
+    }
+    (tmp_path / "annotations.json").write_text(json.dumps(coco))
+    a, b = load_dataset(tmp_path)
+    assert (a.image_id, b.image_id) == (7, 9)  # the dataset's own ids
+    assert a.path.is_file()
+    np.testing.assert_allclose(a.boxes.xyxy, [[10.5, 20.25, 41, 60.25], [380, 10, 400, 30]])
+    assert a.boxes.class_names == ["face", "face"]
+    assert len(b.boxes) == 0
+
+
+def test_class_map_text_and_its_use(tmp_path):
+    assert parse_class_map("a,b=face; c=plate;") == {"a": "face", "b": "face", "c": "plate"}
+    for bad in ("a=car", "face", "=plate"):
+        with pytest.raises(ValueError, match="bad class map clause"):
+            parse_class_map(bad)
+    save_image(tmp_path / "images" / "x.jpg", 100, 100, "JPEG")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "x.txt").write_text("0 0.5 0.5 0.2 0.2\n1 0.5 0.5 0.4 0.4\n")
+    (tmp_path / "data.yaml").write_text("names: {0: kennzeichen, 1: gesicht}\n")
+    [image] = load_dataset(tmp_path, class_map=parse_class_map("kennzeichen=plate;gesicht=face"))
+    assert image.boxes.class_names == ["plate", "face"]
+    assert isinstance(image.boxes, Detections) and (image.boxes.scores == 1).all()

@@ -1,0 +1,235 @@
+"""`streetblur eval` on a small real subset: figures, report files and the command line."""
+
+import argparse
+import base64
+import json
+import math
+from dataclasses import replace
+from html.parser import HTMLParser
+
+import cv2
+import numpy as np
+import pytest
+from faster_coco_eval import COCO, COCOeval_faster
+
+from detection.detections import CLASS_NAMES, Detections
+from detection.detector import DEFAULT_MODEL, Detector
+from detection.tiling import merge_boxes
+from eval.cli import add_eval_parser
+from eval.datasets import SHARED_DATASETS, load_split
+from eval.report import at_thresholds, best_of_groups, read_pixels, run_evaluation, write_report
+from jobs.pipeline import Config
+from tests.conftest import DATASETS, SAMPLES
+
+FACES = DATASETS / "faces-crowd"
+SUBSET = 12
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def subset():
+    return load_split(FACES, "val")[:SUBSET]
+
+
+@pytest.fixture(scope="module")
+def evaluation(detector, subset):
+    dataset = {
+        "root": str(FACES),
+        "format": "coco",
+        "split": "val",
+        "class_map": SHARED_DATASETS[FACES.name].class_map,
+    }
+    return run_evaluation(subset, [Config(detect=detector.config)], dataset=dataset, progress=False)
+
+
+@pytest.fixture(scope="module")
+def report_dir(evaluation, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    write_report(evaluation, out)
+    return out
+
+
+def test_report_files_are_written(report_dir):
+    names = {"report.md", "report.html", "report.json", "predictions.json", "ground_truth.json"}
+    assert {p.name for p in report_dir.iterdir()} == names
+    markdown = (report_dir / "report.md").read_text()
+    for heading in ("## COCO metrics", "## Privacy at the deployed thresholds", "## Definitions"):
+        assert heading in markdown
+    assert "| streetblur-n.pt | face |" in markdown
+
+
+class Tags(HTMLParser):
+    """Every start tag and its attributes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+
+def test_html_is_self_contained_with_embedded_pngs(report_dir, evaluation):
+    parser = Tags()
+    parser.feed((report_dir / "report.html").read_text())
+    parser.close()
+    tags = [tag for tag, _ in parser.tags]
+    assert "table" in tags and "h1" in tags
+    images = [attrs["src"] for tag, attrs in parser.tags if tag == "img"]
+    assert len(images) == 1 + min(4, SUBSET)  # the PR curves, then the examples
+    for src in images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(PNG_SIGNATURE)
+    links = [v for _, attrs in parser.tags for k, v in attrs.items() if k in ("src", "href") and v]
+    assert all(link.startswith("data:") for link in links)
+
+
+def test_json_has_the_documented_keys(report_dir, subset):
+    report = json.loads((report_dir / "report.json").read_text())
+    assert set(report) == {"created", "wall_time_s", "dataset", "settings", "examples", "models"}
+    assert report["wall_time_s"] > 0
+    assert report["dataset"]["images"] == SUBSET
+    assert report["dataset"]["boxes"]["face"] == sum(len(im.boxes) for im in subset)
+    assert report["settings"]["target_recall"] == 0.95
+    [model] = report["models"]
+    assert set(model) == {
+        "label", "model_id", "model_files", "predictions_file", "inference_s", "blur", "thresholds",
+        "coco", "privacy", "pr_curve",
+    }  # fmt: skip
+    assert model["predictions_file"] == "predictions.json"
+    assert model["model_id"].startswith("streetblur-n.pt@")
+    assert set(model["coco"]["face"]) == {
+        "AP",
+        "AP50",
+        "AP75",
+        "AP_small",
+        "AP_medium",
+        "AP_large",
+        "AR100",
+        "recall50",
+    }
+    assert set(model["coco"]["plate"].values()) == {None}  # faces-crowd labels no plates
+    deployed = model["privacy"]["deployed"]
+    assert set(deployed) == {"face", "plate", "all"}
+    assert set(deployed["face"]) == {
+        "recall50",
+        "boxes",
+        "blurred",
+        "false_blurs_per_image",
+        "detections_per_image",
+    }
+    assert set(deployed["face"]["blurred"]) == {"all", "small", "medium", "large"}
+    assert model["thresholds"]["deployed"] == {"face": 0.25, "plate": 0.25}
+    curve = model["pr_curve"]["face"]
+    assert len(curve["threshold"]) == len(curve["recall"]) == len(curve["precision"]) > 30
+    assert model["pr_curve"]["plate"] is None
+
+
+def test_predictions_are_coco_results_that_reproduce_the_reported_ap(report_dir, subset):
+    gt = COCO(str(report_dir / "ground_truth.json"))
+    results = json.loads((report_dir / "predictions.json").read_text())
+    assert results and {r["image_id"] for r in results} <= {im.image_id for im in subset}
+    assert all(
+        set(r) == {"image_id", "category_id", "bbox", "score"} and len(r["bbox"]) == 4 for r in results
+    )
+    evaluator = COCOeval_faster(gt, gt.loadRes(str(report_dir / "predictions.json")), iouType="bbox")
+    evaluator.params.catIds = [1]  # faces
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    reported = json.loads((report_dir / "report.json").read_text())["models"][0]["coco"]["face"]
+    assert evaluator.stats[0] == pytest.approx(reported["AP"], abs=1e-3)
+    assert evaluator.stats[1] == pytest.approx(reported["AP50"], abs=1e-3)
+
+
+def test_deployed_figures_are_those_of_the_deployed_detector(detector, evaluation, subset):
+    model = evaluation.models[0]
+    for i in range(3):
+        expected = detector.detect(read_pixels(subset[i], 10**9))
+        np.testing.assert_array_equal(model.detections["deployed"][i].xyxy, expected.xyxy)
+        np.testing.assert_array_equal(model.detections["deployed"][i].scores, expected.scores)
+    # The PR curve passes through the deployed operating point.
+    curve = model.curves["face"]
+    at_deployed = curve.recall[np.searchsorted(curve.threshold, model.thresholds["deployed"]["face"])]
+    assert at_deployed == pytest.approx(model.privacy["deployed"]["face"]["recall50"])
+
+
+@pytest.mark.parametrize("sample", ["dashcam_0.jpg", "crowd_0.jpg"])
+def test_boxes_before_the_merge_give_the_detector_at_any_threshold(detector, sample):
+    image = cv2.imread(str(SAMPLES / sample))  # the 1280x720 frame is tiled: its merge joins views
+    scan = Detector(
+        replace(detector.config, thresholds={"face": 0.01, "plate": 0.01}, merge_overlap=math.inf)
+    )
+    unmerged = scan.detect(image)
+    expected = detector.detect(image)
+    found = at_thresholds(unmerged, detector.config.thresholds, detector.config.merge_overlap)
+    np.testing.assert_array_equal(found.xyxy, expected.xyxy)
+    np.testing.assert_array_equal(found.class_id, expected.class_id)
+    assert len(unmerged) > len(found)
+    # The boxes COCO ranks, cut at any threshold, are the detector's boxes there (unwidened).
+    best = best_of_groups(unmerged, detector.config.merge_overlap)
+    for threshold in (0.02, 0.1, 0.25, 0.5):
+        at = at_thresholds(unmerged, dict.fromkeys(CLASS_NAMES, threshold), detector.config.merge_overlap)
+        cut = best[best.scores >= threshold]
+        np.testing.assert_array_equal(cut.scores, at.scores)
+        np.testing.assert_array_equal(cut.class_id, at.class_id)
+        assert (cut.xyxy[:, :2] >= at.xyxy[:, :2]).all() and (cut.xyxy[:, 2:] <= at.xyxy[:, 2:]).all()
+
+
+def test_best_of_groups_keeps_the_best_member_not_the_union():
+    unmerged = Detections([[0, 0, 10, 10], [2, 0, 14, 10], [50, 50, 60, 60]], [0.9, 0.5, 0.7], [0, 0, 1])
+    assert merge_boxes(unmerged, 0.6).xyxy.tolist()[0] == [0, 0, 14, 10]  # the second box joins the first
+    best = best_of_groups(unmerged, 0.6)
+    assert best.xyxy.tolist() == [[0, 0, 10, 10], [50, 50, 60, 60]]
+    np.testing.assert_allclose(best.scores, [0.9, 0.7])
+    assert best.class_id.tolist() == [0, 1]
+    assert len(best_of_groups(Detections(), 0.6)) == 0
+
+
+def eval_args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="streetblur")
+    add_eval_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["eval", *argv])
+
+
+def test_cli_writes_one_side_by_side_report_for_two_models(tmp_path, capsys):
+    args = eval_args(
+        "--data", str(DATASETS / "plates-roboflow"), "--split", "val", "--limit", "2",
+        "--model", str(DEFAULT_MODEL), str(DEFAULT_MODEL), "--threshold", "plate=0.4",
+        "--target-recall", "0.5", "--out", str(tmp_path / "out"),
+    )  # fmt: skip
+    assert args.run(args) == 0
+    out = tmp_path / "out"
+    names = {p.name for p in out.iterdir()}
+    assert {"predictions-streetblur-n.pt.json", "predictions-streetblur-n.pt-2.json"} <= names
+    assert "predictions.json" not in names
+    report = json.loads((out / "report.json").read_text())
+    first, second = report["models"]
+    assert (first["label"], second["label"]) == ("streetblur-n.pt", "streetblur-n.pt-2")
+    assert first["thresholds"]["deployed"]["plate"] == 0.4
+    assert first["coco"] == second["coco"] and first["privacy"] == second["privacy"]  # the same weights
+    dataset = report["dataset"]
+    assert (dataset["format"], dataset["split"], dataset["images"]) == ("yolo", "val", 2)
+    assert dataset["class_map"] == {"license_plate": "plate"}
+    assert report["settings"]["target_recall"] == 0.5
+    assert "streetblur-n.pt-2 plate: AP50" in capsys.readouterr().out
+    assert "| streetblur-n.pt-2 | plate |" in (out / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--split", "val"], "no split rule"),
+        (["--threshold", "car=0.3"], "CLASS=SCORE"),
+        (["--class-map", "x=car"], "bad class map clause"),
+        (["--limit", "0"], "--limit"),
+        (["--target-recall", "1.5"], "target recall"),
+    ],
+)
+def test_cli_refuses_bad_options_before_loading_a_model(tmp_path, argv, message):
+    (tmp_path / "images").mkdir()
+    cv2.imwrite(str(tmp_path / "images" / "a.jpg"), np.zeros((20, 20, 3), np.uint8))
+    (tmp_path / "labels").mkdir()
+    args = eval_args("--data", str(tmp_path), "--out", str(tmp_path / "out"), *argv)
+    with pytest.raises(ValueError, match=message):
+        args.run(args)
