@@ -58,8 +58,10 @@ def output_format(path: str | Path) -> str:
     """`JPEG`, `PNG` or `WEBP` from a file name's extension."""
     suffix = Path(path).suffix.lower()
     if suffix not in FORMAT_BY_SUFFIX:
-        raise BadImageError(f"cannot write {suffix or 'files without extension'}: use one of "
-                            f"{', '.join(sorted(FORMAT_BY_SUFFIX))}")
+        raise BadImageError(
+            f"cannot write {suffix or 'files without extension'}: use one of "
+            f"{', '.join(sorted(FORMAT_BY_SUFFIX))}"
+        )
     return FORMAT_BY_SUFFIX[suffix]
 
 
@@ -71,10 +73,11 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
         image = _pillow_open(io.BytesIO(data))
     except (UnidentifiedImageError, ImportError):  # ImportError: ultralytics' wrapper, if imported first
         raise BadImageError("not an image (unrecognised format)") from None
-    if image.width * image.height > max_pixels:
-        raise BadImageError(
-            f"too many pixels: {image.width}x{image.height} = {image.width * image.height} > limit {max_pixels}"
-        )
+    except (OSError, SyntaxError, ValueError) as error:  # e.g. a header cut short
+        raise BadImageError(f"cannot decode: {error}") from None
+    pixels = image.width * image.height
+    if pixels > max_pixels:
+        raise BadImageError(f"too many pixels: {image.width}x{image.height} = {pixels} > limit {max_pixels}")
     try:
         image.load()
     except (OSError, SyntaxError, ValueError) as error:

@@ -20,6 +20,7 @@ from blurring import BlurConfig, anonymize
 from detection.detections import CLASS_NAMES, Detections
 from jobs.cli import main
 from jobs.image_io import decode_image
+from jobs.pipeline import Config, blur_image_bytes
 from tests.conftest import SAMPLES
 
 CROWD = SAMPLES / "crowd_0.jpg"  # 400x267 with several faces
@@ -208,21 +209,57 @@ def test_folder_blurs_good_photos_and_names_every_failure(capsys, tmp_path: Path
         assert records[name]["detections"] == []
 
 
+def test_folder_run_survives_an_output_that_cannot_be_written(capsys, tmp_path: Path):
+    source, out = tmp_path / "in", tmp_path / "out"
+    (source / "sub").mkdir(parents=True)
+    shutil.copy(SAMPLES / "crowd_0.jpg", source / "a.jpg")
+    shutil.copy(SAMPLES / "crowd_1.jpg", source / "sub" / "b.jpg")
+    shutil.copy(SAMPLES / "crowd_2.jpg", source / "z.jpg")
+    out.mkdir()
+    (out / "sub").write_text("a file where the output folder should go\n")
+    code, err = blur(capsys, source, "-o", out)
+    assert code == 1
+    assert read_pixels(out / "a.jpg").shape == (267, 400, 3)
+    assert read_pixels(out / "z.jpg").shape == read_pixels(SAMPLES / "crowd_2.jpg").shape  # after the failure
+    assert any(str(source / "sub" / "b.jpg") in line for line in err.splitlines()), err
+    assert re.search(r"\b2 blurred, 1 failed of 3 images", err), err
+
+
 # ---------------------------------------------------------------- 4. one bad file
 
 
-@pytest.mark.parametrize(("content", "reason"), [("truncated", "cannot decode"), ("empty", "empty"),
-                                                 ("text", "not an image")])
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("truncated", "cannot decode"),
+        ("header", "cannot decode"),
+        ("empty", "empty"),
+        ("text", "not an image"),
+    ],
+)
 def test_single_bad_file_fails_with_a_one_line_reason_and_no_output(capsys, tmp_path: Path, content, reason):
     data = CROWD.read_bytes()
     bad = tmp_path / "bad.jpg"
-    bad.write_bytes({"truncated": data[: len(data) // 2], "empty": b"", "text": b"hello\n" * 40}[content])
+    bad.write_bytes(
+        {"truncated": data[: len(data) // 2], "header": data[:100], "empty": b"", "text": b"hello\n" * 40}[
+            content
+        ]
+    )
     output = tmp_path / "out" / "bad.jpg"
     code, err = blur(capsys, bad, "-o", output)
     assert code != 0
     assert not output.exists() and not output.parent.exists()
     assert "Traceback" not in err
     assert any(str(bad) in line and reason in line for line in err.splitlines()), err
+
+
+@pytest.mark.parametrize("cut", [100, 1000])
+def test_pipeline_fails_closed_on_a_cut_file(detector, cut: int):
+    """`blur_image_bytes` reports a failure for a file cut short; it neither raises nor returns pixels."""
+    outcome = blur_image_bytes(CROWD.read_bytes()[:cut], "JPEG", detector, Config())
+    assert outcome.status == "failed"
+    assert outcome.output is None
+    assert "cannot decode" in outcome.error
 
 
 def test_unwritable_output_format_fails_without_output(capsys, tmp_path: Path):
@@ -277,6 +314,19 @@ def test_strip_metadata_writes_no_exif(capsys, tmp_path: Path):
     assert mean_abs_diff(read_pixels(output), source) < mean_abs_diff(read_pixels(output), source[::-1, ::-1])
 
 
+def test_alpha_of_a_png_survives_blurring(capsys, tmp_path: Path):
+    with Image.open(CROWD) as image:
+        rgba = image.convert("RGBA")
+    alpha = np.array(rgba.convert("L"))[::-1]
+    rgba.putalpha(Image.fromarray(alpha))
+    rgba.save(tmp_path / "in.png")
+    code, err = blur(capsys, tmp_path / "in.png", "-o", tmp_path / "out.png")
+    assert code == 0, err
+    with Image.open(tmp_path / "out.png") as written:
+        assert written.mode == "RGBA" and written.size == (400, 267)
+        assert np.array_equal(np.array(written.getchannel("A")), alpha)
+
+
 # ---------------------------------------------------------------- 6. pixel limit
 
 
@@ -298,8 +348,9 @@ def test_face_threshold_keeps_only_confident_faces(capsys, tmp_path: Path, crowd
     faces = default.of_class("face")
     assert len(faces) >= 1 and (faces.scores < 0.99).any()  # so 0.99 must drop at least one
     report = tmp_path / "report.json"
-    code, err = blur(capsys, CROWD, "-o", tmp_path / "out.jpg", "--threshold", "face=0.99",
-                     "--detections", report)
+    code, err = blur(
+        capsys, CROWD, "-o", tmp_path / "out.jpg", "--threshold", "face=0.99", "--detections", report
+    )
     assert code == 0, err
     strict = boxes_of(read_report(report)["images"][0])
     assert len(strict.of_class("face")) < len(faces)
@@ -322,8 +373,9 @@ def test_threshold_for_an_unknown_class_is_a_usage_error(capsys, tmp_path: Path)
     assert "cat" in err
 
 
-@pytest.mark.parametrize(("args", "mode"), [(["--mode", "pixelate"], "pixelate"),
-                                            (["--set", "blur.mode=solid"], "solid")])
+@pytest.mark.parametrize(
+    ("args", "mode"), [(["--mode", "pixelate"], "pixelate"), (["--set", "blur.mode=solid"], "solid")]
+)
 def test_blur_mode_reaches_the_blur(capsys, tmp_path: Path, args: list, mode: str):
     output, report = tmp_path / "out.png", tmp_path / "report.json"
     code, err = blur(capsys, CROWD, "-o", output, "--detections", report, *args)
@@ -359,12 +411,15 @@ def test_tile_size_reaches_the_detector(capsys, tmp_path: Path, monkeypatch):
     assert read_pixels(output).shape == (720, 1280, 3)
 
 
-@pytest.mark.parametrize(("setting", "message"), [
-    ("detect.no_such_option=1", "unknown option detect.no_such_option"),
-    ("nonsense=3", "unknown option nonsense"),
-    ("blur.mode=smudge", "unknown blur mode"),
-    ("detect.tile_size", "KEY=VALUE"),
-])
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("detect.no_such_option=1", "unknown option detect.no_such_option"),
+        ("nonsense=3", "unknown option nonsense"),
+        ("blur.mode=smudge", "unknown blur mode"),
+        ("detect.tile_size", "KEY=VALUE"),
+    ],
+)
 def test_bad_set_is_a_usage_error(capsys, tmp_path: Path, setting: str, message: str):
     code, err = blur(capsys, CROWD, "-o", tmp_path / "out.jpg", "--set", setting)
     assert code == 2
@@ -387,8 +442,14 @@ def test_console_script_blurs_a_photo(tmp_path: Path):
     script = Path(sys.executable).with_name("streetblur")
     assert script.exists(), script
     output, report = tmp_path / "out.jpg", tmp_path / "report.json"
-    done = subprocess.run([str(script), "blur", str(CROWD), "-o", "out.jpg", "--detections", "report.json"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False)
+    done = subprocess.run(
+        [str(script), "blur", str(CROWD), "-o", "out.jpg", "--detections", "report.json"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     with Image.open(output) as written:
         assert written.format == "JPEG" and written.size == (400, 267)

@@ -82,16 +82,36 @@ def test_truncated_image_cannot_be_decoded(format: str):
     assert "\n" not in str(info.value)
 
 
-def test_truncated_jpeg_is_refused_even_after_ultralytics_is_imported():
-    """The CLI imports ultralytics before decoding; it must not make Pillow accept truncated files."""
+@pytest.mark.parametrize(
+    ("content", "reason"), [("text", "not an image"), ("truncated", "cannot decode"), ("empty", "empty")]
+)
+def test_bad_input_is_refused_the_same_after_ultralytics_is_imported(capsys, content: str, reason: str):
+    """The CLI imports ultralytics, which patches PIL.Image.open, before it decodes anything."""
     from detection.runtime import prepare_ultralytics
 
     prepare_ultralytics()
     import ultralytics  # noqa: F401
 
+    capsys.readouterr()  # ultralytics' first-import messages
     data = PHOTO.read_bytes()
-    with pytest.raises(BadImageError, match=r"cannot decode"):
-        decode_image(data[: len(data) // 2], LIMIT)
+    bad = {
+        "text": b"GET / HTTP/1.1\r\nHost: example\r\n\r\n" * 10,
+        "truncated": data[: len(data) // 2],
+        "empty": b"",
+    }[content]
+    with pytest.raises(BadImageError, match=reason):
+        decode_image(bad, LIMIT)
+    assert capsys.readouterr().out == ""  # no attempt to fetch or install decoders
+
+
+@pytest.mark.filterwarnings("ignore:(Corrupt EXIF|Truncated File Read):UserWarning")
+@pytest.mark.parametrize("format", ["JPEG", "PNG", "WEBP", "TIFF", "BMP"])
+def test_image_cut_anywhere_is_a_bad_image(format: str):
+    """A half-uploaded file, cut in its header or in its pixel data, gives BadImageError, nothing else."""
+    data = _encode(_source(), format, **({"exif": _tagged_exif(6)} if format != "BMP" else {}))
+    for cut in (40, 100, 300, 1000, len(data) // 3, len(data) * 2 // 3, len(data) - 100):
+        with pytest.raises(BadImageError, match=r"cannot decode|not an image"):
+            decode_image(data[:cut], LIMIT)
 
 
 def test_too_many_pixels_is_refused_with_sizes_in_the_message():
@@ -180,9 +200,14 @@ def test_cmyk_jpeg_decodes_to_the_right_colours():
     assert _mean_abs_diff(decoded.pixels, _bgr(source)) < 3  # not inverted, not channel-swapped
 
 
-@pytest.mark.parametrize(("orientation", "stored"), [
-    (6, Image.Transpose.ROTATE_90), (8, Image.Transpose.ROTATE_270), (3, Image.Transpose.ROTATE_180),
-])
+@pytest.mark.parametrize(
+    ("orientation", "stored"),
+    [
+        (6, Image.Transpose.ROTATE_90),
+        (8, Image.Transpose.ROTATE_270),
+        (3, Image.Transpose.ROTATE_180),
+    ],
+)
 def test_exif_orientation_is_applied(orientation: int, stored: Image.Transpose):
     source = _source()
     sideways = source.transpose(stored)  # what a camera held sideways stores; EXIF says how to fix it
@@ -328,9 +353,18 @@ def test_quality_changes_jpeg_size():
 # ---------------------------------------------------------------- output_format
 
 
-@pytest.mark.parametrize(("name", "format"), [("a.jpg", "JPEG"), ("a.jpeg", "JPEG"), ("dir/A.JPG", "JPEG"),
-                                              ("a.png", "PNG"), ("a.PNG", "PNG"), ("a.webp", "WEBP"),
-                                              (Path("x/y.tar.jpeg"), "JPEG")])
+@pytest.mark.parametrize(
+    ("name", "format"),
+    [
+        ("a.jpg", "JPEG"),
+        ("a.jpeg", "JPEG"),
+        ("dir/A.JPG", "JPEG"),
+        ("a.png", "PNG"),
+        ("a.PNG", "PNG"),
+        ("a.webp", "WEBP"),
+        (Path("x/y.tar.jpeg"), "JPEG"),
+    ],
+)
 def test_output_format_by_extension(name: str, format: str):
     assert output_format(name) == format
 
