@@ -13,10 +13,8 @@ import statistics
 import time
 from pathlib import Path
 
-import yaml
-
 from detection.detector import Detector
-from jobs.pipeline import blur_image_bytes, load_config
+from jobs.pipeline import blur_image_bytes, load_config, parse_overrides
 
 DASHCAM = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "plates-dashcam" / "images"
 
@@ -26,7 +24,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     args = parser.parse_args()
-    overrides = {k: yaml.safe_load(v) for k, _, v in (s.partition("=") for s in args.set)}
+    overrides = parse_overrides(args.set)
     config = load_config(overrides=overrides)
     paths = sorted(DASHCAM.glob("*.jpg"))[:: max(1, len(list(DASHCAM.glob("*.jpg"))) // args.images)]
     paths = paths[: args.images]

@@ -89,11 +89,19 @@ class Detector:
                 self.config.whole_image_pass,
             )
             jobs += [(index, view, view.crop(pixels)) for view in views]
+        # Only views of one shape share a model batch: ultralytics pads a batch of equal shapes
+        # minimally and any other batch to a square, so mixing shapes would make a view's boxes
+        # depend on which other views it was batched with.
+        by_shape: dict[tuple[int, ...], list] = {}
+        for job in jobs:
+            by_shape.setdefault(job[2].shape, []).append(job)
         found: list[list[Detections]] = [[] for _ in images]
-        for start in range(0, len(jobs), self.config.batch_size):
-            chunk = jobs[start : start + self.config.batch_size]
-            for (index, view, _), dets in zip(chunk, self._predict([c for _, _, c in chunk]), strict=True):
-                found[index].append(dets.scaled(1.0, (view.x, view.y)))
+        for group in by_shape.values():
+            for start in range(0, len(group), self.config.batch_size):
+                chunk = group[start : start + self.config.batch_size]
+                predicted = self._predict([crop for _, _, crop in chunk])
+                for (index, view, _), dets in zip(chunk, predicted, strict=True):
+                    found[index].append(dets.scaled(1.0, (view.x, view.y)))
         results = []
         for image, wrap, parts in zip(images, extended, found, strict=True):
             height, width = image.shape[:2]

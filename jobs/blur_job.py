@@ -24,9 +24,10 @@ import argparse
 import io
 import json
 import logging
+import os
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 
@@ -34,7 +35,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.image_io import FORMAT_BY_SUFFIX
-from jobs.pipeline import Config, blur_images, load_config
+from jobs.pipeline import Config, blur_images, load_config, parse_overrides
 from jobs.storage import NotFound, Storage, StoredObject
 
 log = logging.getLogger("streetblur.job")
@@ -80,8 +81,8 @@ class JobOptions:
     suffixes: tuple[str, ...] = INPUT_SUFFIXES
     overwrite: bool = False  # redo inputs already done
     retry_failed: bool = False  # redo inputs that failed before
-    actors: int = 1  # detector actors
-    actor_cpus: float = 1.0
+    actors: int | None = None  # detector actors; None: as many as the cluster's CPUs allow
+    actor_cpus: float = 0.75  # below 1 on purpose: leaves room for the read/write tasks
     actor_gpus: float = 0.0
     io_cpus: float = 0.25  # CPUs per read/write task: small, so actors do not starve them
     batch_size: int = 4  # images per actor call; their tiles share model batches
@@ -91,9 +92,13 @@ class JobOptions:
 
 
 def run_job(options: JobOptions, address: str | None = None) -> dict:
-    """Run the job on the Ray cluster at `address` (None: `RAY_ADDRESS`, else a local Ray)."""
+    """Run the job on the Ray cluster at `address` (None: `RAY_ADDRESS`, else a new local Ray).
+
+    A new local Ray, not "whatever cluster this machine last started": that one may be gone.
+    """
     import ray
 
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
     started = time.perf_counter()
     source = Storage(options.input_uri, options.endpoint_url)
     target = Storage(options.output_uri, options.endpoint_url)
@@ -113,9 +118,11 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
     log.info("run %s: %d inputs, %d to do, %d done before", run_id, len(inputs), len(todo), len(skipped))
     writer = _ManifestWriter(target, run_id, options.flush_rows)
     writer.add([_skipped_row(done[item.key], item, run_id) for item in skipped])
+    actors = 0
     if todo:
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-        _run_pipeline(todo, source, target, options, writer, run_id)
+        actors = options.actors or pool_size(ray.cluster_resources(), options)
+        _run_pipeline(todo, source, target, replace(options, actors=actors), writer, run_id)
     writer.flush()
     counts = writer.counts
     wall = time.perf_counter() - started
@@ -128,11 +135,19 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
         **counts,
         "wall_s": round(wall, 2),
         "images_per_s": round(processed / wall, 3) if processed else 0.0,
+        "actors": actors,
     }
     consolidate_manifest(target)
     target.write(f"{AUDIT_DIR}/runs/{run_id}/summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     log.info("summary: %s", json.dumps(summary))
     return summary
+
+
+def pool_size(resources: dict, options: JobOptions) -> int:
+    """Detector actors that fit the cluster, leaving each one room for a read or write task beside it."""
+    if options.actor_gpus > 0:
+        return max(1, int(resources.get("GPU", 0) / options.actor_gpus))
+    return max(1, int(resources.get("CPU", 1) / (options.actor_cpus + options.io_cpus)))
 
 
 def list_inputs(source: Storage, options: JobOptions) -> list[StoredObject]:
@@ -353,24 +368,18 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="redo inputs already done")
     parser.add_argument("--retry-failed", action="store_true", help="redo inputs that failed before")
-    parser.add_argument("--actors", type=int, default=1, help="detector actors in the pool")
-    parser.add_argument("--actor-cpus", type=float, default=1.0, help="CPUs reserved per detector actor")
+    parser.add_argument("--actors", type=int, help="detector actors (default: as many as the CPUs allow)")
+    parser.add_argument("--actor-cpus", type=float, default=0.75, help="CPUs reserved per detector actor")
     parser.add_argument("--actor-gpus", type=float, default=0.0, help="GPUs per detector actor")
     parser.add_argument("--batch-size", type=int, default=4, help="images per detector call")
+    parser.add_argument("--flush-rows", type=int, default=32, help="manifest rows per Parquet part")
     parser.add_argument("--config", help="options file (YAML), as for `streetblur blur`")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any option")
+    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
 
 
 def options_from_args(args: argparse.Namespace) -> JobOptions:
     """`JobOptions` from parsed `add_job_arguments` options."""
-    import yaml
-
-    overrides = {}
-    for pair in args.set:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
-        overrides[key.strip()] = yaml.safe_load(value)
     suffixes = tuple(f".{s.strip().lstrip('.').lower()}" for s in args.extensions.split(",") if s.strip())
     unsupported = set(suffixes) - set(FORMAT_BY_SUFFIX)
     if unsupported:
@@ -387,7 +396,8 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
         actor_cpus=args.actor_cpus,
         actor_gpus=args.actor_gpus,
         batch_size=args.batch_size,
-        config=load_config(args.config, overrides),
+        flush_rows=args.flush_rows,
+        config=load_config(args.config, parse_overrides(args.set)),
     )
 
 
@@ -395,7 +405,6 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point for `ray job submit -- python -m jobs.blur_job ...` (connects to RAY_ADDRESS)."""
     parser = argparse.ArgumentParser(prog="python -m jobs.blur_job", description=__doc__.split("\n")[0])
     add_job_arguments(parser)
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else local Ray)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     summary = run_job(options_from_args(args), address=args.address)

@@ -1,18 +1,16 @@
-"""`streetblur` command line: `blur` photos, `train` the default model."""
+"""`streetblur` command line: `blur` photos, `run` the batch job, `eval` a model, `train` one."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-import yaml
-
-from jobs.image_io import BadImageError, output_format
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".tif", ".tiff", ".bmp")
+from eval.cli import add_eval_parser
+from jobs.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format
+from jobs.pipeline import parse_overrides
+from jobs.storage import write_file_atomically
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="streetblur", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
     _add_blur_parser(commands.add_parser("blur", help="blur faces and plates in a photo or a folder"))
+    _add_run_parser(commands.add_parser("run", help="blur a bucket or folder with the Ray batch job"))
+    add_eval_parser(commands)
     _add_train_parser(commands.add_parser("train", help="train the face+plate model on labelled sets"))
     args = parser.parse_args(argv)
     try:
@@ -31,12 +31,27 @@ def main(argv: list[str] | None = None) -> int:
 
 def _add_blur_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", type=Path, help="a photo, or a folder searched recursively")
-    p.add_argument("-o", "--output", type=Path, required=True,
-                   help="output photo (format from its extension), or folder for a folder input")
-    p.add_argument("--model", action="append", dest="models", metavar="FILE",
-                   help="detector weights (.pt, .onnx, ...); repeat to combine models")
-    p.add_argument("--threshold", action="append", default=[], metavar="CLASS=SCORE",
-                   help="per-class score threshold, e.g. --threshold face=0.3")
+    p.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="output photo (format from its extension), or folder for a folder input",
+    )
+    p.add_argument(
+        "--model",
+        action="append",
+        dest="models",
+        metavar="FILE",
+        help="detector weights (.pt, .onnx, ...); repeat to combine models",
+    )
+    p.add_argument(
+        "--threshold",
+        action="append",
+        default=[],
+        metavar="CLASS=SCORE",
+        help="per-class score threshold, e.g. --threshold face=0.3",
+    )
     p.add_argument("--tile-size", type=int, help="tile images larger than this (0: no tiling)")
     p.add_argument("--tile-overlap", type=float, help="tile overlap as a fraction of the tile size")
     p.add_argument("--panorama", choices=["auto", "on", "off"], help="wrap the left/right seam (auto: 2:1)")
@@ -47,33 +62,39 @@ def _add_blur_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--strip-metadata", action="store_true", help="write no EXIF or ICC profile")
     p.add_argument("--detections", type=Path, metavar="FILE.json", help="also write the boxes found")
     p.add_argument("--config", type=Path, metavar="FILE.yaml", help="options file (see README)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="any option, e.g. --set detect.imgsz=960 --set blur.feather=0")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any option, e.g. --set detect.imgsz=960 --set blur.feather=0",
+    )
     p.set_defaults(run=_run_blur)
 
 
 def _blur_overrides(args: argparse.Namespace) -> dict:
     """Dotted config overrides from the blur flags; `--set` pairs win."""
     flags = {
-        "detect.models": args.models, "detect.tile_size": args.tile_size,
-        "detect.tile_overlap": args.tile_overlap, "detect.panorama": args.panorama,
-        "detect.device": args.device, "blur.mode": args.mode, "blur.margin": args.margin,
+        "detect.models": args.models,
+        "detect.tile_size": args.tile_size,
+        "detect.tile_overlap": args.tile_overlap,
+        "detect.panorama": args.panorama,
+        "detect.device": args.device,
+        "blur.mode": args.mode,
+        "blur.margin": args.margin,
         "max_pixels": args.max_pixels,
     }
     overrides = {k: v for k, v in flags.items() if v is not None}
     if args.threshold:
-        overrides["detect.thresholds"] = dict(_pair(t, float) for t in args.threshold)
+        thresholds = parse_overrides(args.threshold)
+        bad = {k: v for k, v in thresholds.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
+        if bad:
+            raise ValueError(f"--threshold takes CLASS=SCORE with a number, got {bad}")
+        overrides["detect.thresholds"] = {k: float(v) for k, v in thresholds.items()}
     if args.strip_metadata:
         overrides["keep_metadata"] = False
-    overrides.update(_pair(s, yaml.safe_load) for s in args.set)
+    overrides.update(parse_overrides(args.set))
     return overrides
-
-
-def _pair(text: str, convert) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise ValueError(f"expected KEY=VALUE, got {text!r}")
-    return key.strip(), convert(value)
 
 
 def _run_blur(args: argparse.Namespace) -> int:
@@ -85,10 +106,11 @@ def _run_blur(args: argparse.Namespace) -> int:
     config = load_config(args.config, _blur_overrides(args))
     if not args.input.exists():
         raise FileNotFoundError(f"{args.input}: no such file or folder")
-    if args.input.is_dir():
-        inputs = sorted(p for p in args.input.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if args.input.is_dir():  # outputs keep each input's format, so only formats we write are inputs
+        suffixes = tuple(FORMAT_BY_SUFFIX)
+        inputs = sorted(p for p in args.input.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
         if not inputs:
-            raise ValueError(f"{args.input}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+            raise ValueError(f"{args.input}: no images ({', '.join(suffixes)}) in this folder")
         if args.output.exists() and not args.output.is_dir():
             raise ValueError(f"{args.output}: must be a folder when the input is a folder")
         pairs = [(p, args.output / p.relative_to(args.input)) for p in inputs]
@@ -100,42 +122,69 @@ def _run_blur(args: argparse.Namespace) -> int:
     for source, target in tqdm(pairs, unit="image", disable=len(pairs) == 1 or None, file=sys.stderr):
         try:
             outcome = blur_image_bytes(source.read_bytes(), output_format(target), detector, config)
+            if outcome.output is not None:
+                write_file_atomically(target, outcome.output)
         except (BadImageError, OSError) as error:
             outcome = Outcome("failed", str(error))
-        if outcome.output is not None:
-            _write_atomically(target, outcome.output)
-        else:
+        if outcome.output is None:
             failures.append((source, outcome.error))
             tqdm.write(f"streetblur: error: {source}: {outcome.error}", file=sys.stderr)
-        records.append({
-            "input": str(source), "output": str(target) if outcome.output is not None else None,
-            "status": outcome.status, "error": outcome.error, "width": outcome.width,
-            "height": outcome.height, "detections": outcome.detections.to_records(),
-        })
+        records.append(
+            {
+                "input": str(source),
+                "output": str(target) if outcome.output is not None else None,
+                "status": outcome.status,
+                "error": outcome.error,
+                "width": outcome.width,
+                "height": outcome.height,
+                "detections": outcome.detections.to_records(),
+            }
+        )
     if args.detections:
         report = {"model": detector.model_id, "images": records}
-        _write_atomically(args.detections, (json.dumps(report, indent=1) + "\n").encode())
-    blurred = len(pairs) - len(failures)
-    if len(pairs) > 1 or failures:
-        print(f"streetblur: {blurred} blurred, {len(failures)} failed of {len(pairs)} images", file=sys.stderr)
+        write_file_atomically(args.detections, (json.dumps(report, indent=1) + "\n").encode())
+    if args.input.is_dir():
+        blurred = len(pairs) - len(failures)
+        print(
+            f"streetblur: {blurred} blurred, {len(failures)} failed of {len(pairs)} images", file=sys.stderr
+        )
         for source, error_text in failures:
             print(f"  failed: {source}: {error_text}", file=sys.stderr)
     return 1 if failures else 0
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """Write to a temporary name, then rename, so a half-written file never has the final name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    partial.write_bytes(data)
-    partial.replace(path)
+def _add_run_parser(p: argparse.ArgumentParser) -> None:
+    from jobs.blur_job import add_job_arguments
+
+    add_job_arguments(p)
+    p.set_defaults(run=_run_job)
+
+
+def _run_job(args: argparse.Namespace) -> int:
+    """The Ray batch job; failed inputs are in its manifest, so they do not fail the command."""
+    import logging
+
+    from jobs.blur_job import options_from_args, run_job
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    summary = run_job(options_from_args(args), address=args.address)
+    print(json.dumps(summary, indent=2))
+    return 0
 
 
 def _add_train_parser(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data", type=Path, default=Path("../shared/datasets"),
-                   help="folder holding faces-crowd/, plates-dashcam/ and plates-roboflow/")
-    p.add_argument("--out", type=Path, default=Path("detection/weights/streetblur-n.pt"),
-                   help="where to copy the best checkpoint (a .json run record is written beside it)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=Path("../shared/datasets"),
+        help="folder holding faces-crowd/, plates-dashcam/ and plates-roboflow/",
+    )
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=Path("detection/weights/streetblur-n.pt"),
+        help="where to copy the best checkpoint (a .json run record is written beside it)",
+    )
     p.add_argument("--init", help="starting weights or model YAML (default: fastanpr's plate model)")
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--hours", type=float, help="stop after this much training time (overrides --epochs)")
@@ -149,8 +198,17 @@ def _add_train_parser(p: argparse.ArgumentParser) -> None:
 def _run_train(args: argparse.Namespace) -> int:
     from jobs.train import train
 
-    record = train(args.data, args.out, init=args.init, epochs=args.epochs, hours=args.hours,
-                   imgsz=args.imgsz, batch=args.batch, device=args.device, workdir=args.workdir)
+    record = train(
+        args.data,
+        args.out,
+        init=args.init,
+        epochs=args.epochs,
+        hours=args.hours,
+        imgsz=args.imgsz,
+        batch=args.batch,
+        device=args.device,
+        workdir=args.workdir,
+    )
     print(json.dumps(record["val"], indent=2))
     return 0
 

@@ -43,23 +43,38 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     return _build(Config, values, "")
 
 
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """`["detect.imgsz=960", "blur.mode=pixelate"]` -> dotted overrides, values parsed as YAML."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected KEY=VALUE, got {pair!r}")
+        overrides[key.strip()] = yaml.safe_load(value)
+    return overrides
+
+
 def _build(cls: type, values: dict[str, Any], prefix: str):
+    """`cls(**values)`, nested dataclasses built too, each value checked against its default's type."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
     for key, value in values.items():
         if key not in fields:
             raise ValueError(f"unknown option {prefix}{key}; known: {', '.join(prefix + k for k in fields)}")
-        default = (
-            fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING else None
-        )
+        spec = fields[key]
+        default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
         if dataclasses.is_dataclass(default):
+            if not isinstance(value, dict):
+                raise ValueError(f"{prefix}{key}: expected a mapping of options, got {value!r}")
             value = _build(type(default), value, f"{prefix}{key}.")
         elif isinstance(default, dict):
             value = {**default, **value}
-        elif key == "models" and isinstance(value, str):
-            value = (value,)
-        elif isinstance(value, list):
-            value = tuple(value)
+        elif isinstance(default, tuple):
+            value = (value,) if isinstance(value, str) else tuple(value)
+        elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if default is not None and type(value) is not type(default):
+            raise ValueError(f"{prefix}{key}: expected {type(default).__name__}, got {value!r}")
         kwargs[key] = value
     return cls(**kwargs)
 

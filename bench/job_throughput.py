@@ -1,0 +1,131 @@
+"""Images/s of the whole Ray job against the detector alone in one process (the floor), and peak memory.
+
+Both run on the same real photos from ../shared/datasets (dashcam frames and crowd photos):
+- floor: one process, default `Detector`, `detect` on photos decoded beforehand (no I/O, no blur,
+  no encode: the least work any job must do);
+- job: `run_job` from a local folder to a local folder, local Ray started in-process; its rate is
+  taken over the steady state (first to last manifest row) and also over the whole wall time.
+Peak memory is the largest resident set summed over this process and all its children (Ray workers),
+sampled every 0.2 s. Not a test: numbers depend on the machine.
+
+    python bench/job_throughput.py [--images 40] [--actors N] [--actor-cpus C]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import psutil
+import pyarrow.parquet as pq
+
+from detection.detector import Detector
+from jobs.blur_job import AUDIT_DIR, JobOptions, run_job
+
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+
+
+class PeakMemory:
+    """Samples the summed RSS of this process tree in a background thread."""
+
+    def __init__(self) -> None:
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for process in [me, *me.children(recursive=True)]:
+                try:
+                    total += process.memory_info().rss
+                except psutil.Error:
+                    pass
+            self.peak = max(self.peak, total)
+            time.sleep(0.2)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def photos(count: int) -> list[Path]:
+    """Half dashcam frames (1280x720), half crowd photos, spread over each set."""
+    dashcam = sorted((DATASETS / "plates-dashcam" / "images").glob("*.jpg"))
+    crowd = sorted((DATASETS / "faces-crowd" / "images").glob("*.jpg"))
+    half = count // 2
+    return dashcam[:: len(dashcam) // half][:half] + crowd[:: len(crowd) // (count - half)][: count - half]
+
+
+def detector_alone(paths: list[Path]) -> dict:
+    images = [cv2.imread(str(p)) for p in paths]
+    detector = Detector()
+    detector.detect(images[0])  # warm-up
+    with PeakMemory() as memory:
+        start = time.perf_counter()
+        for image in images:
+            detector.detect(image)
+        seconds = time.perf_counter() - start
+    return {"images_per_s": round(len(images) / seconds, 3), "peak_rss_mb": round(memory.peak / 2**20)}
+
+
+def whole_job(paths: list[Path], actors: int | None, actor_cpus: float) -> dict:
+    work = Path(tempfile.mkdtemp(prefix="streetblur-bench-"))
+    try:
+        (work / "in").mkdir()
+        for i, path in enumerate(paths):
+            shutil.copyfile(path, work / "in" / f"{i:04d}{path.suffix}")
+        options = JobOptions(str(work / "in"), str(work / "out"), actors=actors, actor_cpus=actor_cpus)
+        with PeakMemory() as memory:
+            summary = run_job(options)
+        manifest = pq.read_table(io.BytesIO((work / "out" / AUDIT_DIR / "manifest.parquet").read_bytes()))
+        finished = sorted(manifest.column("finished_at").to_pylist())
+        steady = (finished[-1] - finished[0]).total_seconds()
+        return {
+            **{k: summary[k] for k in ("blurred", "failed", "wall_s", "images_per_s")},
+            "steady_images_per_s": round((len(finished) - 1) / steady, 3) if steady > 0 else None,
+            "actors": summary["actors"],
+            "peak_rss_mb": round(memory.peak / 2**20),
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=40)
+    parser.add_argument("--actors", type=int, help="detector actors (default: the job's own default)")
+    parser.add_argument("--actor-cpus", type=float, default=JobOptions.actor_cpus)
+    args = parser.parse_args()
+    paths = photos(args.images)
+    floor = detector_alone(paths)
+    job = whole_job(paths, args.actors, args.actor_cpus)
+    print(
+        json.dumps(
+            {
+                "images": len(paths),
+                "cpus": psutil.cpu_count(),
+                "detector_alone": floor,
+                "job": job,
+                "ratio_steady": round(job["steady_images_per_s"] / floor["images_per_s"], 2),
+                "ratio_wall": round(job["images_per_s"] / floor["images_per_s"], 2),
+            },
+            indent=2,
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
