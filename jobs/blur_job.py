@@ -185,9 +185,7 @@ def _run_pipeline(
         batch_size=options.batch_size,
         num_cpus=options.actor_cpus,
         num_gpus=options.actor_gpus,
-        max_restarts=3,
-        max_task_retries=3,
-    )
+    )  # Ray Data restarts a dead actor and retries its batch (max_restarts=-1 by default)
     dataset = dataset.map(_WriteStage(target, run_id), num_cpus=options.io_cpus)
     last_log = time.perf_counter()
     started = last_log
@@ -369,10 +367,18 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="redo inputs already done")
     parser.add_argument("--retry-failed", action="store_true", help="redo inputs that failed before")
     parser.add_argument("--actors", type=int, help="detector actors (default: as many as the CPUs allow)")
-    parser.add_argument("--actor-cpus", type=float, default=0.75, help="CPUs reserved per detector actor")
-    parser.add_argument("--actor-gpus", type=float, default=0.0, help="GPUs per detector actor")
-    parser.add_argument("--batch-size", type=int, default=4, help="images per detector call")
-    parser.add_argument("--flush-rows", type=int, default=32, help="manifest rows per Parquet part")
+    parser.add_argument(
+        "--actor-cpus", type=float, default=JobOptions.actor_cpus, help="CPUs reserved per detector actor"
+    )
+    parser.add_argument(
+        "--actor-gpus", type=float, default=JobOptions.actor_gpus, help="GPUs per detector actor"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=JobOptions.batch_size, help="images per detector call"
+    )
+    parser.add_argument(
+        "--flush-rows", type=int, default=JobOptions.flush_rows, help="manifest rows per Parquet part"
+    )
     parser.add_argument("--config", help="options file (YAML), as for `streetblur blur`")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any option")
     parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
