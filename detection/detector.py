@@ -13,6 +13,7 @@ from detection.runtime import prepare_ultralytics
 from detection.tiling import extend_seam, is_panorama, merge_boxes, plan_views, unwrap_seam
 
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "streetblur-n.pt"
+DEFAULT_THRESHOLDS = {"face": 0.25, "plate": 0.25}
 
 
 @dataclass(frozen=True)
@@ -20,7 +21,7 @@ class DetectorConfig:
     """Every detection option, with its default. See README "How it works"."""
 
     models: tuple[str, ...] = (str(DEFAULT_MODEL),)  # .pt/.onnx/... files ultralytics can load
-    thresholds: dict[str, float] = field(default_factory=lambda: {"face": 0.25, "plate": 0.25})
+    thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))  # per class
     aliases: dict[str, str] = field(
         default_factory=lambda: dict(DEFAULT_ALIASES)
     )  # model class -> face/plate
@@ -64,7 +65,7 @@ class Detector:
                     "add aliases"
                 )
             self._models.append((model, to_canonical))
-        self.model_id = "+".join(_file_id(Path(p)) for p in config.models)
+        self.model_id = model_id(config.models)
 
     def detect(self, image: np.ndarray) -> Detections:
         """Faces and plates in one BGR (H, W, 3) uint8 image, boxes in its pixels."""
@@ -79,7 +80,7 @@ class Detector:
             wrap = self.config.panorama == "on" or (
                 self.config.panorama == "auto" and is_panorama(width, height)
             )
-            pixels = extend_seam(image, min(width, self._seam_pad(width))) if wrap else image
+            pixels = extend_seam(image, self._seam_pad(width)) if wrap else image
             extended.append(wrap)
             views = plan_views(
                 pixels.shape[1],
@@ -113,11 +114,12 @@ class Detector:
 
     def _seam_pad(self, width: int) -> int:
         """Width of the strip copied across the seam: one tile, so seam objects up to a tile are whole."""
-        return self.config.tile_size or width // 4
+        return min(width, self.config.tile_size or width // 4)
 
     def _predict(self, crops: list[np.ndarray]) -> list[Detections]:
         """Run every model on a batch of crops; per-class thresholds applied."""
-        threshold = np.array([self.config.thresholds.get(c, 0.25) for c in CLASS_NAMES], np.float32)
+        thresholds = {**DEFAULT_THRESHOLDS, **self.config.thresholds}
+        threshold = np.array([thresholds[c] for c in CLASS_NAMES], np.float32)
         per_crop: list[list[Detections]] = [[] for _ in crops]
         for model, to_canonical in self._models:
             results = model.predict(
@@ -139,7 +141,6 @@ class Detector:
         return [Detections.concat(parts) for parts in per_crop]
 
 
-def _file_id(path: Path) -> str:
-    """`name@sha256-prefix` of a model file: names the exact weights in manifests and reports."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-    return f"{path.name}@{digest}"
+def model_id(models: tuple[str, ...]) -> str:
+    """`name@sha256-prefix` of each model file, joined by `+`: names the exact weights used."""
+    return "+".join(f"{Path(p).name}@{hashlib.sha256(Path(p).read_bytes()).hexdigest()[:12]}" for p in models)
