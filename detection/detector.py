@@ -21,21 +21,38 @@ class DetectorConfig:
     """Every detection option, with its default. See README "How it works"."""
 
     models: tuple[str, ...] = (str(DEFAULT_MODEL),)  # .pt/.onnx/... files ultralytics can load
-    thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))  # per class
-    aliases: dict[str, str] = field(
-        default_factory=lambda: dict(DEFAULT_ALIASES)
-    )  # model class -> face/plate
+    # Per-class score thresholds; classes left out keep DEFAULT_THRESHOLDS.
+    thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    # Model class name -> face/plate, after normalise_class_name.
+    aliases: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ALIASES))
     imgsz: int = 640  # model input size (pixels, longer side)
     tile_size: int = 640  # images with a side larger than this are tiled; 0 disables tiling
     tile_overlap: float = 0.2  # overlap of neighbouring tiles, as a fraction of the tile size
     whole_image_pass: bool = True  # also run the downscaled whole image, for objects larger than a tile
     panorama: str = "auto"  # "auto" (2:1 images), "on" or "off": wrap the left/right seam
-    merge_overlap: float = (
-        0.6  # merge boxes of a class when their intersection covers this much of the smaller
-    )
+    # Merge boxes of a class when their intersection covers this much of the smaller one.
+    merge_overlap: float = 0.6
     nms_iou: float = 0.5  # IoU of the per-view non-maximum suppression inside ultralytics
     batch_size: int = 8  # views per model call
     device: str | None = None  # "cpu", "0", "cuda:0"...; None lets ultralytics choose
+
+    def __post_init__(self) -> None:
+        unknown = set(self.thresholds) - set(CLASS_NAMES)
+        if unknown:
+            raise ValueError(f"thresholds for unknown classes {sorted(unknown)}; classes are {CLASS_NAMES}")
+        thresholds = {**DEFAULT_THRESHOLDS, **self.thresholds}
+        if not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in thresholds.values()):
+            raise ValueError(f"thresholds must be numbers in [0, 1], got {self.thresholds}")
+        object.__setattr__(self, "thresholds", {c: float(thresholds[c]) for c in CLASS_NAMES})
+        if self.panorama not in ("auto", "on", "off"):
+            raise ValueError(f"panorama must be auto, on or off, got {self.panorama!r}")
+        if not 0 <= self.tile_overlap < 1:
+            raise ValueError(f"tile_overlap must be in [0, 1), got {self.tile_overlap}")
+        if self.tile_size < 0 or self.imgsz < 32 or self.batch_size < 1:
+            raise ValueError(
+                f"need tile_size >= 0, imgsz >= 32, batch_size >= 1; got {self.tile_size}, "
+                f"{self.imgsz}, {self.batch_size}"
+            )
 
 
 class Detector:
@@ -45,9 +62,6 @@ class Detector:
         prepare_ultralytics()
         from ultralytics import YOLO
 
-        unknown = set(config.thresholds) - set(CLASS_NAMES)
-        if unknown:
-            raise ValueError(f"thresholds for unknown classes {sorted(unknown)}; classes are {CLASS_NAMES}")
         self.config = config
         self._models = []
         for path in config.models:
@@ -65,6 +79,13 @@ class Detector:
                     "add aliases"
                 )
             self._models.append((model, to_canonical))
+        covered = {CLASS_NAMES[c] for _, mapping in self._models for c in mapping.values()}
+        if covered != set(CLASS_NAMES):
+            missing = sorted(set(CLASS_NAMES) - covered)
+            raise ValueError(
+                f"no model detects {', '.join(missing)}: nothing would blur them. Add a model for "
+                f"{', '.join(missing)} (--model), or aliases mapping one of its classes"
+            )
         self.model_id = model_id(config.models)
 
     def detect(self, image: np.ndarray) -> Detections:
@@ -118,8 +139,7 @@ class Detector:
 
     def _predict(self, crops: list[np.ndarray]) -> list[Detections]:
         """Run every model on a batch of crops; per-class thresholds applied."""
-        thresholds = {**DEFAULT_THRESHOLDS, **self.config.thresholds}
-        threshold = np.array([thresholds[c] for c in CLASS_NAMES], np.float32)
+        threshold = np.array([self.config.thresholds[c] for c in CLASS_NAMES], np.float32)
         per_crop: list[list[Detections]] = [[] for _ in crops]
         for model, to_canonical in self._models:
             results = model.predict(

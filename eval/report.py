@@ -56,7 +56,7 @@ from tqdm import tqdm
 
 from blurring import blur_mask
 from detection.detections import CLASS_NAMES, Detections
-from detection.detector import Detector, DetectorConfig
+from detection.detector import Detector
 from detection.tiling import merge_boxes
 from eval.datasets import LabelledImage
 from eval.metrics import (
@@ -189,7 +189,7 @@ def _box_counts(images: list[LabelledImage]) -> dict[str, int]:
 def _evaluate_model(
     images: list[LabelledImage], config: Config, label: str, target_recall: float, progress: bool
 ) -> ModelResult:
-    deployed = {**DetectorConfig().thresholds, **config.detect.thresholds}
+    deployed = config.detect.thresholds  # every class, filled in by DetectorConfig
     scan = {name: min(SCAN_THRESHOLD, score) for name, score in deployed.items()}
     detector = Detector(dataclasses.replace(config.detect, thresholds=scan, merge_overlap=math.inf))
     start = time.perf_counter()

@@ -3,7 +3,8 @@
 Pillow does the work: it reads JPEG, PNG, WebP, TIFF and BMP; applies the EXIF orientation
 (`ImageOps.exif_transpose`); converts CMYK, palette, greyscale and 16-bit images. Decoding fails
 with `BadImageError`, a one-line reason, for anything that is not a complete image within the
-pixel limit. The EXIF block is kept (orientation reset to upright, as the pixels now are) unless
+pixel limit. The EXIF block is kept (orientation reset to upright, as the pixels now are; the
+MakerNote, where cameras hide preview images of the unblurred scene, always removed) unless
 metadata is stripped; the ICC colour profile is kept too. Alpha is carried through unchanged.
 """
 
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 # Pillow's own decompression-bomb limit would pre-empt ours; `decode_image` enforces `max_pixels`.
 Image.MAX_IMAGE_PIXELS = None
@@ -24,6 +25,7 @@ FORMAT_BY_SUFFIX = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WE
 """Output formats, chosen by the output file's extension."""
 
 EXIF_ORIENTATION = 0x0112
+EXIF_MAKER_NOTE = 0x927C
 
 _pillow_open = Image.open
 """Pillow's own opener. Importing ultralytics (the detector does) replaces `Image.open` with a wrapper
@@ -86,6 +88,7 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     upright = ImageOps.exif_transpose(image)
     if EXIF_ORIENTATION in exif:
         exif[EXIF_ORIENTATION] = 1
+    exif.get_ifd(ExifTags.IFD.Exif).pop(EXIF_MAKER_NOTE, None)
     alpha = np.array(upright.getchannel("A")) if "A" in upright.getbands() else None
     if upright.mode == "P" and "transparency" in upright.info:
         alpha = np.array(upright.convert("RGBA").getchannel("A"))

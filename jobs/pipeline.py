@@ -17,7 +17,7 @@ import yaml
 from blurring import BlurConfig, anonymize
 from detection.detections import Detections
 from detection.detector import Detector, DetectorConfig
-from jobs.image_io import BadImageError, decode_image, encode_image
+from jobs.image_io import BadImageError, DecodedImage, decode_image, encode_image
 
 
 @dataclass(frozen=True)
@@ -63,16 +63,21 @@ def _build(cls: type, values: dict[str, Any], prefix: str):
             raise ValueError(f"unknown option {prefix}{key}; known: {', '.join(prefix + k for k in fields)}")
         spec = fields[key]
         default = spec.default_factory() if spec.default_factory is not dataclasses.MISSING else spec.default
-        if dataclasses.is_dataclass(default):
+        if dataclasses.is_dataclass(default) or isinstance(default, dict):
             if not isinstance(value, dict):
-                raise ValueError(f"{prefix}{key}: expected a mapping of options, got {value!r}")
-            value = _build(type(default), value, f"{prefix}{key}.")
-        elif isinstance(default, dict):
-            value = {**default, **value}
+                raise ValueError(f"{prefix}{key}: expected a mapping, got {value!r}")
+            if dataclasses.is_dataclass(default):
+                value = _build(type(default), value, f"{prefix}{key}.")
+            else:
+                value = {**default, **value}  # e.g. aliases: add to the defaults, not replace them
         elif isinstance(default, tuple):
+            if not isinstance(value, (str, list, tuple)):
+                raise ValueError(f"{prefix}{key}: expected a list, got {value!r}")
             value = (value,) if isinstance(value, str) else tuple(value)
         elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        elif isinstance(default, str) and isinstance(value, bool):
+            value = "on" if value else "off"  # YAML 1.1 reads on/off as booleans
         if default is not None and type(value) is not type(default):
             raise ValueError(f"{prefix}{key}: expected {type(default).__name__}, got {value!r}")
         kwargs[key] = value
@@ -101,40 +106,33 @@ def blur_images(inputs: list[tuple[bytes, str]], detector: Detector, config: Con
     so one bad image does not fail the others.
     """
     outcomes = [Outcome("failed") for _ in inputs]
-    decoded = {}
-    for outcome, (data, _) in zip(outcomes, inputs, strict=True):
+    decoded: dict[int, DecodedImage] = {}
+    for i, (data, _) in enumerate(inputs):
         start = time.perf_counter()
         try:
-            image = decode_image(data, config.max_pixels)
-        except BadImageError as error:
-            outcome.error = str(error)
-            continue
-        finally:
-            outcome.timings_ms["decode"] = _ms_since(start)
-        decoded[id(outcome)] = image
-        outcome.width, outcome.height = image.width, image.height
-    todo = [o for o in outcomes if id(o) in decoded]
+            decoded[i] = decode_image(data, config.max_pixels)
+        except Exception as error:  # noqa: BLE001 -- BadImageError, or any decoder surprise
+            outcomes[i].error = str(error) if isinstance(error, BadImageError) else _reason("decode", error)
+        outcomes[i].timings_ms["decode"] = _ms_since(start)
     start = time.perf_counter()
-    found = _detect(detector, [decoded[id(o)].pixels for o in todo])
-    for outcome, (_, output_format) in zip(outcomes, inputs, strict=True):
-        if id(outcome) not in decoded:
-            continue
-        result = found[todo.index(outcome)]
-        outcome.timings_ms["detect"] = round(_ms_since(start) / len(todo), 1)
+    found = dict(zip(decoded, _detect(detector, [image.pixels for image in decoded.values()]), strict=True))
+    detect_ms = round(_ms_since(start) / max(len(decoded), 1), 1)
+    for i, image in decoded.items():
+        outcome, result = outcomes[i], found[i]
+        outcome.width, outcome.height = image.width, image.height
+        outcome.timings_ms["detect"] = detect_ms
         if isinstance(result, Exception):
-            outcome.error = f"detection failed: {type(result).__name__}: {result}"
+            outcome.error = _reason("detection", result)
             continue
         try:
-            lap = time.perf_counter()
-            blurred = anonymize(decoded[id(outcome)].pixels, result, config.blur)
-            outcome.timings_ms["blur"] = _ms_since(lap)
-            lap = time.perf_counter()
-            output = encode_image(
-                decoded[id(outcome)], blurred, output_format, config.keep_metadata, config.quality
-            )
-            outcome.timings_ms["encode"] = _ms_since(lap)
+            start = time.perf_counter()
+            blurred = anonymize(image.pixels, result, config.blur)
+            outcome.timings_ms["blur"] = _ms_since(start)
+            start = time.perf_counter()
+            output = encode_image(image, blurred, inputs[i][1], config.keep_metadata, config.quality)
+            outcome.timings_ms["encode"] = _ms_since(start)
         except Exception as error:  # noqa: BLE001 -- any failure must fail closed, with its reason
-            outcome.error = f"blurring failed: {type(error).__name__}: {error}"
+            outcome.error = _reason("blurring", error)
             continue
         outcome.status, outcome.output, outcome.detections = "blurred", output, result
     return outcomes
@@ -155,6 +153,10 @@ def _detect(detector: Detector, images: list) -> list[Detections | Exception]:
         if len(images) == 1:
             return [error]
         return [_detect(detector, [image])[0] for image in images]
+
+
+def _reason(stage: str, error: Exception) -> str:
+    return f"{stage} failed: {type(error).__name__}: {error}"
 
 
 def _ms_since(start: float) -> float:

@@ -455,3 +455,30 @@ def test_console_script_blurs_a_photo(tmp_path: Path):
         assert written.format == "JPEG" and written.size == (400, 267)
     record = read_report(report)["images"][0]
     assert record["status"] == "blurred" and record["detections"]
+
+
+class _BrokenDetector:
+    """Stands in for a detector whose inference fails, as on a GPU error or a corrupt model."""
+
+    model_id = "broken"
+
+    def __init__(self, config) -> None:
+        pass
+
+    def detect_batch(self, images):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+
+def test_an_image_whose_detection_failed_is_never_written(capsys, monkeypatch, tmp_path: Path):
+    monkeypatch.setattr("detection.detector.Detector", _BrokenDetector)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copyfile(SAMPLES / "crowd_0.jpg", folder / "a.jpg")
+    shutil.copyfile(SAMPLES / "dashcam_0.jpg", folder / "b.jpg")
+    code, err = blur(capsys, folder, "-o", tmp_path / "out", "--detections", tmp_path / "report.json")
+    assert code == 1
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").rglob("*.jpg"))
+    assert err.count("detection failed: RuntimeError: CUDA error") >= 2
+    records = read_report(tmp_path / "report.json")["images"]
+    assert [r["status"] for r in records] == ["failed", "failed"]
+    assert all(r["output"] is None for r in records)

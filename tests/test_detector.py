@@ -1,5 +1,6 @@
 """The default detector on real labelled photos: recall floors, tile merge, panorama seam, models."""
 
+import shutil
 from dataclasses import replace
 
 import cv2
@@ -116,7 +117,10 @@ def test_model_class_names_map_through_aliases(tmp_path):
     with pytest.raises(ValueError, match="maps to face or plate"):
         Detector(DetectorConfig(models=(str(numbered),)))
     mapped = Detector(DetectorConfig(models=(str(numbered),), aliases={"0": "face", "2": "plate"}))
+    assert mapped._models[0][1] == {0: 0, 2: 1}  # model class index -> face, plate
     assert isinstance(mapped.detect(np.zeros((64, 64, 3), np.uint8)), Detections)
+    with pytest.raises(ValueError, match="no model detects face"):
+        Detector(DetectorConfig(models=(str(numbered),), aliases={"2": "plate"}))  # plates only
 
 
 def test_missing_model_file_is_a_clear_error(tmp_path):
@@ -127,9 +131,9 @@ def test_missing_model_file_is_a_clear_error(tmp_path):
 def test_onnx_export_of_the_default_model_detects_the_same_boxes(detector, tmp_path):
     from ultralytics import YOLO
 
-    exported = YOLO(str(DEFAULT_MODEL)).export(
-        format="onnx", dynamic=True, simplify=False, imgsz=640, project=str(tmp_path)
-    )
+    copy = tmp_path / DEFAULT_MODEL.name  # ultralytics writes the .onnx beside its source
+    shutil.copyfile(DEFAULT_MODEL, copy)
+    exported = YOLO(str(copy)).export(format="onnx", dynamic=True, simplify=False, imgsz=640)
     image = cv2.imread(str(SAMPLES / "dashcam_0.jpg"))
     from_pt = detector.detect(image)
     from_onnx = Detector(DetectorConfig(models=(str(exported),))).detect(image)

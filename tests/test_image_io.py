@@ -5,7 +5,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageCms
+from PIL import ExifTags, Image, ImageCms
 
 from jobs.image_io import BadImageError, DecodedImage, decode_image, encode_image, output_format
 from tests.conftest import SAMPLES
@@ -373,3 +373,18 @@ def test_output_format_by_extension(name: str, format: str):
 def test_output_format_rejects_other_extensions(name: str):
     with pytest.raises(BadImageError, match=r"cannot write"):
         output_format(name)
+
+
+def test_maker_note_is_always_removed_but_other_exif_kept():
+    photo = Image.open(SAMPLES / "crowd_0.jpg")
+    exif = Image.Exif()
+    exif[0x010F] = "Nikon"
+    details = exif.get_ifd(ExifTags.IFD.Exif)
+    details[0x927C] = b"NIKON\x00" + (SAMPLES / "crowd_0.jpg").read_bytes()[:2000]  # an embedded preview
+    details[0x9003] = "2024:01:01 10:00:00"
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG", exif=exif)
+    decoded = decode_image(buffer.getvalue(), 10**9)
+    written = Image.open(io.BytesIO(encode_image(decoded, decoded.pixels, "JPEG"))).getexif()
+    assert written[0x010F] == "Nikon"
+    assert written.get_ifd(ExifTags.IFD.Exif) == {0x9003: "2024:01:01 10:00:00"}
