@@ -7,15 +7,38 @@ cd "$(dirname "$0")/.."
 images=${1:-../shared/samples}
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1
 export RAY_AUTH_MODE=disabled  # loopback only: nothing off this machine can reach the head
-s3_port=${S3_PORT:-9000} dashboard_port=${DASHBOARD_PORT:-8265}
+s3_port=${S3_PORT:-9000} gcs_port=${GCS_PORT:-6379} dashboard_port=${DASHBOARD_PORT:-8265}
 endpoint=http://127.0.0.1:$s3_port
+address=http://127.0.0.1:$dashboard_port
 
 moto_server -H 127.0.0.1 -p "$s3_port" > /tmp/streetblur-moto.log 2>&1 &
 moto_pid=$!
-cleanup() { ray stop --force > /dev/null 2>&1 || true; kill "$moto_pid" 2> /dev/null || true; }
+ray_pid=""
+# Stops this script's moto server and Ray head only (never `ray stop`, which stops every Ray on the
+# machine): the head runs `--block` in its own process group, and the whole group is signalled.
+cleanup() {
+    if [[ -n $ray_pid ]]; then
+        kill -TERM -- "-$ray_pid" 2> /dev/null || true
+        for _ in $(seq 60); do kill -0 -- "-$ray_pid" 2> /dev/null || break; sleep 1; done
+        kill -KILL -- "-$ray_pid" 2> /dev/null || true
+    fi
+    kill "$moto_pid" 2> /dev/null || true
+}
 trap cleanup EXIT
-ray start --head --node-ip-address=127.0.0.1 --dashboard-host=127.0.0.1 \
-    --dashboard-port="$dashboard_port" --disable-usage-stats > /dev/null
+# A script has no job control, so this background job is no group leader and `setsid` makes the
+# new session in place: $! is the head's pid and its process group id.
+setsid ray start --head --block --node-ip-address=127.0.0.1 --port="$gcs_port" \
+    --dashboard-host=127.0.0.1 --dashboard-port="$dashboard_port" --disable-usage-stats \
+    > /tmp/streetblur-ray.log 2>&1 &
+ray_pid=$!
+for attempt in $(seq 90); do
+    ray job list --address "$address" > /dev/null 2>&1 && break
+    if ! kill -0 "$ray_pid" 2> /dev/null || ((attempt == 90)); then
+        echo "the Ray head did not start; see /tmp/streetblur-ray.log" >&2
+        exit 1
+    fi
+    sleep 2
+done
 
 python - "$endpoint" "$images" <<'PY'
 import sys
@@ -31,7 +54,7 @@ for path in sorted(p for p in images.rglob("*") if p.is_file()):
 print(f"uploaded {images} to s3://photos/raw/ on {endpoint}")
 PY
 
-ray job submit --address "http://127.0.0.1:$dashboard_port" \
+ray job submit --address "$address" \
     --runtime-env-json "{\"env_vars\": {\"AWS_ACCESS_KEY_ID\": \"testing\", \"AWS_SECRET_ACCESS_KEY\": \"testing\", \"AWS_DEFAULT_REGION\": \"us-east-1\"}}" \
     -- "$(command -v python)" -m jobs.blur_job \
     --input s3://photos/raw --output s3://photos/blurred --endpoint-url "$endpoint"

@@ -10,12 +10,21 @@ Stages (Ray Data, streaming, so memory stays bounded whatever the bucket size):
 
 Under the output root, `_streetblur/` holds the audit trail:
   runs/RUN_ID/part-NNNNN.parquet  every input of that run, once: blurred, failed (with the reason) or
-                                  skipped (done by an earlier run with the same ETag);
-  runs/RUN_ID/summary.json        counts, images/s and wall time of the run;
-  manifest.parquet                the current state: the latest blurred/failed row of every input.
-A re-run skips inputs whose manifest row has the same ETag (unless `--overwrite`; failed ones again
-with `--retry-failed`). A run killed midway keeps the parts it flushed; the next run does the rest.
-Fail closed: an output is written only for an image whose decoding, detection and blur succeeded.
+                                  skipped (done by an earlier run with the same ETag and model);
+  runs/RUN_ID/summary.json        counts, images/s and wall time of the run; `skipped_failed` counts
+                                  the skipped inputs whose earlier run failed them;
+  manifest.parquet                the current state: the latest blurred/failed row of every input
+                                  (latest by run id, which starts with the run's UTC start time).
+A re-run skips an input only when its manifest row has the same ETag and the same model id (the
+detector weights' hashes): other weights redo everything. Blur and other config changes are NOT
+tracked: use `--overwrite` after changing them. `--retry-failed` redoes the inputs that failed.
+A run killed midway keeps the parts it flushed; the next run does the rest. A run whose pipeline
+raises flushes the rows it finished, then raises.
+
+One bad input never stops the job: an unsafe key (empty, absolute, with `..`), an unsupported
+extension, a missing or unreadable object, an undecodable image all become failed rows with the
+reason. Fail closed: an output is written only for an image whose decoding, detection and blur
+succeeded. The output may not be the input nor inside it (it would be read back as input).
 """
 
 from __future__ import annotations
@@ -29,19 +38,19 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
-from pathlib import PurePosixPath
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.image_io import FORMAT_BY_SUFFIX
-from jobs.pipeline import Config, blur_images, load_config, parse_overrides
-from jobs.storage import NotFound, Storage, StoredObject
+from detection.detector import model_id
+from jobs.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format
+from jobs.pipeline import Config, Outcome, blur_images, load_config, parse_overrides
+from jobs.storage import InvalidKey, NotFound, Storage, StoredObject, check_key
 
 log = logging.getLogger("streetblur.job")
 
 AUDIT_DIR = "_streetblur"
-INPUT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")
+INPUT_SUFFIXES = tuple(FORMAT_BY_SUFFIX)  # outputs keep the input's format, so only writable ones
 BOX_TYPE = pa.struct([("class", pa.string()), ("score", pa.float32()), ("box", pa.list_(pa.float32(), 4))])
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -95,6 +104,8 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
     """Run the job on the Ray cluster at `address` (None: `RAY_ADDRESS`, else a new local Ray).
 
     A new local Ray, not "whatever cluster this machine last started": that one may be gone.
+    Raises `ValueError`, before anything runs, for a missing local input folder or an output that is
+    the input or inside it.
     """
     import ray
 
@@ -102,28 +113,32 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
     started = time.perf_counter()
     source = Storage(options.input_uri, options.endpoint_url)
     target = Storage(options.output_uri, options.endpoint_url)
+    check_locations(source, target)
+    model = model_id(options.config.detect.models)  # hashes the weight files, loads nothing
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     inputs = list_inputs(source, options)
     done = {row["key"]: row for row in read_manifest_rows(target)}
-    todo, skipped = [], []
-    for item in inputs:
-        previous = done.get(item.key)
-        redo = (
-            options.overwrite
-            or previous is None
-            or previous["etag"] != item.etag
-            or (options.retry_failed and previous["status"] == "failed")
-        )
-        (todo if redo else skipped).append(item)
-    log.info("run %s: %d inputs, %d to do, %d done before", run_id, len(inputs), len(todo), len(skipped))
+    todo, skipped = plan_inputs(inputs, done, options, model)
+    skipped_failed = sum(done[item.key]["status"] == "failed" for item in skipped)
+    log.info(
+        "run %s: %d inputs, %d to do, %d done before (%d of them failed), model %s",
+        run_id,
+        len(inputs),
+        len(todo),
+        len(skipped),
+        skipped_failed,
+        model,
+    )
     writer = _ManifestWriter(target, run_id, options.flush_rows)
     writer.add([_skipped_row(done[item.key], item, run_id) for item in skipped])
     actors = 0
-    if todo:
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-        actors = options.actors or pool_size(ray.cluster_resources(), options)
-        _run_pipeline(todo, source, target, replace(options, actors=actors), writer, run_id)
-    writer.flush()
+    try:
+        if todo:
+            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+            actors = options.actors or pool_size(ray.cluster_resources(), options)
+            _run_pipeline(todo, source, target, replace(options, actors=actors), writer, run_id)
+    finally:
+        writer.flush()  # even if the pipeline raised: the rows it finished are kept, the next run skips them
     counts = writer.counts
     wall = time.perf_counter() - started
     processed = counts["blurred"] + counts["failed"]
@@ -133,6 +148,7 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
         "output": options.output_uri,
         "inputs": len(inputs),
         **counts,
+        "skipped_failed": skipped_failed,
         "wall_s": round(wall, 2),
         "images_per_s": round(processed / wall, 3) if processed else 0.0,
         "actors": actors,
@@ -140,7 +156,53 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
     consolidate_manifest(target)
     target.write(f"{AUDIT_DIR}/runs/{run_id}/summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     log.info("summary: %s", json.dumps(summary))
+    if skipped_failed:
+        log.warning(
+            "%d inputs skipped that failed in an earlier run (see the manifest); --retry-failed redoes them",
+            skipped_failed,
+        )
     return summary
+
+
+def check_locations(source: Storage, target: Storage) -> None:
+    """`ValueError` for a missing local input folder, or an output that is the input or inside it.
+
+    Outputs under the input would be listed as inputs by the next run (and blurred again), and an
+    output that is the input would overwrite the originals.
+    """
+    if not source.is_s3 and not source.root.is_dir():
+        raise ValueError(f"--input {source.uri}: no such folder")
+    if source.is_s3 != target.is_s3:
+        return
+    if source.is_s3:
+        overlap = source.bucket == target.bucket and target.prefix.startswith(source.prefix)
+    else:
+        input_dir, output_dir = source.root.resolve(), target.root.resolve()
+        overlap = output_dir == input_dir or input_dir in output_dir.parents
+    if overlap:
+        raise ValueError(
+            f"--output {target.uri} is the input {source.uri} or inside it: outputs would be read back "
+            "as inputs; write them to a separate folder or prefix"
+        )
+
+
+def plan_inputs(
+    inputs: list[StoredObject], done: dict[str, dict], options: JobOptions, model: str
+) -> tuple[list[StoredObject], list[StoredObject]]:
+    """`(todo, skipped)`: an input is skipped only if its latest row has its ETag and was made by `model`
+    (and did not fail, with `retry_failed`); `overwrite` redoes all."""
+    todo, skipped = [], []
+    for item in inputs:
+        previous = done.get(item.key)
+        redo = (
+            options.overwrite
+            or previous is None
+            or previous["etag"] != item.etag
+            or previous["model_id"] != model
+            or (options.retry_failed and previous["status"] == "failed")
+        )
+        (todo if redo else skipped).append(item)
+    return todo, skipped
 
 
 def pool_size(resources: dict, options: JobOptions) -> int:
@@ -151,7 +213,12 @@ def pool_size(resources: dict, options: JobOptions) -> int:
 
 
 def list_inputs(source: Storage, options: JobOptions) -> list[StoredObject]:
-    """The input objects: listed by suffix, or the keys of `keys_file` (a missing one is an error row)."""
+    """The input objects: listed by suffix, or the keys of `keys_file` as given.
+
+    A key that cannot be stat'ed (missing, unsafe, unreadable) gets size -1 and no ETag: the read
+    stage turns it into a failed row with the reason. Keys of any extension are kept: an unsupported
+    one is a failed row too, so that every key of the file is accounted for in the manifest.
+    """
     if options.keys_file is None:
         return [o for o in source.list(options.suffixes) if not o.key.startswith(f"{AUDIT_DIR}/")]
     with open(options.keys_file, encoding="utf-8") as lines:
@@ -160,8 +227,9 @@ def list_inputs(source: Storage, options: JobOptions) -> list[StoredObject]:
     for key in keys:
         try:
             objects.append(source.stat(key))
-        except NotFound:
-            objects.append(StoredObject(key, -1, ""))  # read stage reports it as not found
+        except Exception as error:  # noqa: BLE001 -- the read stage reports the reason in the manifest
+            log.debug("cannot stat %r: %s", key, error)
+            objects.append(StoredObject(key, -1, ""))
     return objects
 
 
@@ -204,17 +272,30 @@ def _run_pipeline(
 
 
 class _ReadStage:
-    """Adds the input's bytes (or the read error) to a row."""
+    """Adds the input's output format and bytes to a row, or the reason it cannot be read.
+
+    Never raises (Ray Data does not retry user-code errors, and one would end the whole job): an
+    unsafe key, an unsupported extension or any read error is recorded in `error`, and the row goes
+    on with no data, to become a failed manifest row.
+    """
 
     def __init__(self, source: Storage) -> None:
         self.source = source
 
     def __call__(self, row: dict) -> dict:
         start = time.perf_counter()
+        row["data"], row["format"], row["error"] = b"", "", ""
         try:
-            row["data"], row["error"] = self.source.read(row["key"]), ""
+            row["format"] = output_format(check_key(row["key"]))
+            row["data"] = self.source.read(row["key"])
+        except InvalidKey as error:
+            row["error"] = str(error)
+        except BadImageError as error:
+            row["error"] = f"unsupported format: {error}"
         except NotFound:
-            row["data"], row["error"] = b"", "input not found"
+            row["error"] = "input not found"
+        except Exception as error:  # noqa: BLE001 -- recorded in the manifest, job goes on
+            row["error"] = f"read failed: {type(error).__name__}: {error}"
         row["read_ms"] = (time.perf_counter() - start) * 1000
         return row
 
@@ -231,8 +312,7 @@ class _BlurActor:
     def __call__(self, batch: dict) -> dict:
         keys = list(batch["key"])
         readable = [i for i, error in enumerate(batch["error"]) if not error]
-        inputs = [(bytes(batch["data"][i]), output_format_of(keys[i])) for i in readable]
-        outcomes = dict(zip(readable, blur_images(inputs, self.detector, self.config), strict=True))
+        outcomes = self._blur({i: (bytes(batch["data"][i]), str(batch["format"][i])) for i in readable})
         columns: dict[str, list] = {name: [] for name in ("output", "status", "error", "width", "height")}
         columns |= {"boxes": [], "model_id": [], **{c: [] for c in TIMING_COLUMNS if c != "write_ms"}}
         for i in range(len(keys)):
@@ -249,6 +329,27 @@ class _BlurActor:
             for stage in ("decode", "detect", "blur", "encode"):
                 columns[f"{stage}_ms"].append(float(timings.get(stage, 0.0)))
         return {"key": keys, "etag": list(batch["etag"]), "size": list(batch["size"]), **columns}
+
+    def _blur(self, inputs: dict[int, tuple[bytes, str]]) -> dict[int, Outcome]:
+        """`blur_images` of the batch. Should it raise, image by image: an image that raises fails alone
+        (closed: no output, the reason recorded) instead of failing the batch and so the job."""
+        try:
+            results = blur_images(list(inputs.values()), self.detector, self.config)
+            return dict(zip(inputs, results, strict=True))
+        except Exception as error:  # noqa: BLE001 -- retried image by image below
+            if len(inputs) == 1:
+                return {i: _crashed(error) for i in inputs}
+        outcomes = {}
+        for i, item in inputs.items():
+            try:
+                outcomes[i] = blur_images([item], self.detector, self.config)[0]
+            except Exception as error:  # noqa: BLE001 -- fails closed, with its reason
+                outcomes[i] = _crashed(error)
+        return outcomes
+
+
+def _crashed(error: Exception) -> Outcome:
+    return Outcome("failed", error=f"processing failed: {type(error).__name__}: {error}")
 
 
 class _WriteStage:
@@ -287,16 +388,11 @@ class _WriteStage:
         }
 
 
-def output_format_of(key: str) -> str:
-    """The output format of an input key: the same as the input's, by extension."""
-    return FORMAT_BY_SUFFIX[PurePosixPath(key).suffix.lower()]
-
-
 def _skipped_row(previous: dict, item: StoredObject, run_id: str) -> dict:
     return {
         **previous,
         "status": "skipped",
-        "error": f"done by run {previous['run_id']} ({previous['status']}); same ETag",
+        "error": f"done by run {previous['run_id']} ({previous['status']}); same ETag and model",
         "run_id": run_id,
         "finished_at": datetime.now(timezone.utc),
         **dict.fromkeys(TIMING_COLUMNS, 0.0),
@@ -337,16 +433,24 @@ def _parquet(table: pa.Table) -> bytes:
 
 
 def read_manifest_rows(target: Storage) -> list[dict]:
-    """The latest blurred/failed row of every input key, from every run's parts."""
+    """The latest blurred/failed row of every input key, from every run's parts.
+
+    Latest by (run id, finished at): run ids start with the run's UTC start time, so a later run wins
+    even if a worker's clock is behind; within a run, the later row.
+    """
     latest: dict[str, dict] = {}
     for part in target.list((".parquet",), under=f"{AUDIT_DIR}/runs/"):
         for row in pq.read_table(io.BytesIO(target.read(part.key)), schema=MANIFEST_SCHEMA).to_pylist():
             if row["status"] == "skipped":
                 continue
             current = latest.get(row["key"])
-            if current is None or row["finished_at"] >= current["finished_at"]:
+            if current is None or _order(row) >= _order(current):
                 latest[row["key"]] = row
     return [latest[key] for key in sorted(latest)]
+
+
+def _order(row: dict) -> tuple:
+    return row["run_id"], row["finished_at"]
 
 
 def consolidate_manifest(target: Storage) -> None:

@@ -32,6 +32,25 @@ class NotFound(Exception):
     """The object does not exist."""
 
 
+class InvalidKey(ValueError):
+    """A key that could name something outside the storage root, or differ between S3 and a folder."""
+
+
+def check_key(key: str) -> str:
+    """`key` if it is a safe relative key, else `InvalidKey`: empty, absolute (`/a`), or with an empty,
+    `.` or `..` segment (`a//b`, `./a`, `../a`, `a/`), which could name something outside the root or
+    name one object on S3 and another in a folder. `Storage` checks the key of every read, stat and
+    write, whether it came from a listing or a keys file.
+    """
+    if not key:
+        raise InvalidKey("invalid key: empty")
+    if key.startswith("/"):
+        raise InvalidKey(f"invalid key {key!r}: absolute")
+    if any(part in ("", ".", "..") for part in key.split("/")):
+        raise InvalidKey(f"invalid key {key!r}: empty, '.' or '..' segment")
+    return key
+
+
 @dataclass(frozen=True)
 class Storage:
     """A local folder or an S3 prefix, addressed by keys relative to it."""
@@ -95,7 +114,8 @@ class Storage:
                 yield StoredObject(key, stat.st_size, f"{stat.st_mtime_ns:x}-{stat.st_size:x}")
 
     def stat(self, key: str) -> StoredObject:
-        """Size and ETag of one object; `NotFound` if it does not exist."""
+        """Size and ETag of one object; `NotFound` if it does not exist, `InvalidKey` for an unsafe key."""
+        check_key(key)
         if self.is_s3:
             from botocore.exceptions import ClientError
 
@@ -114,6 +134,7 @@ class Storage:
 
     def read(self, key: str) -> bytes:
         """The object's bytes; `NotFound` if it does not exist."""
+        check_key(key)
         if self.is_s3:
             client = self.client()
             try:
@@ -127,17 +148,11 @@ class Storage:
 
     def write(self, key: str, data: bytes) -> None:
         """Store `data` under `key`, whole or not at all."""
+        check_key(key)
         if self.is_s3:
             self.client().put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
         else:
             write_file_atomically(self.root / key, data)
-
-    def delete(self, key: str) -> None:
-        """Remove `key` if it exists."""
-        if self.is_s3:
-            self.client().delete_object(Bucket=self.bucket, Key=self.prefix + key)
-        else:
-            (self.root / key).unlink(missing_ok=True)
 
 
 def write_file_atomically(path: Path, data: bytes) -> None:

@@ -103,7 +103,9 @@ def test_every_input_is_accounted_for_once_with_the_right_status(first_run, buck
     for row in rows:
         assert row["status"] == bucket[row["key"]][1], row
         assert (row["error"] == "") == (row["status"] == "blurred"), row
-    assert first["blurred"] + first["failed"] == len(bucket) and first["skipped"] == 0
+    assert (
+        first["blurred"] + first["failed"] == len(bucket) and first["skipped"] == first["skipped_failed"] == 0
+    )
     errors = {r["key"]: r["error"] for r in rows}
     assert "empty" in errors["bad/zero-bytes.jpg"]
     assert "not an image" in errors["bad/text-named.jpg"]
@@ -145,6 +147,7 @@ def test_second_run_processes_nothing(first_run, bucket):
     _, second = first_run
     assert second["skipped"] == len(bucket)
     assert second["blurred"] == second["failed"] == 0
+    assert second["skipped_failed"] == sum(status == "failed" for _, status in bucket.values()) > 0
 
 
 def test_killed_run_then_rerun_ends_like_an_uninterrupted_run(first_run, bucket, s3_endpoint):

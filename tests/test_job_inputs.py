@@ -1,0 +1,277 @@
+"""The batch job's handling of bad inputs, resumes and refused locations, on local folders (real Ray).
+
+Every `run_job` here shares one in-process local Ray (started by the first run, stopped at the end of
+the module), one detector actor and a few real photos, so the module stays fast.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import replace
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+import jobs.blur_job as blur_job
+from detection.detector import DEFAULT_MODEL, model_id
+from jobs.blur_job import (
+    AUDIT_DIR,
+    MANIFEST_SCHEMA,
+    JobOptions,
+    _BlurActor,
+    _ManifestWriter,
+    check_locations,
+    read_manifest_rows,
+    run_job,
+)
+from jobs.pipeline import Config
+from jobs.storage import InvalidKey, Storage, check_key
+from tests.conftest import SAMPLES
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> tuple[Path, Path]:
+    """Two copies of the default weights under different names, so two model ids (and the runs do not
+    see the default weights change if they are retrained meanwhile)."""
+    folder = tmp_path_factory.mktemp("weights")
+    copies = folder / "model-a.pt", folder / "model-b.pt"
+    for copy in copies:
+        shutil.copyfile(DEFAULT_MODEL, copy)
+    return copies
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    """The local Ray that the first `run_job` starts is kept for the module's other runs, then stopped."""
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+def options(input_dir: Path, output_dir: Path, model: Path, **changes) -> JobOptions:
+    config = Config()
+    config = replace(config, detect=replace(config.detect, models=(str(model),)))
+    return JobOptions(str(input_dir), str(output_dir), actors=1, batch_size=2, config=config, **changes)
+
+
+def manifest(output_dir: Path) -> dict[str, dict]:
+    rows = pq.read_table(output_dir / AUDIT_DIR / "manifest.parquet").to_pylist()
+    return {row["key"]: row for row in rows}
+
+
+def files_outside(root: Path, output_dir: Path) -> dict[str, tuple[int, int]]:
+    """Every path under `root` but outside `output_dir`, with its size and modification time."""
+    return {
+        str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in sorted(root.rglob("*"))
+        if output_dir not in (p, *p.parents)
+    }
+
+
+def test_bad_keys_in_a_keys_file_become_failed_rows_and_nothing_is_written_outside_the_output(
+    tmp_path, models
+):
+    source, output = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    photo = (SAMPLES / "crowd_0.jpg").read_bytes()
+    (source / "crowd.jpg").write_bytes(photo)
+    Image.open(SAMPLES / "dashcam_0.jpg").save(source / "anim.gif")
+    (source / "noext").write_bytes(photo)
+    (source / "dir.jpg").mkdir()  # read_bytes raises IsADirectoryError, whoever runs the tests
+    (tmp_path / "x.jpg").write_bytes((SAMPLES / "dashcam_0.jpg").read_bytes())  # beside the input
+    absolute = str(tmp_path / "x.jpg")
+    keys = ["crowd.jpg", "missing.jpg", "anim.gif", "../x.jpg", absolute, "dir.jpg", "noext", "a//b.jpg"]
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_text("\n".join([*keys, "", "crowd.jpg"]) + "\n")  # a blank line, a repeated key
+    before = files_outside(tmp_path, output)
+
+    summary = run_job(options(source, output, models[0], keys_file=str(keys_file)))
+
+    rows = manifest(output)
+    assert sorted(rows) == sorted(keys)  # every key of the file once
+    expected = {
+        "crowd.jpg": ("blurred", ""),
+        "missing.jpg": ("failed", "input not found"),
+        "anim.gif": ("failed", "unsupported format"),
+        "noext": ("failed", "unsupported format"),
+        "../x.jpg": ("failed", "invalid key"),
+        absolute: ("failed", "invalid key"),
+        "a//b.jpg": ("failed", "invalid key"),
+        "dir.jpg": ("failed", "read failed: IsADirectoryError"),
+    }
+    assert {k: (r["status"], r["error"][: len(expected[k][1])]) for k, r in rows.items()} == expected
+    assert ".gif" in rows["anim.gif"]["error"]
+    assert all(r["output_key"] is None for k, r in rows.items() if k != "crowd.jpg")
+    assert (summary["inputs"], summary["blurred"], summary["failed"], summary["skipped"]) == (8, 1, 7, 0)
+    assert files_outside(tmp_path, output) == before  # x.jpg beside the input untouched, nothing new
+    written = sorted(p.relative_to(output).as_posix() for p in output.rglob("*") if p.is_file())
+    assert [k for k in written if not k.startswith(f"{AUDIT_DIR}/")] == ["crowd.jpg"]
+    assert (output / "crowd.jpg").read_bytes() != photo
+
+
+def test_resume_skips_only_unchanged_inputs_done_by_the_same_model(tmp_path, models, monkeypatch):
+    source, output = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    photo = (SAMPLES / "crowd_0.jpg").read_bytes()
+    (source / "a.jpg").write_bytes(photo)
+    (source / "b.jpg").write_bytes((SAMPLES / "dashcam_0.jpg").read_bytes())
+    (source / "bad.jpg").write_bytes(photo[: len(photo) // 2])  # truncated: fails every time
+    model_a, model_b = models
+    target = Storage(str(output))
+
+    # 1. The pipeline raises after its last image: the rows it finished are flushed all the same
+    #    (flush_rows is larger than the run, so only the final flush writes them), then it raises.
+    real_pipeline = blur_job._run_pipeline
+
+    def pipeline_then_lost(*args):
+        real_pipeline(*args)
+        raise RuntimeError("lost the cluster")
+
+    monkeypatch.setattr(blur_job, "_run_pipeline", pipeline_then_lost)
+    with pytest.raises(RuntimeError, match="lost the cluster"):
+        run_job(options(source, output, model_a, flush_rows=100))
+    monkeypatch.undo()
+    assert not (output / AUDIT_DIR / "manifest.parquet").exists()  # the run did not get that far
+    first = {row["key"]: row for row in read_manifest_rows(target)}
+    assert {k: r["status"] for k, r in first.items()} == {
+        "a.jpg": "blurred",
+        "b.jpg": "blurred",
+        "bad.jpg": "failed",
+    }
+
+    # 2. Nothing changed: all skipped (no Ray needed), and the summary says one of them had failed.
+    summary = run_job(options(source, output, model_a))
+    assert (summary["blurred"], summary["failed"], summary["skipped"], summary["skipped_failed"]) == (
+        0,
+        0,
+        3,
+        1,
+    )
+    parts = sorted((output / AUDIT_DIR / "runs" / summary["run_id"]).glob("part-*.parquet"))
+    skipped_rows = pq.read_table(parts[0], schema=MANIFEST_SCHEMA).to_pylist()
+    assert all(r["status"] == "skipped" and "same ETag and model" in r["error"] for r in skipped_rows)
+
+    # 3. b.jpg changed (new ETag) and --retry-failed: b.jpg and bad.jpg redone, a.jpg skipped.
+    (source / "b.jpg").write_bytes((SAMPLES / "dashcam_1.jpg").read_bytes())
+    summary = run_job(options(source, output, model_a, retry_failed=True))
+    assert (summary["blurred"], summary["failed"], summary["skipped"], summary["skipped_failed"]) == (
+        1,
+        1,
+        1,
+        0,
+    )
+    rows = manifest(output)
+    assert rows["a.jpg"]["run_id"] == first["a.jpg"]["run_id"]
+    assert rows["b.jpg"]["run_id"] == rows["bad.jpg"]["run_id"] == summary["run_id"]
+    assert rows["b.jpg"]["etag"] != first["b.jpg"]["etag"]
+
+    # 4. --overwrite redoes everything.
+    summary = run_job(options(source, output, model_a, overwrite=True))
+    assert (summary["blurred"], summary["failed"], summary["skipped"]) == (2, 1, 0)
+    assert {r["run_id"] for r in manifest(output).values()} == {summary["run_id"]}
+
+    # 5. Other weights redo everything; 6. a second run with them redoes nothing.
+    summary = run_job(options(source, output, model_b))
+    assert (summary["blurred"], summary["failed"], summary["skipped"]) == (2, 1, 0)
+    assert {r["model_id"] for r in manifest(output).values()} == {model_id((str(model_b),))}
+    summary = run_job(options(source, output, model_b))
+    assert (summary["blurred"], summary["failed"], summary["skipped"], summary["skipped_failed"]) == (
+        0,
+        0,
+        3,
+        1,
+    )
+
+
+def test_overlapping_or_missing_locations_are_refused_before_anything_runs(tmp_path, models):
+    source = tmp_path / "in"
+    source.mkdir()
+    (source / "a.jpg").write_bytes((SAMPLES / "crowd_0.jpg").read_bytes())
+    (tmp_path / "link").symlink_to(source)
+    for output in (source, source / "blurred", f"{source}/x/../blurred", tmp_path / "link" / "blurred"):
+        with pytest.raises(ValueError, match=r"is the input .* or inside it"):
+            run_job(options(source, Path(output), models[0]))
+    with pytest.raises(ValueError, match="no such folder"):
+        run_job(options(tmp_path / "nope", tmp_path / "out", models[0]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "link"]
+    assert [p.name for p in source.rglob("*")] == ["a.jpg"]  # nothing written anywhere
+
+    for input_uri, output_uri in (
+        ("s3://photos/raw", "s3://photos/raw"),
+        ("s3://photos/raw/", "s3://photos/raw/blurred"),
+        ("s3://photos", "s3://photos/blurred"),
+    ):
+        with pytest.raises(ValueError, match="or inside it"):  # refused before any S3 call
+            run_job(JobOptions(input_uri, output_uri, endpoint_url="http://127.0.0.1:9"))
+    check_locations(Storage("s3://photos/raw"), Storage("s3://photos/raw-blurred"))
+    check_locations(Storage("s3://photos/raw"), Storage("s3://other/raw"))
+    check_locations(Storage("s3://photos/raw/2024"), Storage("s3://photos/raw"))
+    check_locations(Storage(str(source)), Storage(str(tmp_path / "out")))
+
+
+def test_latest_row_is_that_of_the_latest_run_even_if_its_clock_was_behind(tmp_path):
+    target = Storage(str(tmp_path))
+    now = datetime(2025, 1, 2, tzinfo=timezone.utc)
+    for run_id, finished_at, status in (
+        ("20250102T000000Z-bbbbbb", now - timedelta(hours=1), "blurred"),  # later run, clock behind
+        ("20250101T230000Z-aaaaaa", now, "failed"),
+    ):
+        writer = _ManifestWriter(target, run_id, flush_rows=100)
+        row = dict.fromkeys(MANIFEST_SCHEMA.names)
+        writer.add([{**row, "key": "a.jpg", "status": status, "run_id": run_id, "finished_at": finished_at}])
+        writer.flush()
+    [latest] = read_manifest_rows(target)
+    assert (latest["run_id"], latest["status"]) == ("20250102T000000Z-bbbbbb", "blurred")
+
+
+def test_an_image_that_crashes_the_batch_fails_alone(detector, monkeypatch):
+    """Should `blur_images` ever raise (it is meant to fail images, not raise), the actor retries the
+    batch image by image, so only the image that raises fails, closed, and the job goes on."""
+    real_blur_images = blur_job.blur_images
+
+    def blur_images(inputs, *args):
+        if any(data == b"boom" for data, _ in inputs):
+            raise RuntimeError("boom")
+        return real_blur_images(inputs, *args)
+
+    monkeypatch.setattr(blur_job, "blur_images", blur_images)
+    actor = _BlurActor.__new__(_BlurActor)  # the models come from the shared `detector` fixture
+    actor.config, actor.detector = Config(), detector
+    photo = (SAMPLES / "crowd_0.jpg").read_bytes()
+    batch = {
+        "key": ["a.jpg", "boom.jpg", "gone.jpg"],
+        "etag": ["1", "2", ""],
+        "size": [len(photo), 4, -1],
+        "data": [photo, b"boom", b""],
+        "format": ["JPEG", "JPEG", ""],
+        "error": ["", "", "input not found"],
+        "read_ms": [1.0, 1.0, 1.0],
+    }
+    result = actor(batch)
+    assert result["status"] == ["blurred", "failed", "failed"]
+    assert result["error"] == ["", "processing failed: RuntimeError: boom", "input not found"]
+    assert result["output"][0] and result["output"][1] == result["output"][2] == b""
+
+
+@pytest.mark.parametrize("key", ["", "/a.jpg", "../a.jpg", "a/../../b.jpg", "./a.jpg", "a//b.jpg", "a/"])
+def test_unsafe_keys_are_refused_by_storage(tmp_path, key):
+    with pytest.raises(InvalidKey, match="invalid key"):
+        check_key(key)
+    storage = Storage(str(tmp_path / "root"))
+    for call in (storage.read, storage.stat, lambda k: storage.write(k, b"x")):
+        with pytest.raises(InvalidKey):
+            call(key)
+    assert not list(tmp_path.rglob("*"))
+    assert check_key("a b/straße#1.jpg") == "a b/straße#1.jpg"
+
+
+def test_input_suffixes_are_the_writable_formats():
+    from jobs.image_io import FORMAT_BY_SUFFIX
+
+    assert blur_job.INPUT_SUFFIXES == tuple(FORMAT_BY_SUFFIX)
+    assert not hasattr(blur_job, "output_format_of")
+    assert not hasattr(Storage, "delete")
