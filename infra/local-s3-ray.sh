@@ -31,8 +31,8 @@ setsid ray start --head --block --node-ip-address=127.0.0.1 --port="$gcs_port" \
     --dashboard-host=127.0.0.1 --dashboard-port="$dashboard_port" --disable-usage-stats \
     > /tmp/streetblur-ray.log 2>&1 &
 ray_pid=$!
-for attempt in $(seq 90); do
-    ray job list --address "$address" > /dev/null 2>&1 && break
+for attempt in $(seq 90); do  # ready = accepts a job (`ray job list` answers before the job agent runs)
+    ray job submit --address "$address" -- python -c pass > /dev/null 2>&1 && break
     if ! kill -0 "$ray_pid" 2> /dev/null || ((attempt == 90)); then
         echo "the Ray head did not start; see /tmp/streetblur-ray.log" >&2
         exit 1

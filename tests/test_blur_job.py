@@ -219,9 +219,11 @@ def ray_head():
         stderr=subprocess.DEVNULL,
     )
     address = f"http://127.0.0.1:{dashboard}"
-    deadline = time.monotonic() + 180
-    while subprocess.run([ray, "job", "list", "--address", address], env=env, capture_output=True).returncode:
-        assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not start"
+    # Ready means a job can be submitted: the head answers `ray job list` before its job agent runs.
+    probe = [ray, "job", "submit", "--address", address, "--", sys.executable, "-c", "pass"]
+    deadline = time.monotonic() + 240
+    while subprocess.run(probe, env=env, capture_output=True, timeout=120).returncode:
+        assert head.poll() is None and time.monotonic() < deadline, "the Ray head did not accept jobs"
         time.sleep(2)
     yield address, env
     os.killpg(head.pid, signal.SIGTERM)
