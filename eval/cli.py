@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from detection.detections import CLASS_NAMES
 from eval.datasets import (
@@ -16,6 +17,9 @@ from eval.datasets import (
     parse_class_map,
     split_dataset,
 )
+
+if TYPE_CHECKING:
+    from eval.report import RayInference
 
 
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
@@ -66,6 +70,13 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--config", type=Path, metavar="FILE.yaml", help="options file of `streetblur blur`")
     p.add_argument("--device", help="cpu, 0, cuda:0 ... (default: ultralytics chooses)")
     p.add_argument("--out", type=Path, required=True, help="folder for report.md/.html/.json and predictions")
+    ray = p.add_argument_group("Ray", "the inference pass on a pool of detector actors, as `streetblur run`")
+    ray.add_argument("--ray", action="store_true", help="run the inference pass on Ray (the same figures)")
+    ray.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local Ray)")
+    ray.add_argument(
+        "--actors", type=int, metavar="N", help="detector actors (default: as many as the cluster allows)"
+    )
+    ray.add_argument("--actor-gpus", type=float, metavar="G", help="GPUs per detector actor (default: 0)")
     p.set_defaults(run=run_eval)
 
 
@@ -74,6 +85,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from eval.report import run_evaluation, write_report  # matplotlib, the detector: only when run
     from jobs.pipeline import load_config
 
+    ray = _ray_inference(args)
     overrides: dict[str, object] = {}
     if args.threshold:
         overrides["detect.thresholds"] = dict(_class_score(text) for text in args.threshold)
@@ -85,7 +97,7 @@ def run_eval(args: argparse.Namespace) -> int:
         for m in args.models or []
     ]
     images, dataset = _images(args)
-    evaluation = run_evaluation(images, configs or [config], args.target_recall, dataset)
+    evaluation = run_evaluation(images, configs or [config], args.target_recall, dataset, ray=ray)
     files = write_report(evaluation, args.out)
     for model in evaluation.models:
         for name, row in model.privacy["deployed"].items():
@@ -95,6 +107,24 @@ def run_eval(args: argparse.Namespace) -> int:
                 print(f"{model.label} {name}: AP50 {model.coco[name]['AP50']:.3f}, {figures}")
     print(f"wrote {', '.join(str(path) for path in files.values())}", file=sys.stderr)
     return 0
+
+
+def _ray_inference(args: argparse.Namespace) -> RayInference | None:
+    """The `--ray` options, or None; `ValueError` for bad ones or Ray options without `--ray`."""
+    from eval.report import RayInference
+
+    given = {"--address": args.address, "--actors": args.actors, "--actor-gpus": args.actor_gpus}
+    if not args.ray:
+        if any(value is not None for value in given.values()):
+            names = [name for name, value in given.items() if value is not None]
+            raise ValueError(f"{', '.join(names)}: only with --ray")
+        return None
+    if args.actors is not None and args.actors < 1:
+        raise ValueError(f"--actors must be at least 1, got {args.actors}")
+    if args.actor_gpus is not None and args.actor_gpus < 0:
+        raise ValueError(f"--actor-gpus must be at least 0, got {args.actor_gpus}")
+    gpus = {} if args.actor_gpus is None else {"actor_gpus": args.actor_gpus}
+    return RayInference(address=args.address, actors=args.actors, **gpus)
 
 
 def _class_score(text: str) -> tuple[str, float]:

@@ -24,12 +24,18 @@ threshold so much that few boxes still match at IoU 0.5.) So:
 
 `report.json`: `created` (UTC), `wall_time_s` (inference and metrics), `dataset` (root, format,
 split, class_map, images, boxes per class), `settings` (target_recall, scan_threshold, mask_level,
-blurred_coverage), `examples` (image files shown in the HTML) and `models`, one entry per model with
-`label`, `model_id`, `model_files`, `predictions_file`, `inference_s`, `blur` (options), `thresholds`
-{`deployed`, `target`} per class (`target` null where not reached), `coco` per class (AP, AP50,
-AP75, AP_small, AP_medium, AP_large, AR100, recall50), `privacy` {`deployed`, `target`} per class
-and `all` (see `eval.metrics.privacy_metrics`) and `pr_curve` per class ({threshold, recall,
-precision} lists, or null). Figures that cannot be computed (no ground truth) are null.
+blurred_coverage, inference: `in-process` or `ray, N actors`), `examples` (image files shown in the
+HTML) and `models`, one entry per model with `label`, `model_id`, `model_files`, `predictions_file`,
+`inference_s`, `blur` (options), `thresholds` {`deployed`, `target`} per class (`target` null where
+not reached), `coco` per class (AP, AP50, AP75, AP_small, AP_medium, AP_large, AR100, recall50),
+`privacy` {`deployed`, `target`} per class and `all` (see `eval.metrics.privacy_metrics`) and
+`pr_curve` per class ({threshold, recall, precision} lists, or null). Figures that cannot be
+computed (no ground truth) are null.
+
+The inference pass runs in this process, or with `RayInference` on a Ray cluster: a pool of detector
+actors as in `streetblur run` (`jobs.blur_job`), each loading the models once and decoding and
+detecting image by image as this process would; the boxes come back at full float32 precision, in
+the images' order, so the figures are the same. There `inference_s` includes starting the actors.
 """
 
 from __future__ import annotations
@@ -40,11 +46,12 @@ import html
 import io
 import json
 import math
+import os
 import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -56,7 +63,7 @@ from tqdm import tqdm
 
 from blurring import blur_mask
 from detection.detections import CLASS_NAMES, Detections
-from detection.detector import Detector
+from detection.detector import Detector, DetectorConfig, model_id
 from detection.tiling import merge_boxes
 from eval.datasets import LabelledImage
 from eval.metrics import (
@@ -70,6 +77,7 @@ from eval.metrics import (
     predictions_coco,
     privacy_metrics,
 )
+from jobs.blur_job import JobOptions, pool_size
 from jobs.image_io import decode_image
 from jobs.pipeline import Config
 
@@ -109,6 +117,27 @@ class Evaluation:
     models: list[ModelResult]
     created: str
     wall_time_s: float
+    inference: str = "in-process"  # or "ray, N actors"
+
+
+@dataclass(frozen=True)
+class RayInference:
+    """Run the inference pass on Ray: a pool of detector actors, as `streetblur run` does.
+
+    The actors read the images and model files by their absolute paths: on a cluster of several
+    machines, these must be there on every node (a shared file system).
+    """
+
+    address: str | None = None  # None: RAY_ADDRESS, else a new local Ray
+    actors: int | None = None  # None: as many as the cluster allows (`jobs.blur_job.pool_size`)
+    actor_cpus: float = JobOptions.actor_cpus
+    actor_gpus: float = JobOptions.actor_gpus
+    batch_size: int = JobOptions.batch_size  # images per actor call (each still detected alone)
+
+
+Scan = Callable[[list[LabelledImage], DetectorConfig, int, str, bool], tuple[list[Detections], float]]
+"""Runs a detector config on every image (decoded with a pixel limit): its boxes per image, in order,
+and the seconds it took. Arguments: images, config, max_pixels, progress label, progress on."""
 
 
 def read_pixels(image: LabelledImage, max_pixels: int) -> np.ndarray:
@@ -151,10 +180,12 @@ def run_evaluation(
     target_recall: float = 0.95,
     dataset: dict[str, object] | None = None,
     progress: bool = True,
+    ray: RayInference | None = None,
 ) -> Evaluation:
     """Run each config's models once over `images` and compute every figure.
 
-    `dataset` describes the images for the report (root, format, split, class_map).
+    `dataset` describes the images for the report (root, format, split, class_map). With `ray`, the
+    inference pass runs on a Ray cluster's detector actors instead of in this process.
     """
     if not images:
         raise ValueError("no labelled images to evaluate")
@@ -163,12 +194,14 @@ def run_evaluation(
     start = time.perf_counter()
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     labels = _labels(configs)
+    scan, inference = (_scan_in_process, "in-process") if ray is None else _ray_scan(ray, len(images))
     models = [
-        _evaluate_model(images, config, label, target_recall, progress)
+        _evaluate_model(images, config, label, target_recall, progress, scan)
         for config, label in zip(configs, labels, strict=True)
     ]
     described = {**(dataset or {}), "images": len(images), "boxes": _box_counts(images)}
-    return Evaluation(images, described, target_recall, models, created, time.perf_counter() - start)
+    wall = time.perf_counter() - start
+    return Evaluation(images, described, target_recall, models, created, wall, inference)
 
 
 def _labels(configs: Sequence[Config]) -> list[str]:
@@ -186,18 +219,123 @@ def _box_counts(images: list[LabelledImage]) -> dict[str, int]:
     return Detections.concat(image.boxes for image in images).counts()
 
 
-def _evaluate_model(
-    images: list[LabelledImage], config: Config, label: str, target_recall: float, progress: bool
-) -> ModelResult:
-    deployed = config.detect.thresholds  # every class, filled in by DetectorConfig
-    scan = {name: min(SCAN_THRESHOLD, score) for name, score in deployed.items()}
-    detector = Detector(dataclasses.replace(config.detect, thresholds=scan, merge_overlap=math.inf))
+def _scan_in_process(
+    images: list[LabelledImage], config: DetectorConfig, max_pixels: int, label: str, progress: bool
+) -> tuple[list[Detections], float]:
+    """`Scan` with one detector in this process; the seconds exclude loading the models."""
+    detector = Detector(config)
     start = time.perf_counter()
-    unmerged = [
-        detector.detect(read_pixels(image, config.max_pixels))
+    found = [
+        detector.detect(read_pixels(image, max_pixels))
         for image in tqdm(images, desc=label, unit="image", disable=not progress, file=sys.stderr)
     ]
-    inference_s = time.perf_counter() - start
+    return found, time.perf_counter() - start
+
+
+def _ray_scan(options: RayInference, n_images: int) -> tuple[Scan, str]:
+    """Connect to Ray (as `jobs.blur_job.run_job` does) and size the actor pool; the `Scan` and its note.
+
+    The pool: `options.actors`, else as many as the cluster allows, at most one per batch of images.
+    """
+    import ray
+
+    if options.actors is not None and options.actors < 1:
+        raise ValueError(f"actors must be at least 1, got {options.actors}")
+    if options.batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {options.batch_size}")
+    address = options.address or os.environ.get("RAY_ADDRESS") or "local"
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    job = JobOptions("", "", actor_cpus=options.actor_cpus, actor_gpus=options.actor_gpus)
+    actors = options.actors or pool_size(ray.cluster_resources(), job)
+    actors = max(1, min(actors, math.ceil(n_images / options.batch_size)))
+
+    def scan(
+        images: list[LabelledImage], config: DetectorConfig, max_pixels: int, label: str, progress: bool
+    ) -> tuple[list[Detections], float]:
+        return _scan_on_ray(images, config, max_pixels, label, progress, options, actors)
+
+    return scan, f"ray, {actors} actor{'s' if actors > 1 else ''}"
+
+
+def _scan_on_ray(
+    images: list[LabelledImage],
+    config: DetectorConfig,
+    max_pixels: int,
+    label: str,
+    progress: bool,
+    options: RayInference,
+    actors: int,
+) -> tuple[list[Detections], float]:
+    """`Scan` on a pool of `_ScanActor`s; the seconds include starting them (loading the models)."""
+    import ray
+
+    start = time.perf_counter()
+    items = [
+        {"index": i, "path": str(image.path.resolve()), "width": image.width, "height": image.height}
+        for i, image in enumerate(images)
+    ]  # absolute paths: a worker's working folder need not be this one's
+    missing = [m for m in config.models if not Path(m).is_file()]
+    if missing:
+        raise FileNotFoundError(f"model file not found: {missing[0]}")  # here, not in every actor
+    config = dataclasses.replace(config, models=tuple(str(Path(m).resolve()) for m in config.models))
+    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 200)))
+    dataset = dataset.map_batches(
+        _ScanActor,
+        fn_constructor_kwargs={"config": config, "max_pixels": max_pixels},
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        batch_size=options.batch_size,
+        num_cpus=options.actor_cpus,
+        num_gpus=options.actor_gpus,
+    )
+    found: dict[int, Detections] = {}
+    with tqdm(total=len(images), desc=label, unit="image", disable=not progress, file=sys.stderr) as bar:
+        for batch in dataset.iter_batches(batch_size=None):
+            for index, records in zip(batch["index"], batch["boxes"], strict=True):
+                found[int(index)] = Detections.from_records(json.loads(records))
+            bar.update(len(batch["index"]))
+    if sorted(found) != list(range(len(images))):
+        raise RuntimeError(f"Ray returned boxes for {len(found)} of {len(images)} images")
+    return [found[i] for i in range(len(images))], time.perf_counter() - start
+
+
+def _exact_records(detections: Detections) -> list[dict]:
+    """`Detections.to_records` without its rounding: `Detections.from_records` gives the same float32s."""
+    return [
+        {"class": CLASS_NAMES[c], "score": float(s), "box": [float(v) for v in b]}
+        for b, s, c in zip(detections.xyxy, detections.scores, detections.class_id, strict=True)
+    ]
+
+
+class _ScanActor:
+    """A Ray detector actor: loads the models once, then decodes and detects image by image."""
+
+    def __init__(self, config: DetectorConfig, max_pixels: int) -> None:
+        self.detector = Detector(config)
+        self.max_pixels = max_pixels
+
+    def __call__(self, batch: dict) -> dict:
+        boxes = []
+        for index, path, width, height in zip(
+            batch["index"], batch["path"], batch["width"], batch["height"], strict=True
+        ):
+            image = LabelledImage(Path(str(path)), int(width), int(height), Detections(), int(index))
+            found = self.detector.detect(read_pixels(image, self.max_pixels))  # one by one, as in-process
+            boxes.append(json.dumps(_exact_records(found)))
+        return {"index": [int(i) for i in batch["index"]], "boxes": boxes}
+
+
+def _evaluate_model(
+    images: list[LabelledImage],
+    config: Config,
+    label: str,
+    target_recall: float,
+    progress: bool,
+    scan: Scan = _scan_in_process,
+) -> ModelResult:
+    deployed = config.detect.thresholds  # every class, filled in by DetectorConfig
+    scan_thresholds = {name: min(SCAN_THRESHOLD, score) for name, score in deployed.items()}
+    scan_config = dataclasses.replace(config.detect, thresholds=scan_thresholds, merge_overlap=math.inf)
+    unmerged, inference_s = scan(images, scan_config, config.max_pixels, label, progress)
 
     def detections_at(thresholds: dict[str, float]) -> list[Detections]:
         return [at_thresholds(dets, thresholds, config.detect.merge_overlap) for dets in unmerged]
@@ -213,7 +351,7 @@ def _evaluate_model(
     return ModelResult(
         label=label,
         config=config,
-        model_id=detector.model_id,
+        model_id=model_id(config.detect.models),
         inference_s=inference_s,
         predictions=predictions,
         thresholds={"deployed": deployed, "target": target},
@@ -271,6 +409,7 @@ def _summary(evaluation: Evaluation, examples: list[int]) -> dict:
             "scan_threshold": SCAN_THRESHOLD,
             "mask_level": MASK_LEVEL,
             "blurred_coverage": BLURRED_COVERAGE,
+            "inference": evaluation.inference,
         },
         "examples": [evaluation.images[i].path.name for i in examples],
         "models": [
@@ -398,6 +537,7 @@ def _header_lines(summary: dict) -> list[str]:
         f"dataset: {data.get('root', '?')} ({data.get('format', '?')}, split {data.get('split', 'all')}, "
         f"class map {class_map}): {data['images']} images, boxes {boxes}",
         f"created {summary['created']}; wall time {summary['wall_time_s']:.1f} s; "
+        f"inference {summary['settings'].get('inference', 'in-process')}; "
         f"target recall {summary['settings']['target_recall']}",
     ]
 
