@@ -83,12 +83,12 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     """Run `streetblur eval` from parsed arguments; the exit code."""
     from eval.report import run_evaluation, write_report  # matplotlib, the detector: only when run
-    from jobs.pipeline import load_config
+    from jobs.pipeline import load_config, parse_overrides
 
     ray = _ray_inference(args)
     overrides: dict[str, object] = {}
     if args.threshold:
-        overrides["detect.thresholds"] = dict(_class_score(text) for text in args.threshold)
+        overrides["detect.thresholds"] = parse_overrides(args.threshold)  # DetectorConfig checks them
     if args.device:
         overrides["detect.device"] = args.device
     config = load_config(args.config, overrides)
@@ -125,13 +125,6 @@ def _ray_inference(args: argparse.Namespace) -> RayInference | None:
         raise ValueError(f"--actor-gpus must be at least 0, got {args.actor_gpus}")
     gpus = {} if args.actor_gpus is None else {"actor_gpus": args.actor_gpus}
     return RayInference(address=args.address, actors=args.actors, **gpus)
-
-
-def _class_score(text: str) -> tuple[str, float]:
-    name, sep, value = text.partition("=")
-    if not sep or name.strip() not in CLASS_NAMES:
-        raise ValueError(f"expected CLASS=SCORE with CLASS one of {CLASS_NAMES}, got {text!r}")
-    return name.strip(), float(value)
 
 
 def _images(args: argparse.Namespace) -> tuple[list[LabelledImage], dict[str, object]]:

@@ -511,15 +511,22 @@ def options_from_args(args: argparse.Namespace) -> JobOptions:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for `ray job submit -- python -m jobs.blur_job ...` (connects to RAY_ADDRESS)."""
-    parser = argparse.ArgumentParser(prog="python -m jobs.blur_job", description=__doc__.split("\n")[0])
-    add_job_arguments(parser)
-    args = parser.parse_args(argv)
+def run_from_args(args: argparse.Namespace) -> int:
+    """Run the job as `add_job_arguments` options say; print the summary as one JSON line.
+
+    Exit status 0 even when some inputs failed: they are in the manifest, with their reasons.
+    """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     summary = run_job(options_from_args(args), address=args.address)
     print(json.dumps(summary))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for `ray job submit -- python -m jobs.blur_job ...` (connects to RAY_ADDRESS)."""
+    parser = argparse.ArgumentParser(prog="python -m jobs.blur_job", description=__doc__.split("\n")[0])
+    add_job_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -85,12 +85,8 @@ def _blur_overrides(args: argparse.Namespace) -> dict:
         "max_pixels": args.max_pixels,
     }
     overrides = {k: v for k, v in flags.items() if v is not None}
-    if args.threshold:
-        thresholds = parse_overrides(args.threshold)
-        bad = {k: v for k, v in thresholds.items() if not isinstance(v, (int, float)) or isinstance(v, bool)}
-        if bad:
-            raise ValueError(f"--threshold takes CLASS=SCORE with a number, got {bad}")
-        overrides["detect.thresholds"] = {k: float(v) for k, v in thresholds.items()}
+    if args.threshold:  # DetectorConfig checks the classes and scores
+        overrides["detect.thresholds"] = parse_overrides(args.threshold)
     if args.strip_metadata:
         overrides["keep_metadata"] = False
     overrides.update(parse_overrides(args.set))
@@ -161,15 +157,9 @@ def _add_run_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _run_job(args: argparse.Namespace) -> int:
-    """The Ray batch job; failed inputs are in its manifest, so they do not fail the command."""
-    import logging
+    from jobs.blur_job import run_from_args
 
-    from jobs.blur_job import options_from_args, run_job
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    summary = run_job(options_from_args(args), address=args.address)
-    print(json.dumps(summary, indent=2))
-    return 0
+    return run_from_args(args)
 
 
 def _add_train_parser(p: argparse.ArgumentParser) -> None:

@@ -75,13 +75,12 @@ def _write_example(image: LabelledImage, part_dir: Path, stem: str) -> None:
     (part_dir / "labels").mkdir(parents=True, exist_ok=True)
     (part_dir / "images" / f"{stem}{image.path.suffix.lower()}").symlink_to(image.path.resolve())
     lines = []
-    for (x1, y1, x2, y2), cls in zip(image.boxes.xyxy, image.boxes.class_id, strict=True):
-        x1, x2 = max(0.0, x1), min(float(image.width), x2)
-        y1, y2 = max(0.0, y1), min(float(image.height), y2)
-        if x2 > x1 and y2 > y1:
-            cx, cy = (x1 + x2) / 2 / image.width, (y1 + y2) / 2 / image.height
-            w, h = (x2 - x1) / image.width, (y2 - y1) / image.height
-            lines.append(f"{cls} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
+    for (x1, y1, x2, y2), cls in zip(
+        image.boxes.xyxy, image.boxes.class_id, strict=True
+    ):  # clipped by load_dataset
+        cx, cy = (x1 + x2) / 2 / image.width, (y1 + y2) / 2 / image.height
+        w, h = (x2 - x1) / image.width, (y2 - y1) / image.height
+        lines.append(f"{cls} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
     (part_dir / "labels" / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
 
 

@@ -220,7 +220,7 @@ def test_cli_writes_one_side_by_side_report_for_two_models(tmp_path, capsys):
     ("argv", "message"),
     [
         (["--split", "val"], "no split rule"),
-        (["--threshold", "car=0.3"], "CLASS=SCORE"),
+        (["--threshold", "car=0.3"], "thresholds for unknown classes"),
         (["--class-map", "x=car"], "bad class map clause"),
         (["--limit", "0"], "--limit"),
         (["--target-recall", "1.5"], "target recall"),
