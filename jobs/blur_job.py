@@ -153,7 +153,7 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
         "images_per_s": round(processed / wall, 3) if processed else 0.0,
         "actors": actors,
     }
-    consolidate_manifest(target)
+    consolidate_manifest(target, done, run_id)
     target.write(f"{AUDIT_DIR}/runs/{run_id}/summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     log.info("summary: %s", json.dumps(summary))
     if skipped_failed:
@@ -316,18 +316,17 @@ class _BlurActor:
         columns: dict[str, list] = {name: [] for name in ("output", "status", "error", "width", "height")}
         columns |= {"boxes": [], "model_id": [], **{c: [] for c in TIMING_COLUMNS if c != "write_ms"}}
         for i in range(len(keys)):
-            outcome = outcomes.get(i)
-            columns["output"].append(outcome.output if outcome and outcome.output else b"")
-            columns["status"].append(outcome.status if outcome else "failed")
-            columns["error"].append(outcome.error if outcome else batch["error"][i])
-            columns["width"].append(outcome.width if outcome else 0)
-            columns["height"].append(outcome.height if outcome else 0)
-            columns["boxes"].append(json.dumps(outcome.detections.to_records() if outcome else []))
+            outcome = outcomes.get(i) or Outcome("failed", error=batch["error"][i])  # unreadable input
+            columns["output"].append(outcome.output or b"")
+            columns["status"].append(outcome.status)
+            columns["error"].append(outcome.error)
+            columns["width"].append(outcome.width)
+            columns["height"].append(outcome.height)
+            columns["boxes"].append(json.dumps(outcome.detections.to_records()))
             columns["model_id"].append(self.detector.model_id)
-            timings = outcome.timings_ms if outcome else {}
             columns["read_ms"].append(float(batch["read_ms"][i]))
             for stage in ("decode", "detect", "blur", "encode"):
-                columns[f"{stage}_ms"].append(float(timings.get(stage, 0.0)))
+                columns[f"{stage}_ms"].append(float(outcome.timings_ms.get(stage, 0.0)))
         return {"key": keys, "etag": list(batch["etag"]), "size": list(batch["size"]), **columns}
 
     def _blur(self, inputs: dict[int, tuple[bytes, str]]) -> dict[int, Outcome]:
@@ -433,29 +432,39 @@ def _parquet(table: pa.Table) -> bytes:
 
 
 def read_manifest_rows(target: Storage) -> list[dict]:
-    """The latest blurred/failed row of every input key, from every run's parts.
+    """The latest blurred/failed row of every input key, from every run's parts."""
+    latest = _merge_parts(target, f"{AUDIT_DIR}/runs/", {})
+    return [latest[key] for key in sorted(latest)]
+
+
+def _merge_parts(target: Storage, under: str, latest: dict[str, dict]) -> dict[str, dict]:
+    """`latest` updated with the blurred/failed rows of the Parquet parts under `under`.
 
     Latest by (run id, finished at): run ids start with the run's UTC start time, so a later run wins
     even if a worker's clock is behind; within a run, the later row.
     """
-    latest: dict[str, dict] = {}
-    for part in target.list((".parquet",), under=f"{AUDIT_DIR}/runs/"):
+    for part in target.list((".parquet",), under=under):
         for row in pq.read_table(io.BytesIO(target.read(part.key)), schema=MANIFEST_SCHEMA).to_pylist():
             if row["status"] == "skipped":
                 continue
             current = latest.get(row["key"])
             if current is None or _order(row) >= _order(current):
                 latest[row["key"]] = row
-    return [latest[key] for key in sorted(latest)]
+    return latest
 
 
 def _order(row: dict) -> tuple:
     return row["run_id"], row["finished_at"]
 
 
-def consolidate_manifest(target: Storage) -> None:
-    """Rewrite `_streetblur/manifest.parquet`: one row per input key, the latest done state."""
-    table = pa.Table.from_pylist(read_manifest_rows(target), schema=MANIFEST_SCHEMA)
+def consolidate_manifest(target: Storage, previous: dict[str, dict], run_id: str) -> None:
+    """Rewrite `_streetblur/manifest.parquet`: one row per input key, the latest done state.
+
+    `previous` is what `read_manifest_rows` gave at the start of run `run_id`; only that run's parts
+    are read again (one run at a time writes to an output).
+    """
+    latest = _merge_parts(target, f"{AUDIT_DIR}/runs/{run_id}/", dict(previous))
+    table = pa.Table.from_pylist([latest[key] for key in sorted(latest)], schema=MANIFEST_SCHEMA)
     target.write(f"{AUDIT_DIR}/manifest.parquet", _parquet(table))
 
 
