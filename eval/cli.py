@@ -12,7 +12,7 @@ from detection.detections import CLASS_NAMES
 from eval.datasets import (
     SHARED_DATASETS,
     LabelledImage,
-    detect_format,
+    dataset_settings,
     load_dataset,
     parse_class_map,
     split_dataset,
@@ -132,8 +132,9 @@ def _images(args: argparse.Namespace) -> tuple[list[LabelledImage], dict[str, ob
     if not args.data.is_dir():
         raise FileNotFoundError(f"{args.data}: no such folder")
     spec = SHARED_DATASETS.get(args.data.name)
-    label_format = args.format or (spec.format if spec else detect_format(args.data))
-    class_map = parse_class_map(args.class_map) if args.class_map else (spec.class_map if spec else None)
+    label_format, class_map = dataset_settings(
+        args.data, args.format, parse_class_map(args.class_map) if args.class_map else None
+    )
     images = load_dataset(args.data, label_format, class_map)
     if args.split != "all":
         if spec is None:

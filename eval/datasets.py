@@ -83,6 +83,16 @@ def detect_format(root: Path) -> str:
     raise ValueError(f"{root}: cannot tell the label format (no COCO json, YOLO labels/ or VOC xml)")
 
 
+def dataset_settings(
+    root: str | Path, format: str | None = None, class_map: dict[str, str] | None = None
+) -> tuple[str, dict[str, str] | None]:
+    """`(format, class_map)` for `root`: those given, else the shared set's, else detected / None
+    (None: class names go through the default aliases)."""
+    spec = SHARED_DATASETS.get(Path(root).name)
+    format = format or (spec.format if spec else detect_format(Path(root)))
+    return format, class_map if class_map is not None else (spec.class_map if spec else None)
+
+
 def load_dataset(
     root: str | Path, format: str | None = None, class_map: dict[str, str] | None = None
 ) -> list[LabelledImage]:
@@ -94,9 +104,7 @@ def load_dataset(
     a box left without area inside the image is dropped.
     """
     root = Path(root)
-    spec = SHARED_DATASETS.get(root.name)
-    format = format or (spec.format if spec else detect_format(root))
-    class_map = class_map if class_map is not None else (spec.class_map if spec else None)
+    format, class_map = dataset_settings(root, format, class_map)
     loader = {"coco": _load_coco, "yolo": _load_yolo, "voc": _load_voc}[format]
     images = loader(root, lambda name: canonical_class(name, class_map))
     images = [replace(im, boxes=im.boxes.clipped(im.width, im.height)) for im in images]
