@@ -6,8 +6,10 @@ import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 
+from detection.baselines import baseline_id, is_baseline, load_baseline
 from detection.detections import CLASS_NAMES, DEFAULT_ALIASES, Detections, canonical_class
 from detection.runtime import prepare_ultralytics
 from detection.tiling import extend_seam, is_panorama, merge_boxes, plan_views, unwrap_seam
@@ -20,12 +22,16 @@ DEFAULT_THRESHOLDS = {"face": 0.25, "plate": 0.25}
 class DetectorConfig:
     """Every detection option, with its default. See README "How it works"."""
 
-    models: tuple[str, ...] = (str(DEFAULT_MODEL),)  # .pt/.onnx/... files ultralytics can load
+    # .pt/.onnx/... files ultralytics can load, or baseline face detectors by name (detection.baselines)
+    models: tuple[str, ...] = (str(DEFAULT_MODEL),)
     # Per-class score thresholds; classes left out keep DEFAULT_THRESHOLDS.
     thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
     # Model class name -> face/plate, after normalise_class_name.
     aliases: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ALIASES))
     imgsz: int = 640  # model input size (pixels, longer side)
+    # Images whose longer side is below this are first upscaled to it (then tiled), so that small
+    # faces in small photos reach the model at a size it can see; 0 disables upscaling.
+    upscale_to: int = 0
     tile_size: int = 640  # images with a side larger than this are tiled; 0 disables tiling
     tile_overlap: float = 0.2  # overlap of neighbouring tiles, as a fraction of the tile size
     whole_image_pass: bool = True  # also run the downscaled whole image, for objects larger than a tile
@@ -48,23 +54,30 @@ class DetectorConfig:
             raise ValueError(f"panorama must be auto, on or off, got {self.panorama!r}")
         if not 0 <= self.tile_overlap < 1:
             raise ValueError(f"tile_overlap must be in [0, 1), got {self.tile_overlap}")
-        if self.tile_size < 0 or self.imgsz < 32 or self.batch_size < 1:
+        if self.tile_size < 0 or self.upscale_to < 0 or self.imgsz < 32 or self.batch_size < 1:
             raise ValueError(
-                f"need tile_size >= 0, imgsz >= 32, batch_size >= 1; got {self.tile_size}, "
-                f"{self.imgsz}, {self.batch_size}"
+                f"need tile_size >= 0, upscale_to >= 0, imgsz >= 32, batch_size >= 1; got "
+                f"{self.tile_size}, {self.upscale_to}, {self.imgsz}, {self.batch_size}"
             )
 
 
 class Detector:
-    """Loads its models once; `detect` finds faces and plates in BGR images of any size."""
+    """Loads its models once; `detect` finds faces and plates in BGR images of any size.
 
-    def __init__(self, config: DetectorConfig = DetectorConfig()) -> None:
+    A model set that misses a class is refused (nothing would blur it), unless `every_class` is
+    False: evaluation scores a face-only baseline on faces alone.
+    """
+
+    def __init__(self, config: DetectorConfig = DetectorConfig(), every_class: bool = True) -> None:
         prepare_ultralytics()
         from ultralytics import YOLO
 
         self.config = config
-        self._models = []
+        self._models: list[tuple[object, dict[int, int]]] = []
         for path in config.models:
+            if is_baseline(path):
+                self._models.append((load_baseline(path), {0: CLASS_NAMES.index("face")}))
+                continue
             if not Path(path).exists():
                 raise FileNotFoundError(f"model file not found: {path}")
             model = YOLO(str(path), task="detect")
@@ -80,7 +93,7 @@ class Detector:
                 )
             self._models.append((model, to_canonical))
         covered = {CLASS_NAMES[c] for _, mapping in self._models for c in mapping.values()}
-        if covered != set(CLASS_NAMES):
+        if every_class and covered != set(CLASS_NAMES):
             missing = sorted(set(CLASS_NAMES) - covered)
             raise ValueError(
                 f"no model detects {', '.join(missing)}: nothing would blur them. Add a model for "
@@ -95,14 +108,20 @@ class Detector:
     def detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
         """`detect` for several images, their views sent to the models in shared batches."""
         jobs = []  # (image index, view, pixels of the view)
-        extended = []
+        extended, scales = [], []
         for index, image in enumerate(images):
             height, width = image.shape[:2]
             wrap = self.config.panorama == "on" or (
                 self.config.panorama == "auto" and is_panorama(width, height)
             )
-            pixels = extend_seam(image, self._seam_pad(width)) if wrap else image
+            scale = max(1.0, self.config.upscale_to / max(width, height))
+            if scale > 1:
+                image = cv2.resize(
+                    image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_LINEAR
+                )
+            pixels = extend_seam(image, self._seam_pad(image.shape[1])) if wrap else image
             extended.append(wrap)
+            scales.append(scale)
             views = plan_views(
                 pixels.shape[1],
                 pixels.shape[0],
@@ -125,12 +144,13 @@ class Detector:
                 for (index, view, _), dets in zip(chunk, predicted, strict=True):
                     found[index].append(dets.scaled(1.0, (view.x, view.y)))
         results = []
-        for image, wrap, parts in zip(images, extended, found, strict=True):
+        for image, wrap, scale, parts in zip(images, extended, scales, found, strict=True):
             height, width = image.shape[:2]
             dets = Detections.concat(parts)
             if wrap:
-                dets = unwrap_seam(dets, width)
-            results.append(merge_boxes(dets.clipped(width, height), self.config.merge_overlap))
+                dets = unwrap_seam(dets, round(width * scale))
+            dets = dets.scaled(1 / scale).clipped(width, height)
+            results.append(merge_boxes(dets, self.config.merge_overlap))
         return results
 
     def _seam_pad(self, width: int) -> int:
@@ -141,7 +161,11 @@ class Detector:
         """Run every model on a batch of crops; per-class thresholds applied."""
         threshold = np.array([self.config.thresholds[c] for c in CLASS_NAMES], np.float32)
         per_crop: list[list[Detections]] = [[] for _ in crops]
-        for model, to_canonical in self._models:
+        for path, (model, to_canonical) in zip(self.config.models, self._models, strict=True):
+            if is_baseline(path):  # a face finder: one crop at a time
+                for i, crop in enumerate(crops):
+                    per_crop[i].append(model(crop, float(threshold[CLASS_NAMES.index("face")])))
+                continue
             results = model.predict(
                 crops,
                 imgsz=self.config.imgsz,
@@ -162,5 +186,11 @@ class Detector:
 
 
 def model_id(models: tuple[str, ...]) -> str:
-    """`name@sha256-prefix` of each model file, joined by `+`: names the exact weights used."""
-    return "+".join(f"{Path(p).name}@{hashlib.sha256(Path(p).read_bytes()).hexdigest()[:12]}" for p in models)
+    """`name@sha256-prefix` of each model file (`name@package-version` for a baseline), joined by `+`:
+    names the exact weights used."""
+    return "+".join(
+        baseline_id(p)
+        if is_baseline(p)
+        else f"{Path(p).name}@{hashlib.sha256(Path(p).read_bytes()).hexdigest()[:12]}"
+        for p in models
+    )

@@ -41,9 +41,10 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--split",
-        choices=["all", "val", "train"],
+        choices=["all", "val", "dev", "train"],
         default="all",
-        help="part of a shared set, by its fixed held-out rule (default: all)",
+        help="part of a shared set, by its fixed held-out rule: val for reported figures, dev for "
+        "choosing settings (default: all)",
     )
     p.add_argument("--limit", type=int, metavar="N", help="only the first N images, by file name")
     p.add_argument(
@@ -68,6 +69,13 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
         help="report the per-class thresholds that reach this recall at IoU 0.5 (default: 0.95)",
     )
     p.add_argument("--config", type=Path, metavar="FILE.yaml", help="options file of `streetblur blur`")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.OPTION=VALUE",
+        help="any option of `streetblur blur`, e.g. --set detect.upscale_to=1280",
+    )
     p.add_argument("--device", help="cpu, 0, cuda:0 ... (default: ultralytics chooses)")
     p.add_argument("--out", type=Path, required=True, help="folder for report.md/.html/.json and predictions")
     ray = p.add_argument_group("Ray", "the inference pass on a pool of detector actors, as `streetblur run`")
@@ -86,7 +94,7 @@ def run_eval(args: argparse.Namespace) -> int:
     from jobs.pipeline import load_config, parse_overrides
 
     ray = _ray_inference(args)
-    overrides: dict[str, object] = {}
+    overrides: dict[str, object] = parse_overrides(args.set)
     if args.threshold:
         overrides["detect.thresholds"] = parse_overrides(args.threshold)  # DetectorConfig checks them
     if args.device:

@@ -3,11 +3,13 @@
 Ground-truth boxes are a `Detections` (score 1.0), the same type the detector returns. Dataset
 class names become `face`/`plate` through a class map; classes that map to neither are dropped.
 
-Held-out splits are fixed by rule, never by chance at run time, so training and evaluation agree:
-- `random`: a stable 15% of images, chosen by a hash of the file name;
-- `time`: the last 15% of each video's time range, for frames named `VIDEO#t=SECONDS.jpg`
-  (consecutive frames are near duplicates, so a random split would leak);
-- `group`: a stable 15% of *source* images, for Roboflow exports where one photo appears up to
+Held-out splits are fixed by rule, never by chance at run time, so training and evaluation agree.
+Each set has three parts: `val` (15%, for reported figures only), `dev` (another 15%, held out from
+training for choosing checkpoints, thresholds and inference settings) and `train` (the rest):
+- `random`: stable fractions of images, chosen by a hash of the file name;
+- `time`: the last 15% of each video's time range is `val`, the 15% before it `dev`, for frames
+  named `VIDEO#t=SECONDS.jpg` (consecutive frames are near duplicates, so a random split would leak);
+- `group`: stable fractions of *source* images, for Roboflow exports where one photo appears up to
   three times as `NAME_jpg.rf.HASH.jpg`; a NAME shared by more files than that is a generic upload
   name (`i.jpg`), not one photo, and its files are split one by one.
 """
@@ -190,7 +192,7 @@ _ROBOFLOW_SOURCE = re.compile(r"^(?P<source>.+?)_(jpe?g|png|webp)(_jpe?g|_png)*\
 
 
 def split_dataset(images: list[LabelledImage], rule: str) -> dict[str, list[LabelledImage]]:
-    """`{"train": [...], "val": [...]}` by the held-out rule `random`, `time` or `group`."""
+    """`{"train": [...], "dev": [...], "val": [...]}` by the held-out rule `random`, `time` or `group`."""
     if rule == "time":
         times = defaultdict(list)
         for im in images:
@@ -198,11 +200,16 @@ def split_dataset(images: list[LabelledImage], rule: str) -> dict[str, list[Labe
             if match is None:
                 raise ValueError(f"{im.path.name}: not named VIDEO#t=SECONDS for a time split")
             times[match["video"]].append(float(match["t"]))
-        cut = {v: sorted(t)[int(len(t) * (1 - VAL_FRACTION))] for v, t in times.items()}
+        ranks = {v: sorted(t) for v, t in times.items()}
+        cuts = {
+            v: [t[int(len(t) * (1 - VAL_FRACTION * k))] for k in (2, 1)] for v, t in ranks.items()
+        }  # [dev starts, val starts]
 
-        def is_val(im: LabelledImage) -> bool:
+        def position(im: LabelledImage) -> float:
             match = _VIDEO_FRAME.match(im.path.name)
-            return float(match["t"]) >= cut[match["video"]]
+            dev_cut, val_cut = cuts[match["video"]]
+            t = float(match["t"])
+            return 0.0 if t >= val_cut else VAL_FRACTION if t >= dev_cut else 1.0
     elif rule in ("random", "group"):
         key = {im.path.name: im.path.name for im in images}
         if rule == "group":
@@ -210,18 +217,19 @@ def split_dataset(images: list[LabelledImage], rule: str) -> dict[str, list[Labe
             copies = Counter(sources.values())
             key.update({n: s for n, s in sources.items() if copies[s] <= _ROBOFLOW_MAX_COPIES})
 
-        def is_val(im: LabelledImage) -> bool:
-            return _stable_fraction(key[im.path.name]) < VAL_FRACTION
+        def position(im: LabelledImage) -> float:
+            return _stable_fraction(key[im.path.name])
     else:
         raise ValueError(f"unknown split rule {rule!r}: use random, time or group")
-    split = {"train": [], "val": []}
+    split: dict[str, list[LabelledImage]] = {"train": [], "dev": [], "val": []}
     for im in images:
-        split["val" if is_val(im) else "train"].append(im)
+        f = position(im)
+        split["val" if f < VAL_FRACTION else "dev" if f < 2 * VAL_FRACTION else "train"].append(im)
     return split
 
 
 def load_split(root: str | Path, part: str) -> list[LabelledImage]:
-    """The `train` or `val` part of one of the shared sets, by its spec's split rule."""
+    """The `train`, `dev` or `val` part of one of the shared sets, by its spec's split rule."""
     root = Path(root)
     if root.name not in SHARED_DATASETS:
         raise ValueError(f"{root.name}: no split rule known; one of {sorted(SHARED_DATASETS)}")

@@ -62,6 +62,7 @@ from matplotlib.patches import Rectangle
 from tqdm import tqdm
 
 from blurring import blur_mask
+from detection.baselines import is_baseline
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import Detector, DetectorConfig, model_id
 from detection.tiling import merge_boxes
@@ -223,7 +224,7 @@ def _scan_in_process(
     images: list[LabelledImage], config: DetectorConfig, max_pixels: int, label: str, progress: bool
 ) -> tuple[list[Detections], float]:
     """`Scan` with one detector in this process; the seconds exclude loading the models."""
-    detector = Detector(config)
+    detector = Detector(config, every_class=False)
     start = time.perf_counter()
     found = [
         detector.detect(read_pixels(image, max_pixels))
@@ -274,10 +275,12 @@ def _scan_on_ray(
         {"index": i, "path": str(image.path.resolve()), "width": image.width, "height": image.height}
         for i, image in enumerate(images)
     ]  # absolute paths: a worker's working folder need not be this one's
-    missing = [m for m in config.models if not Path(m).is_file()]
+    missing = [m for m in config.models if not is_baseline(m) and not Path(m).is_file()]
     if missing:
         raise FileNotFoundError(f"model file not found: {missing[0]}")  # here, not in every actor
-    config = dataclasses.replace(config, models=tuple(str(Path(m).resolve()) for m in config.models))
+    config = dataclasses.replace(
+        config, models=tuple(m if is_baseline(m) else str(Path(m).resolve()) for m in config.models)
+    )
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 200)))
     dataset = dataset.map_batches(
         _ScanActor,
@@ -310,7 +313,7 @@ class _ScanActor:
     """A Ray detector actor: loads the models once, then decodes and detects image by image."""
 
     def __init__(self, config: DetectorConfig, max_pixels: int) -> None:
-        self.detector = Detector(config)
+        self.detector = Detector(config, every_class=False)
         self.max_pixels = max_pixels
 
     def __call__(self, batch: dict) -> dict:

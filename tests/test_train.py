@@ -8,6 +8,7 @@ import pytest
 from detection.detector import Detector, DetectorConfig
 from eval.datasets import SHARED_DATASETS, load_dataset, split_dataset
 from jobs.cli import main
+from jobs.pseudo_labels import DEFAULT_PSEUDO_LABELS, load_pseudo_labels
 from tests.conftest import DATASETS
 
 
@@ -38,26 +39,32 @@ def trained(tmp_path_factory):
     return out, work / "runs" / "data"
 
 
-def test_training_data_is_the_train_splits_with_two_classes(trained):
+def test_training_data_is_the_splits_with_pseudo_labels_on_train_only(trained):
     _, data = trained
+    pseudo = load_pseudo_labels(DEFAULT_PSEUDO_LABELS)
     for name, spec in SHARED_DATASETS.items():
+        labelled, missing = ("0", "1") if name == "faces-crowd" else ("1", "0")
         parts = split_dataset(load_dataset(DATASETS / name), spec.split)
         for part, images in parts.items():
             labels = sorted((data / part / "labels").glob(f"{name}-*.txt"))
             assert len(labels) == len(images)
             rows = [line.split() for path in labels for line in path.read_text().splitlines()]
-            assert len(rows) == sum(len(im.boxes) for im in images)
+            added = (
+                [len(pseudo.get(name, {}).get(im.path.name, ())) for im in images] if part == "train" else [0]
+            )
+            assert len(rows) == sum(len(im.boxes) for im in images) + sum(added)
             values = np.array([[float(v) for v in row[1:]] for row in rows])
             assert ((values >= 0) & (values <= 1)).all()
-            assert {row[0] for row in rows} == {"0" if name == "faces-crowd" else "1"}
+            assert {row[0] for row in rows} == ({labelled, missing} if sum(added) else {labelled})
+    assert sum(len(files) for files in pseudo.values()) > 0
 
 
 def test_the_trained_model_and_its_record(trained):
     out, _ = trained
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["epochs_completed"] == 1
-    assert record["datasets"]["faces-crowd/val"] == 104 and record["datasets"]["plates-dashcam/train"] == 397
-    assert set(record["val"]) == {"face", "plate"}
+    assert record["datasets"]["faces-crowd/val"] == 104 and record["datasets"]["plates-dashcam/train"] == 327
+    assert set(record["dev"]) == {"face", "plate"}
     assert "MotionBlur" in record["augmentations"] and "ImageCompression" in record["augmentations"]
     detector = Detector(DetectorConfig(models=(str(out),)))
     assert sorted(detector._models[0][1].values()) == [0, 1]  # face and plate, by name
