@@ -156,3 +156,49 @@ def _images(args: argparse.Namespace) -> tuple[list[LabelledImage], dict[str, ob
         images = images[: args.limit]
     dataset = {"root": str(args.data), "format": label_format, "split": args.split, "class_map": class_map}
     return images, dataset
+
+
+def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `calibrate` subcommand: per-class thresholds within a false-blur budget."""
+    p = subparsers.add_parser(
+        "calibrate",
+        help="choose per-class thresholds on labelled sets: most blurred within a false-blur budget",
+        description="For each class, the lowest score threshold whose false blurs per image stay within "
+        "the budget on the given labelled sets: the most real faces and plates blurred that the budget "
+        "allows. Use the dev splits of the shared sets, or labelled photos of your own.",
+    )
+    p.add_argument("--data", type=Path, action="append", required=True, help="labelled set; repeat for more")
+    p.add_argument(
+        "--split", choices=["all", "val", "dev", "train"], default="dev", help="part of each shared set (dev)"
+    )
+    p.add_argument("--max-false-blurs", type=float, default=0.3, help="per image and class (default: 0.3)")
+    p.add_argument("--model", action="extend", nargs="+", dest="models", metavar="FILE")
+    p.add_argument("--config", type=Path, metavar="FILE.yaml", help="options file of `streetblur blur`")
+    p.add_argument("--set", action="append", default=[], metavar="SECTION.OPTION=VALUE")
+    p.add_argument("--out", type=Path, help="also write the sweep tables here (Markdown)")
+    p.set_defaults(run=run_calibrate)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    """Run `streetblur calibrate` from parsed arguments; the exit code."""
+    from eval.calibrate import calibrate, markdown
+    from jobs.pipeline import load_config, parse_overrides
+
+    overrides: dict[str, object] = parse_overrides(args.set)
+    if args.models:
+        overrides["detect.models"] = list(args.models)
+    config = load_config(args.config, overrides)
+    sets = []
+    for root in args.data:
+        images, _ = _images(
+            argparse.Namespace(data=root, format=None, class_map=None, split=args.split, limit=None)
+        )
+        sets.append(images)
+    results = calibrate(sets, config, args.max_false_blurs)
+    text = markdown(results, args.max_false_blurs)
+    if args.out:
+        args.out.write_text(text)
+    print(text)
+    chosen = [f"--set detect.thresholds.{r.name}={r.chosen}" for r in results if r.chosen is not None]
+    print("thresholds: " + " ".join(chosen))
+    return 0

@@ -195,7 +195,7 @@ def run_evaluation(
     start = time.perf_counter()
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     labels = _labels(configs)
-    scan, inference = (_scan_in_process, "in-process") if ray is None else _ray_scan(ray, len(images))
+    scan, inference = (scan_in_process, "in-process") if ray is None else _ray_scan(ray, len(images))
     models = [
         _evaluate_model(images, config, label, target_recall, progress, scan)
         for config, label in zip(configs, labels, strict=True)
@@ -220,7 +220,7 @@ def _box_counts(images: list[LabelledImage]) -> dict[str, int]:
     return Detections.concat(image.boxes for image in images).counts()
 
 
-def _scan_in_process(
+def scan_in_process(
     images: list[LabelledImage], config: DetectorConfig, max_pixels: int, label: str, progress: bool
 ) -> tuple[list[Detections], float]:
     """`Scan` with one detector in this process; the seconds exclude loading the models."""
@@ -333,7 +333,7 @@ def _evaluate_model(
     label: str,
     target_recall: float,
     progress: bool,
-    scan: Scan = _scan_in_process,
+    scan: Scan = scan_in_process,
 ) -> ModelResult:
     deployed = config.detect.thresholds  # every class, filled in by DetectorConfig
     scan_thresholds = {name: min(SCAN_THRESHOLD, score) for name, score in deployed.items()}

@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from eval.cli import add_eval_parser
+from eval.cli import add_calibrate_parser, add_eval_parser
 from jobs.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format
 from jobs.pipeline import parse_overrides
 from jobs.pseudo_labels import DEFAULT_PSEUDO_LABELS
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_blur_parser(commands.add_parser("blur", help="blur faces and plates in a photo or a folder"))
     _add_run_parser(commands.add_parser("run", help="blur a bucket or folder with the Ray batch job"))
     add_eval_parser(commands)
+    add_calibrate_parser(commands)
     _add_train_parser(commands.add_parser("train", help="train the face+plate model on labelled sets"))
     args = parser.parse_args(argv)
     try:

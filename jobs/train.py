@@ -43,6 +43,7 @@ def street_augmentations() -> list:
         A.RandomBrightnessContrast(brightness_limit=(-0.45, 0.15), contrast_limit=(-0.3, 0.2), p=0.25),
         A.ImageCompression(quality_range=(25, 90), p=0.25),
         A.GaussNoise(std_range=(0.02, 0.08), p=0.1),
+        A.SaltAndPepper(amount=(0.005, 0.03), p=0.1),  # dead pixels, and noise added by upload tools
         A.RandomRain(p=0.03),
         A.RandomFog(fog_coef_range=(0.1, 0.3), p=0.03),
         A.ToGray(p=0.03),
@@ -137,6 +138,7 @@ def train(
         augmentations=street_augmentations(),
         close_mosaic=max(1, epochs // 10),
         warmup_epochs=warmup_epochs,
+        degrees=10.0,  # handheld phones and tilted mounts: boxes of rotated objects, up to 10 degrees
     )
     if hours:
         args["time"] = hours
