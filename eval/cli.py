@@ -53,7 +53,8 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> None:
         nargs="+",
         dest="models",
         metavar="FILE",
-        help="weights to evaluate; several give one side-by-side report (default: the configured model)",
+        help="weights, or a baseline (centerface, retinaface, ...-x2), to evaluate; several give one "
+        "side-by-side report (default: the configured model)",
     )
     p.add_argument(
         "--threshold",
@@ -169,10 +170,19 @@ def add_calibrate_parser(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--data", type=Path, action="append", required=True, help="labelled set; repeat for more")
     p.add_argument(
-        "--split", choices=["all", "val", "dev", "train"], default="dev", help="part of each shared set (dev)"
+        "--split",
+        choices=["all", "val", "dev", "train"],
+        help="part of each shared set (default: dev for the shared sets, all of any other set)",
     )
     p.add_argument("--max-false-blurs", type=float, default=0.3, help="per image and class (default: 0.3)")
-    p.add_argument("--model", action="extend", nargs="+", dest="models", metavar="FILE")
+    p.add_argument(
+        "--model",
+        action="extend",
+        nargs="+",
+        dest="models",
+        metavar="FILE",
+        help="weights or baseline names, combined into one detector (default: the configured model)",
+    )
     p.add_argument("--config", type=Path, metavar="FILE.yaml", help="options file of `streetblur blur`")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.OPTION=VALUE")
     p.add_argument("--out", type=Path, help="also write the sweep tables here (Markdown)")
@@ -190,8 +200,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     config = load_config(args.config, overrides)
     sets = []
     for root in args.data:
+        split = args.split or ("dev" if root.name in SHARED_DATASETS else "all")
         images, _ = _images(
-            argparse.Namespace(data=root, format=None, class_map=None, split=args.split, limit=None)
+            argparse.Namespace(data=root, format=None, class_map=None, split=split, limit=None)
         )
         sets.append(images)
     results = calibrate(sets, config, args.max_false_blurs)
@@ -201,4 +212,10 @@ def run_calibrate(args: argparse.Namespace) -> int:
     print(text)
     chosen = [f"--set detect.thresholds.{r.name}={r.chosen}" for r in results if r.chosen is not None]
     print("thresholds: " + " ".join(chosen))
-    return 0
+    over = [r.name for r in results if r.chosen is None]
+    if over:
+        print(
+            f"no threshold keeps {', '.join(over)} within {args.max_false_blurs} false blurs/image",
+            file=sys.stderr,
+        )
+    return 1 if over else 0

@@ -200,16 +200,17 @@ def split_dataset(images: list[LabelledImage], rule: str) -> dict[str, list[Labe
             if match is None:
                 raise ValueError(f"{im.path.name}: not named VIDEO#t=SECONDS for a time split")
             times[match["video"]].append(float(match["t"]))
-        ranks = {v: sorted(t) for v, t in times.items()}
-        cuts = {
-            v: [t[int(len(t) * (1 - VAL_FRACTION * k))] for k in (2, 1)] for v, t in ranks.items()
-        }  # [dev starts, val starts]
+        cuts = {}  # video -> (first dev time, first val time)
+        for video, stamps in times.items():
+            stamps.sort()
+            val_start = int(len(stamps) * (1 - VAL_FRACTION))
+            cuts[video] = (stamps[val_start - round(len(stamps) * VAL_FRACTION)], stamps[val_start])
 
-        def position(im: LabelledImage) -> float:
+        def part_of(im: LabelledImage) -> str:
             match = _VIDEO_FRAME.match(im.path.name)
-            dev_cut, val_cut = cuts[match["video"]]
+            dev_start, val_start = cuts[match["video"]]
             t = float(match["t"])
-            return 0.0 if t >= val_cut else VAL_FRACTION if t >= dev_cut else 1.0
+            return "val" if t >= val_start else "dev" if t >= dev_start else "train"
     elif rule in ("random", "group"):
         key = {im.path.name: im.path.name for im in images}
         if rule == "group":
@@ -217,14 +218,14 @@ def split_dataset(images: list[LabelledImage], rule: str) -> dict[str, list[Labe
             copies = Counter(sources.values())
             key.update({n: s for n, s in sources.items() if copies[s] <= _ROBOFLOW_MAX_COPIES})
 
-        def position(im: LabelledImage) -> float:
-            return _stable_fraction(key[im.path.name])
+        def part_of(im: LabelledImage) -> str:
+            f = _stable_fraction(key[im.path.name])
+            return "val" if f < VAL_FRACTION else "dev" if f < 2 * VAL_FRACTION else "train"
     else:
         raise ValueError(f"unknown split rule {rule!r}: use random, time or group")
     split: dict[str, list[LabelledImage]] = {"train": [], "dev": [], "val": []}
     for im in images:
-        f = position(im)
-        split["val" if f < VAL_FRACTION else "dev" if f < 2 * VAL_FRACTION else "train"].append(im)
+        split[part_of(im)].append(im)
     return split
 
 

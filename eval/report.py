@@ -224,7 +224,7 @@ def scan_in_process(
     images: list[LabelledImage], config: DetectorConfig, max_pixels: int, label: str, progress: bool
 ) -> tuple[list[Detections], float]:
     """`Scan` with one detector in this process; the seconds exclude loading the models."""
-    detector = Detector(config, every_class=False)
+    detector = Detector(config, require_every_class=False)
     start = time.perf_counter()
     found = [
         detector.detect(read_pixels(image, max_pixels))
@@ -313,7 +313,7 @@ class _ScanActor:
     """A Ray detector actor: loads the models once, then decodes and detects image by image."""
 
     def __init__(self, config: DetectorConfig, max_pixels: int) -> None:
-        self.detector = Detector(config, every_class=False)
+        self.detector = Detector(config, require_every_class=False)
         self.max_pixels = max_pixels
 
     def __call__(self, batch: dict) -> dict:

@@ -1,4 +1,4 @@
-"""Pseudo-labels for the class a shared set leaves unlabelled (`streetblur pseudo-label`).
+"""Pseudo-labels for the class a shared set leaves unlabelled (`streetblur train --make-pseudo-labels`).
 
 Each shared set labels one class: the crowd photos have no plate boxes and the plate sets no face
 boxes, so a model trained on their union learns that the faces in dashcam frames are background.
@@ -78,7 +78,7 @@ def make_pseudo_labels(datasets_root: Path, out: Path) -> dict:
             for image in images:
                 found = teachers[missing](cv2.imread(str(image.path)))
                 rows = [
-                    [*map(lambda v: round(float(v), 1), box), round(float(score), 3), missing]
+                    [*(round(float(v), 1) for v in box), round(float(score), 3), missing]
                     for box, score in zip(found.xyxy, found.scores, strict=True)
                 ]
                 if rows:

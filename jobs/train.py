@@ -56,7 +56,8 @@ def write_yolo_dataset(
 ) -> tuple[Path, dict]:
     """Write a two-class YOLO dataset of symlinked images and label files; return data.yaml, counts.
 
-    Pseudo-labels (a file from `make_pseudo_labels`) are added to the `train` part only.
+    Only the `train` and `dev` parts are written: training never reads `val`. Pseudo-labels (a file
+    from `make_pseudo_labels`) are added to the `train` part only.
     """
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -66,6 +67,8 @@ def write_yolo_dataset(
         parts = split_dataset(load_dataset(datasets_root / name), spec.split)
         for part, images in parts.items():
             counts[f"{name}/{part}"] = len(images)
+            if part == "val":
+                continue
             for i, image in enumerate(images):
                 added = extra.get(name, {}).get(image.path.name) if part == "train" else None
                 if added is not None:
@@ -152,7 +155,7 @@ def train(
         batch=batch,
         plots=False,
         project=str(workdir.resolve()),
-        name="val",
+        name="dev",
         exist_ok=True,
     )
     out.parent.mkdir(parents=True, exist_ok=True)

