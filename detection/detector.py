@@ -15,7 +15,9 @@ from detection.runtime import prepare_ultralytics
 from detection.tiling import extend_seam, is_panorama, merge_boxes, plan_views, unwrap_seam
 
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "streetblur-n.pt"
-DEFAULT_THRESHOLDS = {"face": 0.25, "plate": 0.25}
+# Chosen by `streetblur calibrate` on the dev splits: the lowest thresholds within 0.3 false blurs
+# per image (see detection/weights/MODEL_CARD.md).
+DEFAULT_THRESHOLDS = {"face": 0.45, "plate": 0.6}
 
 
 @dataclass(frozen=True)
@@ -31,7 +33,7 @@ class DetectorConfig:
     imgsz: int = 640  # model input size (pixels, longer side)
     # Images whose longer side is below this are first upscaled to it (then tiled), so that small
     # faces in small photos reach the model at a size it can see; 0 disables upscaling.
-    upscale_to: int = 0
+    upscale_to: int = 960
     tile_size: int = 640  # images with a side larger than this are tiled; 0 disables tiling
     tile_overlap: float = 0.2  # overlap of neighbouring tiles, as a fraction of the tile size
     whole_image_pass: bool = True  # also run the downscaled whole image, for objects larger than a tile

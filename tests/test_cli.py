@@ -18,6 +18,7 @@ from PIL import Image
 
 from blurring import BlurConfig, anonymize
 from detection.detections import CLASS_NAMES, Detections
+from detection.detector import DEFAULT_THRESHOLDS
 from jobs.cli import main
 from jobs.image_io import decode_image
 from jobs.pipeline import Config, blur_image_bytes
@@ -154,7 +155,7 @@ def test_detections_report_has_the_documented_shape(crowd_run, detector):
     for det in record["detections"]:
         assert set(det) == {"class", "score", "box"}
         assert det["class"] in CLASS_NAMES
-        assert 0.25 <= det["score"] <= 1.0  # default thresholds are 0.25
+        assert DEFAULT_THRESHOLDS[det["class"]] <= det["score"] <= 1.0
         x1, y1, x2, y2 = det["box"]
         assert 0 <= x1 < x2 <= record["width"]
         assert 0 <= y1 < y2 <= record["height"]

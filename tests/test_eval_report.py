@@ -13,7 +13,7 @@ import pytest
 from faster_coco_eval import COCO, COCOeval_faster
 
 from detection.detections import CLASS_NAMES, Detections
-from detection.detector import DEFAULT_MODEL, Detector
+from detection.detector import DEFAULT_MODEL, DEFAULT_THRESHOLDS, Detector
 from detection.tiling import merge_boxes
 from eval.cli import add_eval_parser
 from eval.datasets import SHARED_DATASETS, load_split
@@ -119,7 +119,7 @@ def test_json_has_the_documented_keys(report_dir, subset):
         "detections_per_image",
     }
     assert set(deployed["face"]["blurred"]) == {"all", "small", "medium", "large"}
-    assert model["thresholds"]["deployed"] == {"face": 0.25, "plate": 0.25}
+    assert model["thresholds"]["deployed"] == DEFAULT_THRESHOLDS
     curve = model["pr_curve"]["face"]
     assert len(curve["threshold"]) == len(curve["recall"]) == len(curve["precision"]) > 30
     assert model["pr_curve"]["plate"] is None
