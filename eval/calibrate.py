@@ -9,14 +9,12 @@ the `val` splits the figures are reported on), or on labelled photos of your own
 
 from __future__ import annotations
 
-import dataclasses
-import math
 from dataclasses import dataclass
 
 from detection.detections import CLASS_NAMES, Detections
 from eval.datasets import LabelledImage
 from eval.metrics import privacy_metrics
-from eval.report import SCAN_THRESHOLD, at_thresholds, scan_in_process
+from eval.report import at_thresholds, scan_config, scan_in_process
 from jobs.pipeline import Config
 
 CALIBRATION_SWEEP = tuple(
@@ -39,12 +37,11 @@ def calibrate(
     sets: list[list[LabelledImage]], config: Config, max_false_blurs: float = 0.3, progress: bool = True
 ) -> list[ClassCalibration]:
     """Sweep thresholds over `sets` (the inference runs once per image) and choose one per class."""
-    scan_config = dataclasses.replace(
-        config.detect, thresholds=dict.fromkeys(CLASS_NAMES, SCAN_THRESHOLD), merge_overlap=math.inf
-    )
     images = [image for images in sets for image in images]
     set_of = [s for s, images in enumerate(sets) for _ in images]
-    unmerged, _ = scan_in_process(images, scan_config, config.max_pixels, "calibrate", progress)
+    unmerged, _ = scan_in_process(
+        images, scan_config(config.detect), config.max_pixels, "calibrate", progress
+    )
     results = []
     for k, name in enumerate(CLASS_NAMES):
         labelling = {

@@ -105,7 +105,7 @@ def run_eval(args: argparse.Namespace) -> int:
         dataclasses.replace(config, detect=dataclasses.replace(config.detect, models=(m,)))
         for m in args.models or []
     ]
-    images, dataset = _images(args)
+    images, dataset = _images(args.data, args.format, args.class_map, args.split, args.limit)
     evaluation = run_evaluation(images, configs or [config], args.target_recall, dataset, ray=ray)
     files = write_report(evaluation, args.out)
     for model in evaluation.models:
@@ -136,26 +136,28 @@ def _ray_inference(args: argparse.Namespace) -> RayInference | None:
     return RayInference(address=args.address, actors=args.actors, **gpus)
 
 
-def _images(args: argparse.Namespace) -> tuple[list[LabelledImage], dict[str, object]]:
-    """The labelled images that `args` select, and their description for the report."""
-    if not args.data.is_dir():
-        raise FileNotFoundError(f"{args.data}: no such folder")
-    spec = SHARED_DATASETS.get(args.data.name)
-    label_format, class_map = dataset_settings(
-        args.data, args.format, parse_class_map(args.class_map) if args.class_map else None
+def _images(
+    data: Path, format: str | None, class_map: str | None, split: str, limit: int | None
+) -> tuple[list[LabelledImage], dict[str, object]]:
+    """The labelled images of `data` that the options select, and their description for the report."""
+    if not data.is_dir():
+        raise FileNotFoundError(f"{data}: no such folder")
+    spec = SHARED_DATASETS.get(data.name)
+    label_format, class_map_used = dataset_settings(
+        data, format, parse_class_map(class_map) if class_map else None
     )
-    images = load_dataset(args.data, label_format, class_map)
-    if args.split != "all":
+    images = load_dataset(data, label_format, class_map_used)
+    if split != "all":
         if spec is None:
             raise ValueError(
-                f"--split {args.split}: {args.data.name} has no split rule; one of {sorted(SHARED_DATASETS)}"
+                f"--split {split}: {data.name} has no split rule; one of {sorted(SHARED_DATASETS)}"
             )
-        images = split_dataset(images, spec.split)[args.split]
-    if args.limit is not None:
-        if args.limit < 1:
-            raise ValueError(f"--limit must be at least 1, got {args.limit}")
-        images = images[: args.limit]
-    dataset = {"root": str(args.data), "format": label_format, "split": args.split, "class_map": class_map}
+        images = split_dataset(images, spec.split)[split]
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {limit}")
+        images = images[:limit]
+    dataset = {"root": str(data), "format": label_format, "split": split, "class_map": class_map_used}
     return images, dataset
 
 
@@ -201,9 +203,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     sets = []
     for root in args.data:
         split = args.split or ("dev" if root.name in SHARED_DATASETS else "all")
-        images, _ = _images(
-            argparse.Namespace(data=root, format=None, class_map=None, split=split, limit=None)
-        )
+        images, _ = _images(root, None, None, split, None)
         sets.append(images)
     results = calibrate(sets, config, args.max_false_blurs)
     text = markdown(results, args.max_false_blurs)

@@ -152,6 +152,12 @@ def read_pixels(image: LabelledImage, max_pixels: int) -> np.ndarray:
     return pixels
 
 
+def scan_config(config: DetectorConfig) -> DetectorConfig:
+    """`config` for the inference pass: thresholds lowered to `SCAN_THRESHOLD`, tile merge off."""
+    thresholds = {name: min(SCAN_THRESHOLD, score) for name, score in config.thresholds.items()}
+    return dataclasses.replace(config, thresholds=thresholds, merge_overlap=math.inf)
+
+
 def at_thresholds(unmerged: Detections, thresholds: dict[str, float], merge_overlap: float) -> Detections:
     """What a detector with per-class `thresholds` returns, from its boxes before the tile merge."""
     limit = np.array([thresholds[name] for name in CLASS_NAMES], np.float32)
@@ -336,9 +342,7 @@ def _evaluate_model(
     scan: Scan = scan_in_process,
 ) -> ModelResult:
     deployed = config.detect.thresholds  # every class, filled in by DetectorConfig
-    scan_thresholds = {name: min(SCAN_THRESHOLD, score) for name, score in deployed.items()}
-    scan_config = dataclasses.replace(config.detect, thresholds=scan_thresholds, merge_overlap=math.inf)
-    unmerged, inference_s = scan(images, scan_config, config.max_pixels, label, progress)
+    unmerged, inference_s = scan(images, scan_config(config.detect), config.max_pixels, label, progress)
 
     def detections_at(thresholds: dict[str, float]) -> list[Detections]:
         return [at_thresholds(dets, thresholds, config.detect.merge_overlap) for dets in unmerged]
