@@ -83,9 +83,15 @@ def _retinaface() -> FaceFinder:
     return find
 
 
-def _upscaled(find: FaceFinder, factor: float) -> FaceFinder:
-    def run(image: np.ndarray, threshold: float) -> Detections:
-        big = cv2.resize(image, None, fx=factor, fy=factor, interpolation=cv2.INTER_LINEAR)
-        return find(big, threshold).scaled(1 / factor).clipped(image.shape[1], image.shape[0])
+def find_at_scale(find: FaceFinder, image: np.ndarray, threshold: float, factor: float) -> Detections:
+    """`find` on `image` resized by `factor`, its boxes mapped back to `image`'s pixels."""
+    shrink = factor < 1
+    resized = cv2.resize(
+        image, None, fx=factor, fy=factor, interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    )
+    back = (image.shape[1] / resized.shape[1], image.shape[0] / resized.shape[0])
+    return find(resized, threshold).scaled(back).clipped(image.shape[1], image.shape[0])
 
-    return run
+
+def _upscaled(find: FaceFinder, factor: float) -> FaceFinder:
+    return lambda image, threshold: find_at_scale(find, image, threshold, factor)

@@ -9,7 +9,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from detection.baselines import baseline_id, is_baseline, load_baseline
+from detection.baselines import baseline_id, find_at_scale, is_baseline, load_baseline
 from detection.detections import CLASS_NAMES, DEFAULT_ALIASES, Detections, canonical_class
 from detection.runtime import prepare_ultralytics
 from detection.tiling import extend_seam, is_panorama, merge_boxes, plan_views, unwrap_seam
@@ -165,13 +165,10 @@ class Detector:
         per_crop: list[list[Detections]] = [[] for _ in crops]
         for path, (model, to_canonical) in zip(self.config.models, self._models, strict=True):
             if is_baseline(path):  # a face finder: one crop at a time, shrunk to imgsz as YOLO's are
+                face_threshold = float(threshold[CLASS_NAMES.index("face")])
                 for i, crop in enumerate(crops):
                     shrink = min(1.0, self.config.imgsz / max(crop.shape[:2]))
-                    small = cv2.resize(crop, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
-                    found = model(small, float(threshold[CLASS_NAMES.index("face")]))
-                    per_crop[i].append(
-                        found.scaled((crop.shape[1] / small.shape[1], crop.shape[0] / small.shape[0]))
-                    )
+                    per_crop[i].append(find_at_scale(model, crop, face_threshold, shrink))
                 continue
             results = model.predict(
                 crops,
