@@ -9,7 +9,7 @@ the `val` splits the figures are reported on), or on labelled photos of your own
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from detection.detections import CLASS_NAMES, Detections
 from eval.datasets import LabelledImage
@@ -37,7 +37,8 @@ def calibrate(
     sets: list[list[LabelledImage]], config: Config, max_false_blurs: float = 0.3, progress: bool = True
 ) -> list[ClassCalibration]:
     """Sweep thresholds over `sets` (the inference runs once per image) and choose one per class."""
-    images = [image for images in sets for image in images]
+    pooled = [image for images in sets for image in images]
+    images = [replace(image, image_id=n) for n, image in enumerate(pooled)]  # each set counts from 0
     set_of = [s for s, images in enumerate(sets) for _ in images]
     unmerged, _ = scan_in_process(
         images, scan_config(config.detect), config.max_pixels, "calibrate", progress

@@ -46,7 +46,15 @@ SIZE_RANGES = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (
 
 
 def ground_truth_coco(images: list[LabelledImage]) -> dict:
-    """The labelled images as a COCO ground-truth dict (categories `face`=1, `plate`=2)."""
+    """The labelled images as a COCO ground-truth dict (categories `face`=1, `plate`=2).
+
+    `ValueError` when two images share an id: COCO would score them as one image, a detection in
+    one matching a label of the other.
+    """
+    ids = [image.image_id for image in images]
+    if len(set(ids)) != len(ids):
+        repeated = next(i for i in ids if ids.count(i) > 1)
+        raise ValueError(f"image id {repeated} is given to several images; ids must be unique")
     annotations = []
     for image in images:
         for (x1, y1, x2, y2), cls in zip(image.boxes.xyxy.tolist(), image.boxes.class_id, strict=True):

@@ -102,19 +102,7 @@ def _run_blur(args: argparse.Namespace) -> int:
     from jobs.pipeline import Outcome, blur_image_bytes, load_config
 
     config = load_config(args.config, _blur_overrides(args))
-    if not args.input.exists():
-        raise FileNotFoundError(f"{args.input}: no such file or folder")
-    if args.input.is_dir():  # outputs keep each input's format, so only formats we write are inputs
-        suffixes = tuple(FORMAT_BY_SUFFIX)
-        inputs = sorted(p for p in args.input.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
-        if not inputs:
-            raise ValueError(f"{args.input}: no images ({', '.join(suffixes)}) in this folder")
-        if args.output.exists() and not args.output.is_dir():
-            raise ValueError(f"{args.output}: must be a folder when the input is a folder")
-        pairs = [(p, args.output / p.relative_to(args.input)) for p in inputs]
-    else:
-        target = args.output / args.input.name if args.output.is_dir() else args.output
-        pairs = [(args.input, target)]
+    pairs = plan_outputs(args.input, args.output)
     detector = Detector(config.detect)
     records, failures = [], []
     for source, target in tqdm(pairs, unit="image", disable=len(pairs) == 1 or None, file=sys.stderr):
@@ -149,6 +137,47 @@ def _run_blur(args: argparse.Namespace) -> int:
         for source, error_text in failures:
             print(f"  failed: {source}: {error_text}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def plan_outputs(source: Path, output: Path) -> list[tuple[Path, Path]]:
+    """`(input, output)` file pairs for `streetblur blur SOURCE -o OUTPUT`, checked so no input is lost.
+
+    A folder is searched recursively for the formats we write (outputs keep each input's format) and
+    mirrored under `output`. `ValueError` when an output would replace an input: an output folder that
+    is the input folder or inside it, an output file that is the input file (through any spelling or
+    symlink), or two inputs whose outputs differ only in case (one file on macOS and Windows).
+    """
+    if not source.exists():
+        raise FileNotFoundError(f"{source}: no such file or folder")
+    if source.is_dir():
+        suffixes = tuple(FORMAT_BY_SUFFIX)
+        inputs = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+        if not inputs:
+            raise ValueError(f"{source}: no images ({', '.join(suffixes)}) in this folder")
+        if output.exists() and not output.is_dir():
+            raise ValueError(f"{output}: must be a folder when the input is a folder")
+        if output.resolve() == source.resolve() or source.resolve() in output.resolve().parents:
+            raise ValueError(
+                f"output folder {output} is the input folder {source} or inside it: the outputs would "
+                "replace the originals or be read back as inputs; choose a separate folder"
+            )
+        pairs = [(p, output / p.relative_to(source)) for p in inputs]
+    else:
+        target = output / source.name if output.is_dir() else output
+        if target.resolve() == source.resolve() or (target.exists() and target.samefile(source)):
+            raise ValueError(f"output {target} is the input {source}: write the blurred photo elsewhere")
+        pairs = [(source, target)]
+    by_name: dict[str, Path] = {}
+    for source_file, target in pairs:
+        key = str(target.resolve()).casefold()
+        if key in by_name:
+            raise ValueError(
+                f"{by_name[key]} and {source_file} would be written to outputs whose names differ only in "
+                "case: on a case-insensitive file system (macOS, Windows) one would replace the other; "
+                "rename one"
+            )
+        by_name[key] = source_file
+    return pairs
 
 
 def _add_run_parser(p: argparse.ArgumentParser) -> None:

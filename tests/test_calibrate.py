@@ -1,9 +1,13 @@
 """`streetblur calibrate`: thresholds within a false-blur budget, consistent with `streetblur eval`."""
 
+from dataclasses import replace
+
+import cv2
 import pytest
 
+from detection.detections import Detections
 from eval.calibrate import calibrate
-from eval.datasets import load_split
+from eval.datasets import LabelledImage, load_split
 from eval.report import run_evaluation
 from jobs.cli import main
 from jobs.pipeline import load_config
@@ -48,3 +52,24 @@ def test_cli_prints_the_thresholds_to_set(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "--set detect.thresholds.plate=" in printed and "face" not in printed.splitlines()[-1]
     assert "## plate: 20 images" in out.read_text()
+
+
+def test_pooled_sets_whose_image_ids_collide_are_scored_image_by_image(tmp_path, dashcam_plate):
+    """Set 1's only image has its plate painted over; set 2's image with the same id shows that plate,
+    unlabelled. Scored per image, set 1's plate is never found, whatever the threshold."""
+    frame, box = dashcam_plate
+    x1, y1, x2, y2 = box.astype(int)
+    painted = frame.copy()
+    painted[y1 - 10 : y2 + 10, x1 - 20 : x2 + 20] = 128
+    cv2.imwrite(str(tmp_path / "painted.png"), painted)
+    cv2.imwrite(str(tmp_path / "original.png"), frame)
+    height, width = frame.shape[:2]
+    plate = Detections([box], [1.0], [1])
+    hidden = LabelledImage(tmp_path / "painted.png", width, height, plate, image_id=0)
+    unlabelled = LabelledImage(tmp_path / "original.png", width, height, Detections(), image_id=0)
+    labelled = replace(load_split(DATASETS / "plates-dashcam", "dev")[0], image_id=1)
+    results = calibrate([[hidden], [unlabelled, labelled]], load_config(), progress=False)
+    plates = next(r for r in results if r.name == "plate")
+    assert plates.boxes == 1 + len(labelled.boxes)
+    for row in plates.rows:
+        assert row["recall50"] * plates.boxes <= len(labelled.boxes) + 1e-6, row

@@ -483,3 +483,69 @@ def test_an_image_whose_detection_failed_is_never_written(capsys, monkeypatch, t
     records = read_report(tmp_path / "report.json")["images"]
     assert [r["status"] for r in records] == ["failed", "failed"]
     assert all(r["output"] is None for r in records)
+
+
+# ---------------------------------------------------------------- 7. never over an input
+
+
+def files_and_bytes(folder: Path) -> dict[Path, bytes]:
+    return {p: p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_folder_output_that_is_the_input_or_inside_it_is_refused(capsys, tmp_path: Path, monkeypatch):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(CROWD, photos / "a.jpg")
+    (tmp_path / "link").symlink_to(photos)
+    before = files_and_bytes(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for output in (photos, "photos/.", "./photos", tmp_path / "link", photos / "blurred", "link/out"):
+        code, err = blur(capsys, photos, "-o", output)
+        assert code == 2, (output, err)
+        assert "is the input folder" in err, err
+    assert files_and_bytes(tmp_path) == before  # originals untouched, nothing written
+
+
+def test_output_file_that_is_the_input_is_refused(capsys, tmp_path: Path, monkeypatch):
+    photo = tmp_path / "a.jpg"
+    shutil.copy(CROWD, photo)
+    (tmp_path / "link.jpg").symlink_to(photo)
+    before = files_and_bytes(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    cases = [
+        (photo, photo),
+        ("a.jpg", "./a.jpg"),
+        ("a.jpg", "link.jpg"),
+        ("link.jpg", "a.jpg"),
+        ("a.jpg", "."),
+    ]
+    for source, output in cases:
+        code, err = blur(capsys, source, "-o", output)
+        assert code == 2, (source, output, err)
+        assert "is the input" in err, err
+    assert files_and_bytes(tmp_path) == before
+
+
+def test_two_inputs_that_would_write_one_output_are_refused(capsys, tmp_path: Path):
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    photos.mkdir()
+    shutil.copy(CROWD, photos / "a.jpg")
+    shutil.copy(SAMPLES / "crowd_1.jpg", photos / "a.JPG")  # one file on macOS and Windows
+    code, err = blur(capsys, photos, "-o", out)
+    assert code == 2, err
+    assert "a.jpg" in err and "a.JPG" in err and "case" in err
+    assert not out.exists()
+
+
+def test_an_interrupted_write_leaves_the_old_output_and_no_partial_file(capsys, tmp_path: Path, monkeypatch):
+    output = tmp_path / "out.jpg"
+    output.write_bytes(b"previous output")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.fsync", disk_full)  # fails after the bytes went to the temporary file
+    code, err = blur(capsys, CROWD, "-o", output)
+    assert code == 1 and "No space left" in err, err
+    assert output.read_bytes() == b"previous output"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.jpg"]

@@ -148,6 +148,14 @@ def test_perfect_predictions_score_one_and_no_predictions_zero():
         assert none[name]["AP"] == none[name]["AP50"] == none[name]["recall50"] == 0.0
 
 
+def test_images_sharing_an_id_are_refused_not_scored_as_one():
+    labelled = image(Detections([[10, 10, 60, 70]], [1], [FACE]), image_id=3)
+    empty = image(Detections(), image_id=3)
+    found_in_the_empty_one = [Detections(), Detections([[10, 10, 60, 70]], [0.9], [FACE])]
+    with pytest.raises(ValueError, match="image id 3 is given to several images"):
+        coco_metrics([labelled, empty], found_in_the_empty_one)
+
+
 def test_class_without_ground_truth_has_no_figures():
     figures = coco_metrics(
         [image(boxes((10, 10, 50, 50)))], [boxes((10, 10, 50, 50), cls=PLATE, scores=[0.9])]
