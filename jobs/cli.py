@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from detection.baselines import MissingPackageError
 from eval.cli import add_calibrate_parser, add_eval_parser
 from jobs.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format
 from jobs.pipeline import parse_overrides
@@ -26,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError) as error:
+    except (ValueError, FileNotFoundError, MissingPackageError) as error:
         print(f"streetblur: error: {error}", file=sys.stderr)
         return 2
 
@@ -238,7 +239,7 @@ def _run_train(args: argparse.Namespace) -> int:
 
     if args.make_pseudo_labels:
         if args.pseudo_labels is None:
-            raise SystemExit("--make-pseudo-labels needs a --pseudo-labels file to write")
+            raise ValueError("--make-pseudo-labels needs a --pseudo-labels file to write")
         print(json.dumps(make_pseudo_labels(args.data, args.pseudo_labels)["counts"]))
     record = train(
         args.data,

