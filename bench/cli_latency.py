@@ -13,8 +13,8 @@ import statistics
 import time
 from pathlib import Path
 
+from blurring.pipeline import blur_image_bytes, load_config, parse_overrides
 from detection.detector import Detector
-from jobs.pipeline import blur_image_bytes, load_config, parse_overrides
 
 DASHCAM = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "plates-dashcam" / "images"
 

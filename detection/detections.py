@@ -121,6 +121,18 @@ class Detections:
             np.concatenate([p.class_id for p in parts]),
         )
 
+    @staticmethod
+    def from_ultralytics(boxes, to_class_id: dict[int, int]) -> Detections:
+        """The boxes of an ultralytics result (`result.boxes`) whose model class is a key of
+        `to_class_id`, their class ids mapped by it (model class id -> index of `CLASS_NAMES`)."""
+        model_class = boxes.cls.cpu().numpy().astype(int)
+        known = np.array([c in to_class_id for c in model_class], bool)
+        return Detections(
+            boxes.xyxy.cpu().numpy()[known],
+            boxes.conf.cpu().numpy()[known],
+            [to_class_id[c] for c in model_class[known]],
+        )
+
     def to_records(self) -> list[dict]:
         """JSON-ready list of `{"class", "score", "box": [x1, y1, x2, y2]}`."""
         return [

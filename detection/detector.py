@@ -180,11 +180,7 @@ class Detector:
                 verbose=False,
             )
             for i, result in enumerate(results):
-                boxes = result.boxes
-                cls = boxes.cls.cpu().numpy().astype(int)
-                known = np.array([c in to_canonical for c in cls], bool)
-                class_id = np.array([to_canonical[c] for c in cls[known]], np.int64)
-                dets = Detections(boxes.xyxy.cpu().numpy()[known], boxes.conf.cpu().numpy()[known], class_id)
+                dets = Detections.from_ultralytics(result.boxes, to_canonical)
                 per_crop[i].append(dets[dets.scores >= threshold[dets.class_id]])
         return [Detections.concat(parts) for parts in per_crop]
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from blurring.pipeline import Config
 from detection.detections import CLASS_NAMES, Detections
 from eval.datasets import LabelledImage
+from eval.evaluate import at_thresholds, scan_config, scan_in_process
 from eval.metrics import privacy_metrics
-from eval.report import at_thresholds, scan_config, scan_in_process
-from jobs.pipeline import Config
 
 CALIBRATION_SWEEP = tuple(
     round(t, 2) for t in [0.01, 0.02, 0.03, 0.05, 0.07, *[k / 20 for k in range(2, 19)]]

@@ -3,6 +3,8 @@
 Ground-truth boxes are a `Detections` (score 1.0), the same type the detector returns. Dataset
 class names become `face`/`plate` through a class map; classes that map to neither are dropped.
 
+`write_yolo_example` writes the YOLO format that `load_dataset` reads (for training).
+
 Held-out splits are fixed by rule, never by chance at run time, so training and evaluation agree.
 Each set has three parts: `val` (15%, for reported figures only), `dev` (another 15%, held out from
 training for choosing checkpoints, thresholds and inference settings) and `train` (the rest):
@@ -182,6 +184,21 @@ def _load_yolo(root: Path, to_class) -> list[LabelledImage]:
     return images
 
 
+def write_yolo_example(image: LabelledImage, part_dir: Path, stem: str) -> None:
+    """Write `image` into a YOLO dataset part as `_load_yolo` reads one: a symlink to the photo under
+    `images/` and its boxes (class ids of `CLASS_NAMES`, centre and size relative to the image) in
+    `labels/STEM.txt`."""
+    (part_dir / "images").mkdir(parents=True, exist_ok=True)
+    (part_dir / "labels").mkdir(parents=True, exist_ok=True)
+    (part_dir / "images" / f"{stem}{image.path.suffix.lower()}").symlink_to(image.path.resolve())
+    lines = []
+    for (x1, y1, x2, y2), cls in zip(image.boxes.xyxy, image.boxes.class_id, strict=True):
+        cx, cy = (x1 + x2) / 2 / image.width, (y1 + y2) / 2 / image.height
+        w, h = (x2 - x1) / image.width, (y2 - y1) / image.height
+        lines.append(f"{cls} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
+    (part_dir / "labels" / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+
+
 def _stable_fraction(key: str) -> float:
     return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
 
@@ -235,3 +252,29 @@ def load_split(root: str | Path, part: str) -> list[LabelledImage]:
     if root.name not in SHARED_DATASETS:
         raise ValueError(f"{root.name}: no split rule known; one of {sorted(SHARED_DATASETS)}")
     return split_dataset(load_dataset(root), SHARED_DATASETS[root.name].split)[part]
+
+
+def select_images(
+    data: Path, format: str | None, class_map: str | None, split: str, limit: int | None
+) -> tuple[list[LabelledImage], dict[str, object]]:
+    """The labelled images of `data` that the options select (`split`: all, or a part of a shared set;
+    the first `limit` by file name), and their description for a report."""
+    if not data.is_dir():
+        raise FileNotFoundError(f"{data}: no such folder")
+    spec = SHARED_DATASETS.get(data.name)
+    label_format, class_map_used = dataset_settings(
+        data, format, parse_class_map(class_map) if class_map else None
+    )
+    images = load_dataset(data, label_format, class_map_used)
+    if split != "all":
+        if spec is None:
+            raise ValueError(
+                f"--split {split}: {data.name} has no split rule; one of {sorted(SHARED_DATASETS)}"
+            )
+        images = split_dataset(images, spec.split)[split]
+    if limit is not None:
+        if limit < 1:
+            raise ValueError(f"--limit must be at least 1, got {limit}")
+        images = images[:limit]
+    dataset = {"root": str(data), "format": label_format, "split": split, "class_map": class_map_used}
+    return images, dataset

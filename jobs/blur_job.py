@@ -8,13 +8,8 @@ Stages (Ray Data, streaming, so memory stays bounded whatever the bucket size):
   blur, encode (a pool of detector actors, models loaded once each)  ->  write output (tasks)
   ->  manifest rows, flushed by the driver as Parquet parts every few dozen images.
 
-Under the output root, `_streetblur/` holds the audit trail:
-  runs/RUN_ID/part-NNNNN.parquet  every input of that run, once: blurred, failed (with the reason) or
-                                  skipped (done by an earlier run with the same ETag and model);
-  runs/RUN_ID/summary.json        counts, images/s and wall time of the run; `skipped_failed` counts
-                                  the skipped inputs whose earlier run failed them;
-  manifest.parquet                the current state: the latest blurred/failed row of every input
-                                  (latest by run id, which starts with the run's UTC start time).
+Under the output root, `_streetblur/` holds the audit trail (see `jobs.manifest`): per run, its
+manifest rows as Parquet parts and `summary.json`; `manifest.parquet`, the latest row of every input.
 A re-run skips an input only when its manifest row has the same ETag and the same model id (the
 detector weights' hashes): other weights redo everything. Blur and other config changes are NOT
 tracked: use `--overwrite` after changing them. `--retry-failed` redoes the inputs that failed.
@@ -29,54 +24,30 @@ succeeded. The output may not be the input nor inside it (it would be read back 
 
 from __future__ import annotations
 
-import argparse
-import io
 import json
 import logging
-import os
 import time
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from detection.detector import model_id
-from jobs.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format
-from jobs.pipeline import Config, Outcome, blur_images, load_config, parse_overrides
+from blurring.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format
+from blurring.pipeline import Config, Outcome, blur_images
+from detection.detector import Detector, model_id
+from jobs.manifest import (
+    AUDIT_DIR,
+    TIMING_COLUMNS,
+    ManifestWriter,
+    consolidate_manifest,
+    read_manifest_rows,
+    skipped_row,
+)
+from jobs.ray_pool import ACTOR_CPUS, BATCH_SIZE, IO_CPUS, pool_size, start_ray, with_actor_pool
 from jobs.storage import InvalidKey, NotFound, Storage, StoredObject, check_key
 
 log = logging.getLogger("streetblur.job")
 
-AUDIT_DIR = "_streetblur"
 INPUT_SUFFIXES = tuple(FORMAT_BY_SUFFIX)  # outputs keep the input's format, so only writable ones
-BOX_TYPE = pa.struct([("class", pa.string()), ("score", pa.float32()), ("box", pa.list_(pa.float32(), 4))])
-MANIFEST_SCHEMA = pa.schema(
-    [
-        ("key", pa.string()),
-        ("output_key", pa.string()),
-        ("status", pa.string()),
-        ("error", pa.string()),
-        ("width", pa.int32()),
-        ("height", pa.int32()),
-        ("faces", pa.int32()),
-        ("plates", pa.int32()),
-        ("boxes", pa.list_(BOX_TYPE)),
-        ("model_id", pa.string()),
-        ("read_ms", pa.float32()),
-        ("decode_ms", pa.float32()),
-        ("detect_ms", pa.float32()),
-        ("blur_ms", pa.float32()),
-        ("encode_ms", pa.float32()),
-        ("write_ms", pa.float32()),
-        ("etag", pa.string()),
-        ("size", pa.int64()),
-        ("run_id", pa.string()),
-        ("finished_at", pa.timestamp("ms", tz="UTC")),
-    ]
-)
-TIMING_COLUMNS = ("read_ms", "decode_ms", "detect_ms", "blur_ms", "encode_ms", "write_ms")
 
 
 @dataclass(frozen=True)
@@ -91,10 +62,10 @@ class JobOptions:
     overwrite: bool = False  # redo inputs already done
     retry_failed: bool = False  # redo inputs that failed before
     actors: int | None = None  # detector actors; None: as many as the cluster's CPUs allow
-    actor_cpus: float = 0.75  # below 1 on purpose: leaves room for the read/write tasks
+    actor_cpus: float = ACTOR_CPUS  # below 1 on purpose: leaves room for the read/write tasks
     actor_gpus: float = 0.0
-    io_cpus: float = 0.25  # CPUs per read/write task: small, so actors do not starve them
-    batch_size: int = 4  # images per actor call; their tiles share model batches
+    io_cpus: float = IO_CPUS  # CPUs per read/write task: small, so actors do not starve them
+    batch_size: int = BATCH_SIZE  # images per actor call; their tiles share model batches
     flush_rows: int = 32  # manifest part size
     log_every_s: float = 10.0
     config: Config = field(default_factory=Config)
@@ -103,13 +74,9 @@ class JobOptions:
 def run_job(options: JobOptions, address: str | None = None) -> dict:
     """Run the job on the Ray cluster at `address` (None: `RAY_ADDRESS`, else a new local Ray).
 
-    A new local Ray, not "whatever cluster this machine last started": that one may be gone.
     Raises `ValueError`, before anything runs, for a missing local input folder or an output that is
     the input or inside it.
     """
-    import ray
-
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
     started = time.perf_counter()
     source = Storage(options.input_uri, options.endpoint_url)
     target = Storage(options.output_uri, options.endpoint_url)
@@ -129,14 +96,14 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
         skipped_failed,
         model,
     )
-    writer = _ManifestWriter(target, run_id, options.flush_rows)
-    writer.add([_skipped_row(done[item.key], item, run_id) for item in skipped])
+    writer = ManifestWriter(target, run_id, options.flush_rows)
+    writer.add([skipped_row(done[item.key], item, run_id) for item in skipped])
     actors = 0
     try:
         if todo:
-            ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
-            actors = options.actors or pool_size(ray.cluster_resources(), options)
-            _run_pipeline(todo, source, target, replace(options, actors=actors), writer, run_id)
+            start_ray(address)
+            actors = options.actors or pool_size(options.actor_cpus, options.actor_gpus, options.io_cpus)
+            run_pipeline(todo, source, target, replace(options, actors=actors), writer, run_id)
     finally:
         writer.flush()  # even if the pipeline raised: the rows it finished are kept, the next run skips them
     counts = writer.counts
@@ -205,13 +172,6 @@ def plan_inputs(
     return todo, skipped
 
 
-def pool_size(resources: dict, options: JobOptions) -> int:
-    """Detector actors that fit the cluster, leaving each one room for a read or write task beside it."""
-    if options.actor_gpus > 0:
-        return max(1, int(resources.get("GPU", 0) / options.actor_gpus))
-    return max(1, int(resources.get("CPU", 1) / (options.actor_cpus + options.io_cpus)))
-
-
 def list_inputs(source: Storage, options: JobOptions) -> list[StoredObject]:
     """The input objects: listed by suffix, or the keys of `keys_file` as given.
 
@@ -233,27 +193,30 @@ def list_inputs(source: Storage, options: JobOptions) -> list[StoredObject]:
     return objects
 
 
-def _run_pipeline(
+def run_pipeline(
     todo: list[StoredObject],
     source: Storage,
     target: Storage,
     options: JobOptions,
-    writer: _ManifestWriter,
+    writer: ManifestWriter,
     run_id: str,
 ) -> None:
+    """Read, blur and write every input of `todo` on the connected Ray cluster, handing each finished
+    input's manifest row to `writer` as it comes (Ray Data streams, so memory stays bounded)."""
     import ray
 
     items = [{"key": o.key, "etag": o.etag, "size": o.size} for o in todo]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 200)))
     dataset = dataset.map(_ReadStage(source), num_cpus=options.io_cpus)
-    dataset = dataset.map_batches(
-        _BlurActor,
-        fn_constructor_kwargs={"config": options.config},
-        compute=ray.data.ActorPoolStrategy(size=options.actors),
-        batch_size=options.batch_size,
-        num_cpus=options.actor_cpus,
-        num_gpus=options.actor_gpus,
-    )  # Ray Data restarts a dead actor and retries its batch (max_restarts=-1 by default)
+    dataset = with_actor_pool(
+        dataset,
+        BlurActor,
+        {"config": options.config},
+        options.actors,
+        options.batch_size,
+        options.actor_cpus,
+        options.actor_gpus,
+    )
     dataset = dataset.map(_WriteStage(target, run_id), num_cpus=options.io_cpus)
     last_log = time.perf_counter()
     started = last_log
@@ -300,14 +263,15 @@ class _ReadStage:
         return row
 
 
-class _BlurActor:
-    """A detector actor: loads the models once, then decodes, detects, blurs and encodes batches."""
+class BlurActor:
+    """A detector actor: loads the models once, then decodes, detects, blurs and encodes batches.
 
-    def __init__(self, config: Config) -> None:
-        from detection.detector import Detector
+    `detector`: one already loaded from `config.detect` (default: load it).
+    """
 
+    def __init__(self, config: Config, detector: Detector | None = None) -> None:
         self.config = config
-        self.detector = Detector(config.detect)
+        self.detector = detector or Detector(config.detect)
 
     def __call__(self, batch: dict) -> dict:
         keys = list(batch["key"])
@@ -387,156 +351,9 @@ class _WriteStage:
         }
 
 
-def _skipped_row(previous: dict, item: StoredObject, run_id: str) -> dict:
-    return {
-        **previous,
-        "status": "skipped",
-        "error": f"done by run {previous['run_id']} ({previous['status']}); same ETag and model",
-        "run_id": run_id,
-        "finished_at": datetime.now(timezone.utc),
-        **dict.fromkeys(TIMING_COLUMNS, 0.0),
-        "etag": item.etag,
-        "size": item.size,
-    }
+if __name__ == "__main__":  # `ray job submit -- python -m jobs.blur_job ...`: as `streetblur run ...`
+    import sys
 
+    from jobs.cli import main
 
-class _ManifestWriter:
-    """Collects manifest rows and writes them as numbered Parquet parts of one run."""
-
-    def __init__(self, target: Storage, run_id: str, flush_rows: int) -> None:
-        self.target, self.run_id, self.flush_rows = target, run_id, flush_rows
-        self.pending: list[dict] = []
-        self.parts = 0
-        self.counts = {"blurred": 0, "failed": 0, "skipped": 0}
-
-    def add(self, rows: list[dict]) -> None:
-        for row in rows:
-            self.counts[row["status"]] += 1
-        self.pending += rows
-        if len(self.pending) >= self.flush_rows:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        table = pa.Table.from_pylist(self.pending, schema=MANIFEST_SCHEMA)
-        self.target.write(f"{AUDIT_DIR}/runs/{self.run_id}/part-{self.parts:05d}.parquet", _parquet(table))
-        self.parts += 1
-        self.pending = []
-
-
-def _parquet(table: pa.Table) -> bytes:
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer)
-    return buffer.getvalue()
-
-
-def read_manifest_rows(target: Storage) -> list[dict]:
-    """The latest blurred/failed row of every input key, from every run's parts."""
-    latest = _merge_parts(target, f"{AUDIT_DIR}/runs/", {})
-    return [latest[key] for key in sorted(latest)]
-
-
-def _merge_parts(target: Storage, under: str, latest: dict[str, dict]) -> dict[str, dict]:
-    """`latest` updated with the blurred/failed rows of the Parquet parts under `under`.
-
-    Latest by (run id, finished at): run ids start with the run's UTC start time, so a later run wins
-    even if a worker's clock is behind; within a run, the later row.
-    """
-    for part in target.list((".parquet",), under=under):
-        for row in pq.read_table(io.BytesIO(target.read(part.key)), schema=MANIFEST_SCHEMA).to_pylist():
-            if row["status"] == "skipped":
-                continue
-            current = latest.get(row["key"])
-            if current is None or _order(row) >= _order(current):
-                latest[row["key"]] = row
-    return latest
-
-
-def _order(row: dict) -> tuple:
-    return row["run_id"], row["finished_at"]
-
-
-def consolidate_manifest(target: Storage, previous: dict[str, dict], run_id: str) -> None:
-    """Rewrite `_streetblur/manifest.parquet`: one row per input key, the latest done state.
-
-    `previous` is what `read_manifest_rows` gave at the start of run `run_id`; only that run's parts
-    are read again (one run at a time writes to an output).
-    """
-    latest = _merge_parts(target, f"{AUDIT_DIR}/runs/{run_id}/", dict(previous))
-    table = pa.Table.from_pylist([latest[key] for key in sorted(latest)], schema=MANIFEST_SCHEMA)
-    target.write(f"{AUDIT_DIR}/manifest.parquet", _parquet(table))
-
-
-def add_job_arguments(parser: argparse.ArgumentParser) -> None:
-    """The job's command-line options (shared by `streetblur run` and `python -m jobs.blur_job`)."""
-    parser.add_argument("--input", required=True, help="s3://bucket/prefix or a local folder")
-    parser.add_argument("--output", required=True, help="s3://bucket/prefix or a local folder")
-    parser.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, moto); default: AWS")
-    parser.add_argument("--keys-file", help="text file of input keys to process, one a line")
-    parser.add_argument(
-        "--extensions", default=",".join(INPUT_SUFFIXES), help="input suffixes, comma-separated"
-    )
-    parser.add_argument("--overwrite", action="store_true", help="redo inputs already done")
-    parser.add_argument("--retry-failed", action="store_true", help="redo inputs that failed before")
-    parser.add_argument("--actors", type=int, help="detector actors (default: as many as the CPUs allow)")
-    parser.add_argument(
-        "--actor-cpus", type=float, default=JobOptions.actor_cpus, help="CPUs reserved per detector actor"
-    )
-    parser.add_argument(
-        "--actor-gpus", type=float, default=JobOptions.actor_gpus, help="GPUs per detector actor"
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=JobOptions.batch_size, help="images per detector call"
-    )
-    parser.add_argument(
-        "--flush-rows", type=int, default=JobOptions.flush_rows, help="manifest rows per Parquet part"
-    )
-    parser.add_argument("--config", help="options file (YAML), as for `streetblur blur`")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any option")
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
-
-
-def options_from_args(args: argparse.Namespace) -> JobOptions:
-    """`JobOptions` from parsed `add_job_arguments` options."""
-    suffixes = tuple(f".{s.strip().lstrip('.').lower()}" for s in args.extensions.split(",") if s.strip())
-    unsupported = set(suffixes) - set(FORMAT_BY_SUFFIX)
-    if unsupported:
-        raise ValueError(f"cannot write {sorted(unsupported)}: outputs keep the input format")
-    return JobOptions(
-        input_uri=args.input,
-        output_uri=args.output,
-        endpoint_url=args.endpoint_url,
-        keys_file=args.keys_file,
-        suffixes=suffixes,
-        overwrite=args.overwrite,
-        retry_failed=args.retry_failed,
-        actors=args.actors,
-        actor_cpus=args.actor_cpus,
-        actor_gpus=args.actor_gpus,
-        batch_size=args.batch_size,
-        flush_rows=args.flush_rows,
-        config=load_config(args.config, parse_overrides(args.set)),
-    )
-
-
-def run_from_args(args: argparse.Namespace) -> int:
-    """Run the job as `add_job_arguments` options say; print the summary as one JSON line.
-
-    Exit status 0 even when some inputs failed: they are in the manifest, with their reasons.
-    """
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    summary = run_job(options_from_args(args), address=args.address)
-    print(json.dumps(summary))
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point for `ray job submit -- python -m jobs.blur_job ...` (connects to RAY_ADDRESS)."""
-    parser = argparse.ArgumentParser(prog="python -m jobs.blur_job", description=__doc__.split("\n")[0])
-    add_job_arguments(parser)
-    return run_from_args(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    sys.exit(main(["run", *sys.argv[1:]]))

@@ -1,35 +1,110 @@
-"""`streetblur` command line: `blur` photos, `run` the batch job, `eval` a model, `train` one."""
+"""`streetblur` command line: `blur` photos, `run` the batch job, `eval` or `calibrate` a model, `train` one.
+
+The one place that wires the packages together. Every command that runs the detector takes the same
+`--config FILE.yaml`, `--set SECTION.OPTION=VALUE`, `--model`, `--device` (and, but for `calibrate`,
+which chooses them, `--threshold CLASS=SCORE`) through `add_config_options` and `config_from_args`:
+defaults, then the YAML file, then the flags, then `--set`; thresholds merge class by class.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import logging
 import sys
 from pathlib import Path
 
+from blurring.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format, write_file_atomically
+from blurring.pipeline import Config, load_config, parse_overrides
 from detection.baselines import MissingPackageError
-from eval.cli import add_calibrate_parser, add_eval_parser
-from jobs.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format
-from jobs.pipeline import parse_overrides
-from jobs.pseudo_labels import DEFAULT_PSEUDO_LABELS
-from jobs.storage import write_file_atomically
+from detection.detections import CLASS_NAMES
+from eval.datasets import SHARED_DATASETS, select_images
+from jobs.train import DEFAULT_PSEUDO_LABELS
+
+SPLITS = ["all", "val", "dev", "train"]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `streetblur` console script."""
-    parser = argparse.ArgumentParser(prog="streetblur", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-    _add_blur_parser(commands.add_parser("blur", help="blur faces and plates in a photo or a folder"))
-    _add_run_parser(commands.add_parser("run", help="blur a bucket or folder with the Ray batch job"))
-    add_eval_parser(commands)
-    add_calibrate_parser(commands)
-    _add_train_parser(commands.add_parser("train", help="train the face+plate model on labelled sets"))
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError, MissingPackageError) as error:
         print(f"streetblur: error: {error}", file=sys.stderr)
         return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `streetblur` parser with every command."""
+    parser = argparse.ArgumentParser(prog="streetblur", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_blur_parser(commands.add_parser("blur", help="blur faces and plates in a photo or a folder"))
+    _add_run_parser(commands.add_parser("run", help="blur a bucket or folder with the Ray batch job"))
+    _add_eval_parser(
+        commands.add_parser(
+            "eval",
+            help="score models on a labelled set: COCO mAP, recall, blurred share, false blurs",
+            description="Score one or more models on a labelled set and write report.md, report.html, "
+            "report.json and the predictions (see eval/report.py).",
+        )
+    )
+    _add_calibrate_parser(
+        commands.add_parser(
+            "calibrate",
+            help="choose per-class thresholds on labelled sets: most blurred within a false-blur budget",
+            description="For each class, the lowest score threshold whose false blurs per image stay "
+            "within the budget on the given labelled sets: the most real faces and plates blurred that "
+            "the budget allows. Use the dev splits of the shared sets, or labelled photos of your own.",
+        )
+    )
+    _add_train_parser(commands.add_parser("train", help="train the face+plate model on labelled sets"))
+    return parser
+
+
+# ---------------------------------------------------------------- options shared by every command
+
+
+def add_config_options(p: argparse.ArgumentParser, models_help: str, thresholds: bool = True) -> None:
+    """`--model`, `--threshold` (unless `thresholds` is False), `--device`, `--config` and `--set`."""
+    p.add_argument("--model", action="extend", nargs="+", dest="models", metavar="FILE", help=models_help)
+    if thresholds:
+        p.add_argument(
+            "--threshold",
+            action="append",
+            default=[],
+            metavar="CLASS=SCORE",
+            help="per-class score threshold, e.g. --threshold face=0.3 (other classes keep theirs)",
+        )
+    p.add_argument("--device", help="cpu, 0, cuda:0 ... (default: ultralytics chooses)")
+    p.add_argument("--config", type=Path, metavar="FILE.yaml", help="options file (see README)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.OPTION=VALUE",
+        help="any option, e.g. --set detect.imgsz=960 --set blur.feather=0",
+    )
+
+
+def config_from_args(args: argparse.Namespace, flags: dict | None = None) -> Config:
+    """The `Config` that `add_config_options` options (and a command's own dotted `flags`) ask for.
+
+    Defaults, then `--config`, then `flags`, `--model`, `--device` and `--threshold`, then `--set`.
+    A `--threshold` sets its class only: the other classes keep the YAML's or the default thresholds.
+    """
+    overrides = {key: value for key, value in (flags or {}).items() if value is not None}
+    if args.models:
+        overrides["detect.models"] = list(args.models)
+    if args.device:
+        overrides["detect.device"] = args.device
+    for name, score in parse_overrides(getattr(args, "threshold", [])).items():
+        overrides[f"detect.thresholds.{name}"] = score  # DetectorConfig checks class and score
+    overrides.update(parse_overrides(args.set))
+    return load_config(args.config, overrides)
+
+
+# ---------------------------------------------------------------- streetblur blur
 
 
 def _add_blur_parser(p: argparse.ArgumentParser) -> None:
@@ -39,70 +114,40 @@ def _add_blur_parser(p: argparse.ArgumentParser) -> None:
         "--output",
         type=Path,
         required=True,
-        help="output photo (format from its extension), or folder for a folder input",
+        help="output photo (format from its extension), or folder for a folder input; never the input",
     )
-    p.add_argument(
-        "--model",
-        action="append",
-        dest="models",
-        metavar="FILE",
-        help="detector weights (.pt, .onnx, ...); repeat to combine models",
-    )
-    p.add_argument(
-        "--threshold",
-        action="append",
-        default=[],
-        metavar="CLASS=SCORE",
-        help="per-class score threshold, e.g. --threshold face=0.3",
-    )
+    add_config_options(p, "detector weights (.pt, .onnx, ...); several are combined")
     p.add_argument("--tile-size", type=int, help="tile images larger than this (0: no tiling)")
     p.add_argument("--tile-overlap", type=float, help="tile overlap as a fraction of the tile size")
     p.add_argument("--panorama", choices=["auto", "on", "off"], help="wrap the left/right seam (auto: 2:1)")
     p.add_argument("--mode", choices=["gaussian", "pixelate", "solid"], help="how boxes are obscured")
     p.add_argument("--margin", type=float, help="grow boxes by this fraction of their size before blurring")
-    p.add_argument("--device", help="cpu, 0, cuda:0 ... (default: ultralytics chooses)")
     p.add_argument("--max-pixels", type=int, help="refuse images with more pixels than this")
     p.add_argument("--strip-metadata", action="store_true", help="write no EXIF or ICC profile")
     p.add_argument("--detections", type=Path, metavar="FILE.json", help="also write the boxes found")
-    p.add_argument("--config", type=Path, metavar="FILE.yaml", help="options file (see README)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="any option, e.g. --set detect.imgsz=960 --set blur.feather=0",
-    )
     p.set_defaults(run=_run_blur)
 
 
-def _blur_overrides(args: argparse.Namespace) -> dict:
-    """Dotted config overrides from the blur flags; `--set` pairs win."""
-    flags = {
-        "detect.models": args.models,
+def _blur_flags(args: argparse.Namespace) -> dict:
+    """Dotted config overrides from the blur command's own flags."""
+    return {
         "detect.tile_size": args.tile_size,
         "detect.tile_overlap": args.tile_overlap,
         "detect.panorama": args.panorama,
-        "detect.device": args.device,
         "blur.mode": args.mode,
         "blur.margin": args.margin,
         "max_pixels": args.max_pixels,
+        "keep_metadata": False if args.strip_metadata else None,
     }
-    overrides = {k: v for k, v in flags.items() if v is not None}
-    if args.threshold:  # DetectorConfig checks the classes and scores
-        overrides["detect.thresholds"] = parse_overrides(args.threshold)
-    if args.strip_metadata:
-        overrides["keep_metadata"] = False
-    overrides.update(parse_overrides(args.set))
-    return overrides
 
 
 def _run_blur(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from blurring.pipeline import Outcome, blur_image_bytes
     from detection.detector import Detector
-    from jobs.pipeline import Outcome, blur_image_bytes, load_config
 
-    config = load_config(args.config, _blur_overrides(args))
+    config = config_from_args(args, _blur_flags(args))
     pairs = plan_outputs(args.input, args.output)
     detector = Detector(config.detect)
     records, failures = [], []
@@ -181,17 +226,199 @@ def plan_outputs(source: Path, output: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
-def _add_run_parser(p: argparse.ArgumentParser) -> None:
-    from jobs.blur_job import add_job_arguments
+# ---------------------------------------------------------------- streetblur run
 
-    add_job_arguments(p)
+
+def _add_run_parser(p: argparse.ArgumentParser) -> None:
+    from jobs.blur_job import INPUT_SUFFIXES, JobOptions
+
+    p.add_argument("--input", required=True, help="s3://bucket/prefix or a local folder")
+    p.add_argument("--output", required=True, help="s3://bucket/prefix or a local folder")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, moto); default: AWS")
+    p.add_argument("--keys-file", help="text file of input keys to process, one a line")
+    p.add_argument("--extensions", default=",".join(INPUT_SUFFIXES), help="input suffixes, comma-separated")
+    p.add_argument("--overwrite", action="store_true", help="redo inputs already done")
+    p.add_argument("--retry-failed", action="store_true", help="redo inputs that failed before")
+    p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local Ray)")
+    p.add_argument("--actors", type=int, help="detector actors (default: as many as the cluster allows)")
+    p.add_argument("--actor-cpus", type=float, default=JobOptions.actor_cpus, help="CPUs per detector actor")
+    p.add_argument("--actor-gpus", type=float, default=JobOptions.actor_gpus, help="GPUs per detector actor")
+    p.add_argument("--batch-size", type=int, default=JobOptions.batch_size, help="images per detector call")
+    p.add_argument(
+        "--flush-rows", type=int, default=JobOptions.flush_rows, help="manifest rows per Parquet part"
+    )
+    add_config_options(p, "detector weights (.pt, .onnx, ...); several are combined")
     p.set_defaults(run=_run_job)
 
 
 def _run_job(args: argparse.Namespace) -> int:
-    from jobs.blur_job import run_from_args
+    """Run the batch job; print its summary as one JSON line. Exit status 0 even when some inputs
+    failed: they are in the manifest, with their reasons."""
+    from jobs.blur_job import JobOptions, run_job
 
-    return run_from_args(args)
+    suffixes = tuple(f".{s.strip().lstrip('.').lower()}" for s in args.extensions.split(",") if s.strip())
+    unsupported = set(suffixes) - set(FORMAT_BY_SUFFIX)
+    if unsupported:
+        raise ValueError(f"cannot write {sorted(unsupported)}: outputs keep the input format")
+    options = JobOptions(
+        input_uri=args.input,
+        output_uri=args.output,
+        endpoint_url=args.endpoint_url,
+        keys_file=args.keys_file,
+        suffixes=suffixes,
+        overwrite=args.overwrite,
+        retry_failed=args.retry_failed,
+        actors=args.actors,
+        actor_cpus=args.actor_cpus,
+        actor_gpus=args.actor_gpus,
+        batch_size=args.batch_size,
+        flush_rows=args.flush_rows,
+        config=config_from_args(args),
+    )
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    print(json.dumps(run_job(options, address=args.address)))
+    return 0
+
+
+# ---------------------------------------------------------------- streetblur eval
+
+
+def _add_eval_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--data", type=Path, required=True, help="labelled set folder (COCO json, YOLO txt or VOC xml)"
+    )
+    p.add_argument("--format", choices=["coco", "yolo", "voc"], help="label format (default: detected)")
+    p.add_argument(
+        "--class-map",
+        metavar="MAP",
+        help='dataset classes to face/plate, e.g. "with_mask,without_mask=face;license-plate=plate" '
+        "(default: the shared set's map, else the built-in aliases)",
+    )
+    p.add_argument(
+        "--split",
+        choices=SPLITS,
+        default="all",
+        help="part of a shared set, by its fixed held-out rule: val for reported figures, dev for "
+        "choosing settings (default: all)",
+    )
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N images, by file name")
+    add_config_options(
+        p,
+        "weights, or a baseline (centerface, retinaface, ...-x2), to evaluate; several give one "
+        "side-by-side report (default: the configured model)",
+    )
+    p.add_argument(
+        "--target-recall",
+        type=float,
+        default=0.95,
+        help="report the per-class thresholds that reach this recall at IoU 0.5 (default: 0.95)",
+    )
+    p.add_argument("--out", type=Path, required=True, help="folder for report.md/.html/.json and predictions")
+    ray = p.add_argument_group("Ray", "the inference pass on a pool of detector actors, as `streetblur run`")
+    ray.add_argument("--ray", action="store_true", help="run the inference pass on Ray (the same figures)")
+    ray.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local Ray)")
+    ray.add_argument(
+        "--actors", type=int, metavar="N", help="detector actors (default: as many as the cluster allows)"
+    )
+    ray.add_argument("--actor-gpus", type=float, metavar="G", help="GPUs per detector actor (default: 0)")
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from eval.evaluate import run_evaluation  # the detector, metrics, matplotlib: only when run
+    from eval.report import write_report
+
+    ray = _ray_inference(args)
+    config = config_from_args(args)
+    configs = [
+        dataclasses.replace(config, detect=dataclasses.replace(config.detect, models=(m,)))
+        for m in args.models or []
+    ]
+    images, dataset = select_images(args.data, args.format, args.class_map, args.split, args.limit)
+    scan, inference = (None, "in-process")
+    if ray is not None:
+        from jobs.ray_pool import ray_scan
+
+        scan, inference = ray_scan(ray, len(images))
+    evaluation = run_evaluation(
+        images, configs or [config], args.target_recall, dataset, scan=scan, inference=inference
+    )
+    files = write_report(evaluation, args.out)
+    for model in evaluation.models:
+        for name, row in model.privacy["deployed"].items():
+            if name in CLASS_NAMES and row["recall50"] is not None:
+                figures = f"recall@0.5 {row['recall50']:.3f}, blurred {row['blurred']['all']:.3f}, "
+                figures += f"false blurs/image {row['false_blurs_per_image']:.2f}"
+                print(f"{model.label} {name}: AP50 {model.coco[name]['AP50']:.3f}, {figures}")
+    print(f"wrote {', '.join(str(path) for path in files.values())}", file=sys.stderr)
+    return 0
+
+
+def _ray_inference(args: argparse.Namespace):
+    """The `--ray` options as a `jobs.ray_pool.RayInference`, or None; `ValueError` for bad ones or Ray
+    options without `--ray`."""
+    given = {"--address": args.address, "--actors": args.actors, "--actor-gpus": args.actor_gpus}
+    if not args.ray:
+        if any(value is not None for value in given.values()):
+            names = [name for name, value in given.items() if value is not None]
+            raise ValueError(f"{', '.join(names)}: only with --ray")
+        return None
+    if args.actors is not None and args.actors < 1:
+        raise ValueError(f"--actors must be at least 1, got {args.actors}")
+    if args.actor_gpus is not None and args.actor_gpus < 0:
+        raise ValueError(f"--actor-gpus must be at least 0, got {args.actor_gpus}")
+    from jobs.ray_pool import RayInference
+
+    gpus = {} if args.actor_gpus is None else {"actor_gpus": args.actor_gpus}
+    return RayInference(address=args.address, actors=args.actors, **gpus)
+
+
+# ---------------------------------------------------------------- streetblur calibrate
+
+
+def _add_calibrate_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data", type=Path, action="append", required=True, help="labelled set; repeat for more")
+    p.add_argument(
+        "--split",
+        choices=SPLITS,
+        help="part of each shared set (default: dev for the shared sets, all of any other set)",
+    )
+    p.add_argument("--max-false-blurs", type=float, default=0.3, help="per image and class (default: 0.3)")
+    add_config_options(
+        p,
+        "weights or baseline names, combined into one detector (default: the configured model)",
+        thresholds=False,
+    )
+    p.add_argument("--out", type=Path, help="also write the sweep tables here (Markdown)")
+    p.set_defaults(run=_run_calibrate)
+
+
+def _run_calibrate(args: argparse.Namespace) -> int:
+    from eval.calibrate import calibrate, markdown
+
+    config = config_from_args(args)
+    sets = []
+    for root in args.data:
+        split = args.split or ("dev" if root.name in SHARED_DATASETS else "all")
+        images, _ = select_images(root, None, None, split, None)
+        sets.append(images)
+    results = calibrate(sets, config, args.max_false_blurs)
+    text = markdown(results, args.max_false_blurs)
+    if args.out:
+        write_file_atomically(args.out, text.encode())
+    print(text)
+    chosen = [f"--set detect.thresholds.{r.name}={r.chosen}" for r in results if r.chosen is not None]
+    print("thresholds: " + " ".join(chosen))
+    over = [r.name for r in results if r.chosen is None]
+    if over:
+        print(
+            f"no threshold keeps {', '.join(over)} within {args.max_false_blurs} false blurs/image",
+            file=sys.stderr,
+        )
+    return 1 if over else 0
+
+
+# ---------------------------------------------------------------- streetblur train
 
 
 def _add_train_parser(p: argparse.ArgumentParser) -> None:
@@ -234,8 +461,7 @@ def _add_train_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from jobs.pseudo_labels import make_pseudo_labels
-    from jobs.train import train
+    from jobs.train import make_pseudo_labels, train
 
     if args.make_pseudo_labels:
         if args.pseudo_labels is None:

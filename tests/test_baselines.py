@@ -14,7 +14,7 @@ from detection.detector import Detector, DetectorConfig, model_id
 from eval.datasets import load_split
 from eval.metrics import coco_metrics
 from jobs.cli import main
-from jobs.pseudo_labels import plate_teacher
+from jobs.train import plate_teacher
 from tests.conftest import DATASETS
 
 

@@ -20,7 +20,8 @@ import pytest
 
 from detection.detections import Detections
 from eval.datasets import load_split
-from jobs.blur_job import AUDIT_DIR, JobOptions, run_job
+from jobs.blur_job import JobOptions, run_job
+from jobs.manifest import AUDIT_DIR
 from jobs.storage import Storage
 from tests.conftest import DATASETS
 from tests.odd_inputs import odd_inputs

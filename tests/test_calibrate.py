@@ -5,12 +5,12 @@ from dataclasses import replace
 import cv2
 import pytest
 
+from blurring.pipeline import load_config
 from detection.detections import Detections
 from eval.calibrate import calibrate
 from eval.datasets import LabelledImage, load_split
-from eval.report import run_evaluation
+from eval.evaluate import run_evaluation
 from jobs.cli import main
-from jobs.pipeline import load_config
 from tests.conftest import DATASETS
 
 

@@ -17,11 +17,11 @@ import pytest
 from PIL import Image
 
 from blurring import BlurConfig, anonymize
+from blurring.image_io import decode_image
+from blurring.pipeline import Config, blur_image_bytes
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import DEFAULT_THRESHOLDS
-from jobs.cli import main
-from jobs.image_io import decode_image
-from jobs.pipeline import Config, blur_image_bytes
+from jobs.cli import build_parser, config_from_args, main
 from tests.conftest import SAMPLES
 
 CROWD = SAMPLES / "crowd_0.jpg"  # 400x267 with several faces
@@ -549,3 +549,48 @@ def test_an_interrupted_write_leaves_the_old_output_and_no_partial_file(capsys, 
     assert code == 1 and "No space left" in err, err
     assert output.read_bytes() == b"previous output"
     assert [p.name for p in tmp_path.iterdir()] == ["out.jpg"]
+
+
+# ---------------------------------------------------------------- 8. one way to set options, every command
+
+
+def test_threshold_flag_keeps_the_config_files_threshold_of_the_other_class(capsys, tmp_path: Path):
+    """A plate threshold lowered in the YAML for privacy stays lowered when --threshold sets faces."""
+    config = tmp_path / "privacy.yaml"
+    config.write_text("detect:\n  thresholds:\n    plate: 0.05\n")
+    report = tmp_path / "boxes.json"
+    args = [DASHCAM, "-o", tmp_path / "out.jpg", "--config", config, "--threshold", "face=0.9"]
+    code, err = blur(capsys, *args, "--detections", report)
+    assert code == 0, err
+    [record] = read_report(report)["images"]
+    scores = {name: [b["score"] for b in record["detections"] if b["class"] == name] for name in CLASS_NAMES}
+    assert min(scores["plate"]) < DEFAULT_THRESHOLDS["plate"]  # the YAML's 0.05 was applied
+    assert all(score >= 0.9 for score in scores["face"])
+
+
+COMMANDS = {
+    "blur": ["blur", "in.jpg", "-o", "out.jpg"],
+    "run": ["run", "--input", "in", "--output", "out"],
+    "eval": ["eval", "--data", "set", "--out", "report"],
+    "calibrate": ["calibrate", "--data", "set"],
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_every_command_reads_config_file_flags_and_set_the_same_way(tmp_path: Path, command: str):
+    config = tmp_path / "options.yaml"
+    config.write_text(
+        "detect:\n  imgsz: 800\n  device: cuda:1\n  thresholds:\n    plate: 0.05\n    face: 0.2\n"
+    )
+    argv = [*COMMANDS[command], "--config", str(config), "--model", "a.pt", "b.pt", "--device", "cpu"]
+    argv += ["--set", "detect.thresholds.face=0.3", "--set", "blur.mode=pixelate"]
+    if command != "calibrate":  # calibrate chooses the thresholds
+        argv += ["--threshold", "face=0.4"]
+    config_used = config_from_args(build_parser().parse_args(argv))
+    assert config_used.detect.thresholds == {"face": 0.3, "plate": 0.05}  # --set wins, per class
+    assert config_used.detect.models == ("a.pt", "b.pt")
+    assert (config_used.detect.device, config_used.detect.imgsz, config_used.blur.mode) == (
+        "cpu",
+        800,
+        "pixelate",
+    )

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from detection.detections import Detections
-from eval.datasets import SHARED_DATASETS, load_dataset, load_split, parse_class_map
+from eval.datasets import SHARED_DATASETS, load_dataset, load_split, parse_class_map, write_yolo_example
 from tests.conftest import DATASETS
 
 SHARED_COUNTS = {"faces-crowd": (703, 3153), "plates-dashcam": (468, 569), "plates-roboflow": (138, 208)}
@@ -137,3 +137,17 @@ def test_class_map_text_and_its_use(tmp_path):
     [image] = load_dataset(tmp_path, class_map=parse_class_map("kennzeichen=plate;gesicht=face"))
     assert image.boxes.class_names == ["plate", "face"]
     assert isinstance(image.boxes, Detections) and (image.boxes.scores == 1).all()
+
+
+@pytest.mark.parametrize("name", ["faces-crowd", "plates-dashcam"])
+def test_written_yolo_labels_read_back_as_the_same_boxes(tmp_path, name):
+    images = load_split(DATASETS / name, "dev")[:5]
+    for i, image in enumerate(images):
+        write_yolo_example(image, tmp_path, f"{name}-{i:05d}")
+    (tmp_path / "data.yaml").write_text(json.dumps({"names": ["face", "plate"]}))
+    back = load_dataset(tmp_path, "yolo", {"face": "face", "plate": "plate"})
+    assert [im.path.resolve() for im in back] == [im.path.resolve() for im in images]
+    for written, read in zip(images, back, strict=True):
+        assert (read.width, read.height) == (written.width, written.height)
+        np.testing.assert_array_equal(read.boxes.class_id, written.boxes.class_id)
+        np.testing.assert_allclose(read.boxes.xyxy, written.boxes.xyxy, atol=0.01)

@@ -7,10 +7,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from eval.cli import add_eval_parser
+from blurring.pipeline import Config
 from eval.datasets import load_split
-from eval.report import RayInference, run_evaluation
-from jobs.pipeline import Config
+from eval.evaluate import run_evaluation
+from jobs.cli import build_parser
+from jobs.ray_pool import RayInference, ray_scan
 from tests.conftest import DATASETS
 
 PER_SET = 6
@@ -43,7 +44,8 @@ def in_process(subset):
 
 @pytest.fixture(scope="module")
 def on_ray(subset, local_ray):
-    return run_evaluation(subset, [Config()], progress=False, ray=RayInference(address="local", actors=2))
+    scan, inference = ray_scan(RayInference(address="local", actors=2), len(subset))
+    return run_evaluation(subset, [Config()], progress=False, scan=scan, inference=inference)
 
 
 def assert_same_boxes(found, expected):
@@ -77,9 +79,7 @@ def test_ray_gives_the_in_process_figures(in_process, on_ray):
 
 
 def eval_args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="streetblur")
-    add_eval_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(["eval", *argv])
+    return build_parser().parse_args(["eval", *argv])
 
 
 def test_cli_with_ray_writes_the_report(tmp_path, local_ray, capsys):

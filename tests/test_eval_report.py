@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 from faster_coco_eval import COCO, COCOeval_faster
 
+from blurring.pipeline import Config
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import DEFAULT_MODEL, DEFAULT_THRESHOLDS, Detector
 from detection.tiling import merge_boxes
-from eval.cli import add_eval_parser
 from eval.datasets import SHARED_DATASETS, load_split
-from eval.report import at_thresholds, best_of_groups, read_pixels, run_evaluation, write_report
-from jobs.pipeline import Config
+from eval.evaluate import at_thresholds, best_of_groups, read_pixels, run_evaluation
+from eval.report import write_report
+from jobs.cli import build_parser
 from tests.conftest import DATASETS, SAMPLES
 
 FACES = DATASETS / "faces-crowd"
@@ -187,9 +188,7 @@ def test_best_of_groups_keeps_the_best_member_not_the_union():
 
 
 def eval_args(*argv: str) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="streetblur")
-    add_eval_parser(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(["eval", *argv])
+    return build_parser().parse_args(["eval", *argv])
 
 
 def test_cli_writes_one_side_by_side_report_for_two_models(tmp_path, capsys):

@@ -1,4 +1,4 @@
-"""jobs.image_io on real photos turned into bad and odd inputs: errors, modes, EXIF, alpha, formats."""
+"""blurring.image_io on real photos turned into bad and odd inputs: errors, modes, EXIF, alpha, formats."""
 
 import io
 from pathlib import Path
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import ExifTags, Image, ImageCms
 
-from jobs.image_io import BadImageError, DecodedImage, decode_image, encode_image, output_format
+from blurring.image_io import BadImageError, DecodedImage, decode_image, encode_image, output_format
 from tests.conftest import SAMPLES
 
 LIMIT = 10**9

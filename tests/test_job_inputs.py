@@ -16,18 +16,11 @@ import pytest
 from PIL import Image
 
 import jobs.blur_job as blur_job
+from blurring.pipeline import Config
 from detection.detector import DEFAULT_MODEL, model_id
-from jobs.blur_job import (
-    AUDIT_DIR,
-    MANIFEST_SCHEMA,
-    JobOptions,
-    _BlurActor,
-    _ManifestWriter,
-    check_locations,
-    read_manifest_rows,
-    run_job,
-)
-from jobs.pipeline import Config
+from jobs.blur_job import BlurActor, JobOptions, check_locations, list_inputs, run_job
+from jobs.cli import main
+from jobs.manifest import AUDIT_DIR, MANIFEST_SCHEMA, ManifestWriter, read_manifest_rows
 from jobs.storage import InvalidKey, Storage, check_key
 from tests.conftest import SAMPLES
 
@@ -125,13 +118,13 @@ def test_resume_skips_only_unchanged_inputs_done_by_the_same_model(tmp_path, mod
 
     # 1. The pipeline raises after its last image: the rows it finished are flushed all the same
     #    (flush_rows is larger than the run, so only the final flush writes them), then it raises.
-    real_pipeline = blur_job._run_pipeline
+    real_pipeline = blur_job.run_pipeline
 
     def pipeline_then_lost(*args):
         real_pipeline(*args)
         raise RuntimeError("lost the cluster")
 
-    monkeypatch.setattr(blur_job, "_run_pipeline", pipeline_then_lost)
+    monkeypatch.setattr(blur_job, "run_pipeline", pipeline_then_lost)
     with pytest.raises(RuntimeError, match="lost the cluster"):
         run_job(options(source, output, model_a, flush_rows=100))
     monkeypatch.undo()
@@ -220,7 +213,7 @@ def test_latest_row_is_that_of_the_latest_run_even_if_its_clock_was_behind(tmp_p
         ("20250102T000000Z-bbbbbb", now - timedelta(hours=1), "blurred"),  # later run, clock behind
         ("20250101T230000Z-aaaaaa", now, "failed"),
     ):
-        writer = _ManifestWriter(target, run_id, flush_rows=100)
+        writer = ManifestWriter(target, run_id, flush_rows=100)
         row = dict.fromkeys(MANIFEST_SCHEMA.names)
         writer.add([{**row, "key": "a.jpg", "status": status, "run_id": run_id, "finished_at": finished_at}])
         writer.flush()
@@ -239,8 +232,7 @@ def test_an_image_that_crashes_the_batch_fails_alone(detector, monkeypatch):
         return real_blur_images(inputs, *args)
 
     monkeypatch.setattr(blur_job, "blur_images", blur_images)
-    actor = _BlurActor.__new__(_BlurActor)  # the models come from the shared `detector` fixture
-    actor.config, actor.detector = Config(), detector
+    actor = BlurActor(Config(), detector)  # the models of the shared `detector` fixture
     photo = (SAMPLES / "crowd_0.jpg").read_bytes()
     batch = {
         "key": ["a.jpg", "boom.jpg", "gone.jpg"],
@@ -269,9 +261,19 @@ def test_unsafe_keys_are_refused_by_storage(tmp_path, key):
     assert check_key("a b/straße#1.jpg") == "a b/straße#1.jpg"
 
 
-def test_input_suffixes_are_the_writable_formats():
-    from jobs.image_io import FORMAT_BY_SUFFIX
-
-    assert blur_job.INPUT_SUFFIXES == tuple(FORMAT_BY_SUFFIX)
-    assert not hasattr(blur_job, "output_format_of")
-    assert not hasattr(Storage, "delete")
+def test_only_formats_the_job_can_write_back_are_listed_and_others_are_refused(tmp_path, capsys):
+    """Outputs keep their input's format and key, so the job lists only the formats it writes."""
+    source = tmp_path / "in"
+    (source / "sub").mkdir(parents=True)
+    photo = Image.open(SAMPLES / "crowd_0.jpg")
+    for name in ("a.jpg", "b.JPEG", "sub/c.png", "d.webp", "e.tif", "f.bmp", "g.gif"):
+        photo.save(source / name)
+    (source / "notes.txt").write_text("not a photo\n")
+    listed = [o.key for o in list_inputs(Storage(str(source)), JobOptions(str(source), str(tmp_path / "o")))]
+    assert listed == ["a.jpg", "b.JPEG", "d.webp", "sub/c.png"]
+    assert (
+        main(["run", "--input", str(source), "--output", str(tmp_path / "out"), "--extensions", "jpg,tif"])
+        == 2
+    )
+    assert "cannot write ['.tif']" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything ran

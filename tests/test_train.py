@@ -8,7 +8,7 @@ import pytest
 from detection.detector import Detector, DetectorConfig
 from eval.datasets import SHARED_DATASETS, load_dataset, split_dataset
 from jobs.cli import main
-from jobs.pseudo_labels import DEFAULT_PSEUDO_LABELS, load_pseudo_labels
+from jobs.train import DEFAULT_PSEUDO_LABELS, load_pseudo_labels
 from tests.conftest import DATASETS
 
 

@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 
 from blurring import BlurConfig, anonymize
+from blurring.image_io import BadImageError, DecodedImage, decode_image, encode_image
 from detection.detections import Detections
 from detection.detector import Detector, DetectorConfig
-from jobs.image_io import BadImageError, DecodedImage, decode_image, encode_image
 
 
 @dataclass(frozen=True)
