@@ -1,8 +1,17 @@
-"""Milliseconds per 1280x720 photo for the single-image path (decode, detect, blur, encode).
+"""Milliseconds per photo of the single-image path (decode, detect, blur, encode), side by side for
+runtimes x view plans, on 1280x720 dashcam frames and on small (about 400x300) crowd photos.
 
-Runs the same code as `streetblur blur` on dashcam frames from ../shared/datasets/plates-dashcam,
-after one warm-up image, and prints the median and mean per stage. Not a test: numbers depend on
-the machine. Usage: python bench/cli_latency.py [--images 20] [--set detect.tile_size=0 ...]
+Runs the same code as `streetblur blur` (`blurring.pipeline.blur_image_bytes`) after one warm-up
+image per configuration (which also builds and caches any export), and prints the median and mean
+per photo and the median per stage. Not a test: numbers depend on the machine. Usage:
+
+    python bench/cli_latency.py [--images 20] [--runtime torch onnx openvino] [--plan NAME ...]
+    python bench/cli_latency.py --plan tiles --set detect.batch_size=4      # any option, all configs
+    python bench/cli_latency.py --quality val    # also each config's figures on every shared set
+
+With `--quality SPLIT`, each configuration is also evaluated as `streetblur eval --split SPLIT` does
+(`eval.evaluate.run_evaluation`) on every shared set: blurred fraction and false blurs per image per
+set, so speed and privacy are compared in the same run.
 """
 
 from __future__ import annotations
@@ -15,20 +24,22 @@ from pathlib import Path
 
 from blurring.pipeline import blur_image_bytes, load_config, parse_overrides
 from detection.detector import Detector
+from eval.datasets import SHARED_DATASETS, select_images
+from eval.evaluate import run_evaluation
 
-DASHCAM = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "plates-dashcam" / "images"
+DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+PHOTOS = {
+    "1280x720": sorted((DATASETS / "plates-dashcam" / "images").glob("*.jpg")),
+    "small": sorted((DATASETS / "faces-crowd" / "images").glob("*.jpg")),
+}
+PLANS = {
+    "tiles": {},  # the defaults: 640 px tiles overlapping by 20%, plus the whole image at 640
+    "whole-1280": {"detect.tile_size": 0, "detect.imgsz": 1280},  # one pass at native size up to 1280
+    "tiles-736": {"detect.tile_size": 736, "detect.imgsz": 736},  # 2 tiles + whole for 1280x720
+}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--images", type=int, default=20)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    args = parser.parse_args()
-    overrides = parse_overrides(args.set)
-    config = load_config(overrides=overrides)
-    paths = sorted(DASHCAM.glob("*.jpg"))[:: max(1, len(list(DASHCAM.glob("*.jpg"))) // args.images)]
-    paths = paths[: args.images]
-    detector = Detector(config.detect)
+def measure(paths: list[Path], detector: Detector, config) -> dict:
     blur_image_bytes(paths[0].read_bytes(), "JPEG", detector, config)  # warm-up
     totals, stages = [], {}
     for path in paths:
@@ -39,19 +50,61 @@ def main() -> None:
         assert outcome.status == "blurred", outcome.error
         for stage, ms in outcome.timings_ms.items():
             stages.setdefault(stage, []).append(ms)
-    print(
-        json.dumps(
-            {
-                "images": len(paths),
-                "size": f"{outcome.width}x{outcome.height}",
-                "overrides": overrides,
-                "ms_per_image_median": round(statistics.median(totals), 1),
-                "ms_per_image_mean": round(statistics.mean(totals), 1),
-                "stage_ms_median": {k: round(statistics.median(v), 1) for k, v in stages.items()},
-            },
-            indent=2,
-        )
-    )
+    return {
+        "median_ms": round(statistics.median(totals), 1),
+        "mean_ms": round(statistics.mean(totals), 1),
+        "stage_ms_median": {k: round(statistics.median(v), 1) for k, v in stages.items()},
+    }
+
+
+def quality(config, split: str) -> dict:
+    """Blurred fraction and false blurs per image of each shared set's labelled class on `split`."""
+    figures = {}
+    for name in sorted(SHARED_DATASETS):
+        images, dataset = select_images(DATASETS / name, None, None, split, None)
+        model = run_evaluation(images, [config], dataset=dataset, progress=False).models[0]
+        for cls, row in model.privacy["deployed"].items():
+            if cls != "all" and row["recall50"] is not None:
+                figures[f"{name} {cls}"] = {
+                    "blurred": round(row["blurred"]["all"], 3),
+                    "false_blurs_per_image": round(row["false_blurs_per_image"], 2),
+                }
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--images", type=int, default=20, help="photos per size (spread over the set)")
+    parser.add_argument("--runtime", nargs="+", default=["torch", "onnx", "openvino"])
+    parser.add_argument("--plan", nargs="+", default=list(PLANS), choices=list(PLANS))
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every config")
+    parser.add_argument("--quality", choices=["dev", "val"], help="also evaluate each config on this split")
+    args = parser.parse_args()
+    rows = []
+    for runtime in args.runtime:
+        for plan in args.plan:
+            overrides = {"detect.runtime": runtime, **PLANS[plan], **parse_overrides(args.set)}
+            config = load_config(overrides=overrides)
+            detector = Detector(config.detect)
+            row = {"runtime": detector.runtime, "plan": plan, "overrides": overrides}
+            for size, paths in PHOTOS.items():
+                spread = paths[:: max(1, len(paths) // args.images)][: args.images]
+                row[size] = measure(spread, detector, config)
+            if args.quality:
+                row["quality"] = quality(config, args.quality)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    sets = list(rows[0].get("quality", {}))
+    header = "| runtime | view plan | ms per 1280x720 | ms per small photo |"
+    print("\n" + header + "".join(f" {name} |" for name in sets))
+    print("|---|---|---|---|" + "---|" * len(sets))
+    for row in rows:
+        figures = row.get("quality", {}).values()
+        cells = [f"{q['blurred']:.3f} ({q['false_blurs_per_image']:.2f})" for q in figures]
+        times = f"{row['1280x720']['median_ms']} | {row['small']['median_ms']}"
+        print(f"| {row['runtime']} | {row['plan']} | {times} |" + "".join(f" {c} |" for c in cells))
+    if sets:
+        print(f"\nquality: blurred fraction (false blurs per image) on the {args.quality} splits")
 
 
 if __name__ == "__main__":

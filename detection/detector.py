@@ -11,7 +11,13 @@ import numpy as np
 
 from detection.baselines import baseline_id, find_at_scale, is_baseline, load_baseline
 from detection.detections import CLASS_NAMES, DEFAULT_ALIASES, Detections, canonical_class
-from detection.runtime import prepare_ultralytics
+from detection.runtime import (
+    RUNTIMES,
+    choose_runtime,
+    exported_weights,
+    prepare_ultralytics,
+    quiet_ultralytics,
+)
 from detection.tiling import extend_seam, is_panorama, merge_boxes, plan_views, unwrap_seam
 
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "streetblur-n.pt"
@@ -43,6 +49,9 @@ class DetectorConfig:
     nms_iou: float = 0.5  # IoU of the per-view non-maximum suppression inside ultralytics
     batch_size: int = 8  # views per model call
     device: str | None = None  # "cpu", "0", "cuda:0"...; None lets ultralytics choose
+    # How .pt weights run: "torch", "onnx" (ONNX Runtime) or "openvino", the last two from an export
+    # built on first use and cached (detection.runtime); "auto": OpenVINO on CPU if installed, else torch.
+    runtime: str = "auto"
 
     def __post_init__(self) -> None:
         unknown = set(self.thresholds) - set(CLASS_NAMES)
@@ -52,6 +61,8 @@ class DetectorConfig:
         if not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in thresholds.values()):
             raise ValueError(f"thresholds must be numbers in [0, 1], got {self.thresholds}")
         object.__setattr__(self, "thresholds", {c: float(thresholds[c]) for c in CLASS_NAMES})
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if self.panorama not in ("auto", "on", "off"):
             raise ValueError(f"panorama must be auto, on or off, got {self.panorama!r}")
         if not 0 <= self.tile_overlap < 1:
@@ -75,6 +86,7 @@ class Detector:
         from ultralytics import YOLO
 
         self.config = config
+        self.runtime = choose_runtime(config.runtime, config.device)
         self._models: list[tuple[object, dict[int, int]]] = []
         for path in config.models:
             if is_baseline(path):
@@ -82,7 +94,16 @@ class Detector:
                 continue
             if not Path(path).exists():
                 raise FileNotFoundError(f"model file not found: {path}")
-            model = YOLO(str(path), task="detect")
+            weights = Path(path)
+            if weights.suffix == ".pt":
+                weights = exported_weights(weights, self.runtime, config.imgsz)
+            with quiet_ultralytics():  # it logs which runtime loads an export
+                model = YOLO(str(weights), task="detect")
+                # Load the runtime now, with the predictor every call reuses: reading `names` first
+                # would load an export a second time.
+                model.predict(
+                    np.zeros((64, 64, 3), np.uint8), imgsz=config.imgsz, device=config.device, verbose=False
+                )
             to_canonical = {
                 i: CLASS_NAMES.index(c)
                 for i, name in model.names.items()

@@ -10,6 +10,7 @@ import pytest
 from blurring import anonymize
 from detection.detections import Detections, canonical_class
 from detection.detector import DEFAULT_MODEL, Detector, DetectorConfig
+from detection.runtime import choose_runtime, exported_weights
 from detection.tiling import plan_views
 from eval.datasets import load_split
 from eval.metrics import coco_metrics
@@ -130,17 +131,39 @@ def test_missing_model_file_is_a_clear_error(tmp_path):
         Detector(DetectorConfig(models=(str(tmp_path / "nope.pt"),)))
 
 
-def test_onnx_export_of_the_default_model_detects_the_same_boxes(detector, tmp_path):
-    from ultralytics import YOLO
+@pytest.fixture(scope="module")
+def torch_detector() -> Detector:
+    return Detector(DetectorConfig(runtime="torch"))
 
-    copy = tmp_path / DEFAULT_MODEL.name  # ultralytics writes the .onnx beside its source
+
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_exported_runtime_is_built_once_into_the_cache_and_finds_the_torch_boxes(
+    runtime, torch_detector, tmp_path, monkeypatch
+):
+    monkeypatch.setenv("STREETBLUR_CACHE", str(tmp_path / "cache"))
+    copy = tmp_path / "copy.pt"  # another name, same bytes: the same export
     shutil.copyfile(DEFAULT_MODEL, copy)
-    exported = YOLO(str(copy)).export(format="onnx", dynamic=True, simplify=False, imgsz=640)
+    exported = exported_weights(copy, runtime, 640)
+    assert exported.parent == tmp_path / "cache" / "models" and exported.exists()
+    built_at = exported.stat().st_mtime_ns
+    assert exported_weights(DEFAULT_MODEL, runtime, 640) == exported
+    assert exported.stat().st_mtime_ns == built_at  # not exported again
+    assert [p.name for p in exported.parent.iterdir()] == [exported.name]  # no work folder left
+    detector = Detector(DetectorConfig(runtime=runtime))
+    assert detector.runtime == runtime
     image = cv2.imread(str(SAMPLES / "dashcam_0.jpg"))
-    from_pt = detector.detect(image)
-    from_onnx = Detector(DetectorConfig(models=(str(exported),))).detect(image)
-    assert len(from_onnx) == len(from_pt) > 0
-    np.testing.assert_allclose(np.sort(from_onnx.xyxy, 0), np.sort(from_pt.xyxy, 0), atol=2.0)
+    found, expected = detector.detect(image), torch_detector.detect(image)
+    assert len(found) == len(expected) > 0
+    np.testing.assert_allclose(np.sort(found.xyxy, 0), np.sort(expected.xyxy, 0), atol=2.0)
+    np.testing.assert_allclose(np.sort(found.scores), np.sort(expected.scores), atol=0.02)
+
+
+def test_auto_runtime_is_openvino_on_cpu_and_torch_on_a_gpu():
+    assert choose_runtime("auto", "cpu") == "openvino"
+    assert choose_runtime("auto", "cuda:0") == choose_runtime("auto", "0") == "torch"
+    assert choose_runtime("onnx", "cpu") == "onnx"
+    with pytest.raises(ValueError, match="runtime must be one of auto, torch, onnx, openvino"):
+        DetectorConfig(runtime="tensorflow")
 
 
 def test_upscaling_small_photos_finds_more_of_their_small_faces(detector):
