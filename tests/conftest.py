@@ -1,5 +1,13 @@
-"""Shared fixtures: paths to the shared labelled photos and one loaded default detector."""
+"""Shared fixtures: paths to the shared labelled photos and one loaded default detector.
 
+The tests keep their model exports (detection/runtime.py) in a cache of their own, removed at exit,
+so they neither read nor fill the user's `~/.cache/streetblur`; Ray workers they start inherit it.
+"""
+
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -11,6 +19,10 @@ from detection.detector import Detector
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DATASETS = SHARED / "datasets"
 SAMPLES = SHARED / "samples"
+
+if "STREETBLUR_CACHE" not in os.environ:
+    os.environ["STREETBLUR_CACHE"] = tempfile.mkdtemp(prefix="streetblur-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["STREETBLUR_CACHE"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
