@@ -99,11 +99,11 @@ class Detector:
                 weights = exported_weights(weights, self.runtime, config.imgsz)
             with quiet_ultralytics():  # it logs which runtime loads an export
                 model = YOLO(str(weights), task="detect")
-                # Load the runtime now, with the predictor every call reuses: reading `names` first
-                # would load an export a second time.
-                model.predict(
-                    np.zeros((64, 64, 3), np.uint8), imgsz=config.imgsz, device=config.device, verbose=False
-                )
+                if weights.suffix != ".pt":
+                    # An export loads its runtime on the first predict: run one now, so that reading
+                    # `names` below does not load the export a second time.
+                    blank = np.zeros((64, 64, 3), np.uint8)
+                    model.predict(blank, imgsz=config.imgsz, device=config.device, verbose=False)
             to_canonical = {
                 i: CLASS_NAMES.index(c)
                 for i, name in model.names.items()

@@ -68,9 +68,8 @@ def quiet_ultralytics() -> Iterator[None]:
 
 def choose_runtime(requested: str, device: str | None) -> str:
     """The runtime for `.pt` weights: `requested`, or for `auto` OpenVINO when running on the CPU and
-    installed, else PyTorch (GPUs run PyTorch)."""
-    if requested not in RUNTIMES:
-        raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {requested!r}")
+    installed, else PyTorch (GPUs run PyTorch). `DetectorConfig` checks that `requested` is one of
+    `RUNTIMES`."""
     if requested != "auto":
         return requested
     if device not in (None, "cpu"):

@@ -43,7 +43,7 @@ def pr_curves_png(evaluation: Evaluation) -> bytes | None:
     return _png(figure)
 
 
-def pick_examples(evaluation: Evaluation, count: int = 4) -> list[int]:
+def pick_examples(evaluation: Evaluation, count: int) -> list[int]:
     """Images with the most ground-truth boxes left unblurred (all models), then most false blurs."""
     missed, false = np.zeros(len(evaluation.images)), np.zeros(len(evaluation.images))
     for model in evaluation.models:
