@@ -1,11 +1,12 @@
 """Milliseconds per photo of the single-image path (decode, detect, blur, encode), side by side for
-runtimes x view plans, on 1280x720 dashcam frames and on small (about 400x300) crowd photos.
+runtimes x precisions x view plans, on 1280x720 dashcam frames and on small (about 400x300) crowd photos.
 
 Runs the same code as `streetblur blur` (`blurring.pipeline.blur_image_bytes`) after one warm-up
 image per configuration (which also builds and caches any export), and prints the median and mean
 per photo and the median per stage. Not a test: numbers depend on the machine. Usage:
 
-    python bench/cli_latency.py [--images 20] [--runtime torch onnx openvino] [--plan NAME ...]
+    python bench/cli_latency.py [--images 20] [--runtime torch onnx openvino] [--precision fp32 int8]
+                                [--plan NAME ...]     # INT8 runs on OpenVINO only; other pairs are skipped
     python bench/cli_latency.py --plan tiles --set detect.batch_size=4      # any option, all configs
     python bench/cli_latency.py --quality val    # also each config's figures on every shared set
 
@@ -76,33 +77,47 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=20, help="photos per size (spread over the set)")
     parser.add_argument("--runtime", nargs="+", default=["torch", "onnx", "openvino"])
+    parser.add_argument("--precision", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
     parser.add_argument("--plan", nargs="+", default=list(PLANS), choices=list(PLANS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every config")
     parser.add_argument("--quality", choices=["dev", "val"], help="also evaluate each config on this split")
     args = parser.parse_args()
     rows = []
-    for runtime in args.runtime:
-        for plan in args.plan:
-            overrides = {"detect.runtime": runtime, **PLANS[plan], **parse_overrides(args.set)}
-            config = load_config(overrides=overrides)
-            detector = Detector(config.detect)
-            row = {"runtime": detector.runtime, "plan": plan, "overrides": overrides}
-            for size, paths in PHOTOS.items():
-                spread = paths[:: max(1, len(paths) // args.images)][: args.images]
-                row[size] = measure(spread, detector, config)
-            if args.quality:
-                row["quality"] = quality(config, args.quality)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    combinations = [
+        (runtime, precision, plan)
+        for runtime in args.runtime
+        for precision in args.precision
+        for plan in args.plan
+        if precision == "fp32" or runtime == "openvino"
+    ]
+    for runtime, precision, plan in combinations:
+        overrides = {
+            "detect.runtime": runtime,
+            "detect.precision": precision,
+            **PLANS[plan],
+            **parse_overrides(args.set),
+        }
+        config = load_config(overrides=overrides)
+        detector = Detector(config.detect)
+        row = {"runtime": detector.runtime, "precision": detector.precision, "plan": plan}
+        row["overrides"] = overrides
+        for size, paths in PHOTOS.items():
+            spread = paths[:: max(1, len(paths) // args.images)][: args.images]
+            row[size] = measure(spread, detector, config)
+        if args.quality:
+            row["quality"] = quality(config, args.quality)
+        rows.append(row)
+        print(json.dumps(row), flush=True)
     sets = list(rows[0].get("quality", {}))
-    header = "| runtime | view plan | ms per 1280x720 | ms per small photo |"
+    header = "| runtime | precision | view plan | ms per 1280x720 | ms per small photo |"
     print("\n" + header + "".join(f" {name} |" for name in sets))
-    print("|---|---|---|---|" + "---|" * len(sets))
+    print("|---|---|---|---|---|" + "---|" * len(sets))
     for row in rows:
         figures = row.get("quality", {}).values()
         cells = [f"{q['blurred']:.3f} ({q['false_blurs_per_image']:.2f})" for q in figures]
         times = f"{row['1280x720']['median_ms']} | {row['small']['median_ms']}"
-        print(f"| {row['runtime']} | {row['plan']} | {times} |" + "".join(f" {c} |" for c in cells))
+        names = f"{row['runtime']} | {row['precision']} | {row['plan']}"
+        print(f"| {names} | {times} |" + "".join(f" {c} |" for c in cells))
     if sets:
         print(f"\nquality: blurred fraction (false blurs per image) on the {args.quality} splits")
 

@@ -5,11 +5,15 @@ Both run on the same real photos from ../shared/datasets (dashcam frames and cro
   no encode: the least work any job must do);
 - job: `run_job` from a local folder to a local folder, local Ray started in-process; its rate is
   taken over its whole wall time, Ray's start and the actors' model loading included.
+Each stage's share of the actors' time (decode, detect, blur, encode; from the manifest's timings)
+shows what the detector waits on: on a GPU, the share not spent in detect is time the GPU idles
+unless more actors or a larger batch fill it.
 Peak memory is the largest resident set summed over this process and all its children (Ray workers),
 sampled every 0.2 s; pages of Ray's shared object store count once per process that maps them, so
 the job's figure overstates its real use. Not a test: numbers depend on the machine.
 
-    python bench/job_throughput.py [--images 40] [--actors N] [--actor-cpus C]
+    python bench/job_throughput.py [--images 40] [--actors N] [--actor-cpus C] [--set KEY=VALUE ...]
+    python bench/job_throughput.py --actor-gpus 1 --actor-cpus 2 --set detect.precision=fp16  # a GPU
 """
 
 from __future__ import annotations
@@ -25,8 +29,11 @@ from pathlib import Path
 import cv2
 import psutil
 
+from blurring.pipeline import Config, load_config, parse_overrides
 from detection.detector import Detector
 from jobs.blur_job import JobOptions, run_job
+from jobs.manifest import TIMING_COLUMNS, read_manifest_rows
+from jobs.storage import Storage
 
 DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
 
@@ -68,30 +75,48 @@ def photos(count: int) -> list[Path]:
     return dashcam[:: len(dashcam) // half][:half] + crowd[:: len(crowd) // (count - half)][: count - half]
 
 
-def detector_alone(paths: list[Path]) -> dict:
+def detector_alone(paths: list[Path], config: Config) -> dict:
     images = [cv2.imread(str(p)) for p in paths]
-    detector = Detector()
+    detector = Detector(config.detect)
     detector.detect(images[0])  # warm-up
     with PeakMemory() as memory:
         start = time.perf_counter()
         for image in images:
             detector.detect(image)
         seconds = time.perf_counter() - start
-    return {"images_per_s": round(len(images) / seconds, 3), "peak_rss_mb": round(memory.peak / 2**20)}
+    return {
+        "runtime": detector.runtime,
+        "precision": detector.precision,
+        "images_per_s": round(len(images) / seconds, 3),
+        "peak_rss_mb": round(memory.peak / 2**20),
+    }
 
 
-def whole_job(paths: list[Path], actors: int | None, actor_cpus: float) -> dict:
+def whole_job(
+    paths: list[Path], config: Config, actors: int | None, actor_cpus: float, actor_gpus: float
+) -> dict:
     work = Path(tempfile.mkdtemp(prefix="streetblur-bench-"))
     try:
         (work / "in").mkdir()
         for i, path in enumerate(paths):
             shutil.copyfile(path, work / "in" / f"{i:04d}{path.suffix}")
-        options = JobOptions(str(work / "in"), str(work / "out"), actors=actors, actor_cpus=actor_cpus)
+        options = JobOptions(
+            str(work / "in"),
+            str(work / "out"),
+            actors=actors,
+            actor_cpus=actor_cpus,
+            actor_gpus=actor_gpus,
+            config=config,
+        )
         with PeakMemory() as memory:
             summary = run_job(options)
+        rows = read_manifest_rows(Storage(str(work / "out")))
+        stages = [c for c in TIMING_COLUMNS if c not in ("read_ms", "write_ms")]  # the actors' stages
+        totals = {c.removesuffix("_ms"): sum(row[c] for row in rows) for c in stages}
         return {
             **{k: summary[k] for k in ("blurred", "failed", "wall_s", "images_per_s")},
             "actors": summary["actors"],
+            "actor_time_share": {k: round(v / sum(totals.values()), 3) for k, v in totals.items()},
             "peak_rss_mb": round(memory.peak / 2**20),
         }
     finally:
@@ -103,15 +128,21 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--actors", type=int, help="detector actors (default: the job's own default)")
     parser.add_argument("--actor-cpus", type=float, default=JobOptions.actor_cpus)
+    parser.add_argument("--actor-gpus", type=float, default=0.0)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config option")
     args = parser.parse_args()
+    config = load_config(overrides=parse_overrides(args.set))
+    if args.actor_gpus and config.detect.device is None:
+        config = load_config(overrides={**parse_overrides(args.set), "detect.device": "cuda:0"})
     paths = photos(args.images)
-    floor = detector_alone(paths)
-    job = whole_job(paths, args.actors, args.actor_cpus)
+    floor = detector_alone(paths, config)
+    job = whole_job(paths, config, args.actors, args.actor_cpus, args.actor_gpus)
     print(
         json.dumps(
             {
                 "images": len(paths),
                 "cpus": psutil.cpu_count(),
+                "overrides": args.set,
                 "detector_alone": floor,
                 "job": job,
                 "ratio": round(job["images_per_s"] / floor["images_per_s"], 2),

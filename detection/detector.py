@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,11 +11,17 @@ import numpy as np
 from detection.baselines import baseline_id, find_at_scale, is_baseline, load_baseline
 from detection.detections import CLASS_NAMES, DEFAULT_ALIASES, Detections, canonical_class
 from detection.runtime import (
+    PRECISIONS,
     RUNTIMES,
+    choose_precision,
     choose_runtime,
     exported_weights,
+    inference_threads,
+    int8_weights,
+    limit_threads,
     prepare_ultralytics,
     quiet_ultralytics,
+    weights_digest,
 )
 from detection.tiling import extend_seam, is_panorama, merge_boxes, plan_views, unwrap_seam
 
@@ -52,6 +57,13 @@ class DetectorConfig:
     # How .pt weights run: "torch", "onnx" (ONNX Runtime) or "openvino", the last two from an export
     # built on first use and cached (detection.runtime); "auto": OpenVINO on CPU if installed, else torch.
     runtime: str = "auto"
+    # "fp32"; "fp16" (PyTorch on a GPU); "int8": on OpenVINO, the INT8 model quantised from the .pt
+    # that lies beside it (built by `streetblur quantize`; the shipped weights have one); "auto": INT8
+    # where the runtime is OpenVINO and there is one, else FP32.
+    precision: str = "auto"
+    # CPU threads each model computes on; 0: OMP_NUM_THREADS if set (Ray sets it per actor from its
+    # CPUs), else the runtime's default of one per core.
+    threads: int = 0
 
     def __post_init__(self) -> None:
         unknown = set(self.thresholds) - set(CLASS_NAMES)
@@ -63,14 +75,17 @@ class DetectorConfig:
         object.__setattr__(self, "thresholds", {c: float(thresholds[c]) for c in CLASS_NAMES})
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.panorama not in ("auto", "on", "off"):
             raise ValueError(f"panorama must be auto, on or off, got {self.panorama!r}")
         if not 0 <= self.tile_overlap < 1:
             raise ValueError(f"tile_overlap must be in [0, 1), got {self.tile_overlap}")
-        if self.tile_size < 0 or self.upscale_to < 0 or self.imgsz < 32 or self.batch_size < 1:
+        sizes = (self.tile_size, self.upscale_to, self.imgsz - 32, self.batch_size - 1, self.threads)
+        if min(sizes) < 0:
             raise ValueError(
-                f"need tile_size >= 0, upscale_to >= 0, imgsz >= 32, batch_size >= 1; got "
-                f"{self.tile_size}, {self.upscale_to}, {self.imgsz}, {self.batch_size}"
+                f"need tile_size >= 0, upscale_to >= 0, imgsz >= 32, batch_size >= 1, threads >= 0; got "
+                f"{self.tile_size}, {self.upscale_to}, {self.imgsz}, {self.batch_size}, {self.threads}"
             )
 
 
@@ -86,15 +101,16 @@ class Detector:
         from ultralytics import YOLO
 
         self.config = config
-        self.runtime = choose_runtime(config.runtime, config.device)
-        self._models: list[tuple[object, dict[int, int]]] = []
-        for path in config.models:
+        self.runtime, self.precision, weights_files = plan_models(config, config.device)
+        # Per model: the loaded model, and its class indices -> face/plate (CLASS_NAMES indices)
+        self.loaded_models: list[tuple[object, dict[int, int]]] = []
+        for path, weights_file in zip(config.models, weights_files, strict=True):
             if is_baseline(path):
-                self._models.append((load_baseline(path), {0: CLASS_NAMES.index("face")}))
+                self.loaded_models.append((load_baseline(path), {0: CLASS_NAMES.index("face")}))
                 continue
             if not Path(path).exists():
                 raise FileNotFoundError(f"model file not found: {path}")
-            weights = Path(path)
+            weights = Path(weights_file)
             if weights.suffix == ".pt":
                 weights = exported_weights(weights, self.runtime, config.imgsz)
             with quiet_ultralytics():  # it logs which runtime loads an export
@@ -104,6 +120,7 @@ class Detector:
                     # `names` below does not load the export a second time.
                     blank = np.zeros((64, 64, 3), np.uint8)
                     model.predict(blank, imgsz=config.imgsz, device=config.device, verbose=False)
+            limit_threads(model, weights, inference_threads(config.threads))
             to_canonical = {
                 i: CLASS_NAMES.index(c)
                 for i, name in model.names.items()
@@ -114,15 +131,15 @@ class Detector:
                     f"{path}: none of its classes {sorted(model.names.values())} maps to face or plate; "
                     "add aliases"
                 )
-            self._models.append((model, to_canonical))
-        covered = {CLASS_NAMES[c] for _, mapping in self._models for c in mapping.values()}
+            self.loaded_models.append((model, to_canonical))
+        covered = {CLASS_NAMES[c] for _, mapping in self.loaded_models for c in mapping.values()}
         if require_every_class and covered != set(CLASS_NAMES):
             missing = sorted(set(CLASS_NAMES) - covered)
             raise ValueError(
                 f"no model detects {', '.join(missing)}: nothing would blur them. Add a model for "
                 f"{', '.join(missing)} (--model), or aliases mapping one of its classes"
             )
-        self.model_id = model_id(config.models)
+        self.model_id = model_id(weights_files)
 
     def detect(self, image: np.ndarray) -> Detections:
         """Faces and plates in one BGR (H, W, 3) uint8 image, boxes in its pixels."""
@@ -184,7 +201,7 @@ class Detector:
         """Run every model on a batch of crops; per-class thresholds applied."""
         threshold = np.array([self.config.thresholds[c] for c in CLASS_NAMES], np.float32)
         per_crop: list[list[Detections]] = [[] for _ in crops]
-        for path, (model, to_canonical) in zip(self.config.models, self._models, strict=True):
+        for path, (model, to_canonical) in zip(self.config.models, self.loaded_models, strict=True):
             if is_baseline(path):  # a face finder: one crop at a time, shrunk to imgsz as YOLO's are
                 face_threshold = float(threshold[CLASS_NAMES.index("face")])
                 for i, crop in enumerate(crops):
@@ -198,6 +215,7 @@ class Detector:
                 iou=self.config.nms_iou,
                 device=self.config.device,
                 batch=len(crops),
+                half=self.precision == "fp16",
                 verbose=False,
             )
             for i, result in enumerate(results):
@@ -206,12 +224,24 @@ class Detector:
         return [Detections.concat(parts) for parts in per_crop]
 
 
+def plan_models(config: DetectorConfig, device: str | None) -> tuple[str, str, tuple[str, ...]]:
+    """`(runtime, precision, weights)`: how `config.models` run on `device` (None: this machine's
+    default), and per model the weights that run (its INT8 model, for a .pt in INT8; else the model
+    itself, whose exports are exact conversions). Loads nothing: the job's driver uses it to know the
+    `model_id` its actors will record."""
+    runtime = choose_runtime(config.runtime, device)
+    pt_files = [Path(p) for p in config.models if not is_baseline(p) and Path(p).suffix == ".pt"]
+    precision = choose_precision(config.precision, runtime, device, pt_files)
+    weights = tuple(
+        str(int8_weights(Path(p))) if precision == "int8" and Path(p) in pt_files else p
+        for p in config.models
+    )
+    return runtime, precision, weights
+
+
 def model_id(models: tuple[str, ...]) -> str:
-    """`name@sha256-prefix` of each model file (`name@package-version` for a baseline), joined by `+`:
-    names the exact weights used."""
+    """`name@sha256-prefix` of each model file or export folder (`name@package-version` for a baseline),
+    joined by `+`: names the exact weights used."""
     return "+".join(
-        baseline_id(p)
-        if is_baseline(p)
-        else f"{Path(p).name}@{hashlib.sha256(Path(p).read_bytes()).hexdigest()[:12]}"
-        for p in models
+        baseline_id(p) if is_baseline(p) else f"{Path(p).name}@{weights_digest(Path(p))}" for p in models
     )

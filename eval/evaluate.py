@@ -35,7 +35,7 @@ from tqdm import tqdm
 from blurring.image_io import decode_image
 from blurring.pipeline import Config
 from detection.detections import CLASS_NAMES, Detections
-from detection.detector import Detector, DetectorConfig, model_id
+from detection.detector import Detector, DetectorConfig, model_id, plan_models
 from detection.tiling import merge_boxes
 from eval.datasets import LabelledImage
 from eval.metrics import PRCurve, coco_metrics, precision_recall, privacy_metrics
@@ -204,7 +204,7 @@ def _evaluate_model(
     return ModelResult(
         label=label,
         config=config,
-        model_id=model_id(config.detect.models),
+        model_id=model_id(plan_models(config.detect, config.detect.device)[2]),
         inference_s=inference_s,
         predictions=predictions,
         thresholds={"deployed": deployed, "target": target},

@@ -33,7 +33,7 @@ from datetime import datetime, timezone
 
 from blurring.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format
 from blurring.pipeline import Config, Outcome, blur_images
-from detection.detector import Detector, model_id
+from detection.detector import Detector, model_id, plan_models
 from jobs.manifest import (
     AUDIT_DIR,
     TIMING_COLUMNS,
@@ -81,7 +81,9 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
     source = Storage(options.input_uri, options.endpoint_url)
     target = Storage(options.output_uri, options.endpoint_url)
     check_locations(source, target)
-    model = model_id(options.config.detect.models)  # hashes the weight files, loads nothing
+    # What the actors will record: the weights that run on their device (hashed here, nothing loaded).
+    actor_device = options.config.detect.device or ("cuda" if options.actor_gpus > 0 else "cpu")
+    model = model_id(plan_models(options.config.detect, actor_device)[2])
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     inputs = list_inputs(source, options)
     done = {row["key"]: row for row in read_manifest_rows(target)}

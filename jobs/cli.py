@@ -1,4 +1,5 @@
-"""`streetblur` command line: `blur` photos, `run` the batch job, `eval` or `calibrate` a model, `train` one.
+"""`streetblur` command line: `blur` photos, `run` the batch job, `eval` or `calibrate` a model, `train`
+or `quantize` one.
 
 The one place that wires the packages together. Every command that runs the detector takes the same
 `--config FILE.yaml`, `--set SECTION.OPTION=VALUE`, `--model`, `--device` (and, but for `calibrate`,
@@ -59,6 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
     )
     _add_train_parser(commands.add_parser("train", help="train the face+plate model on labelled sets"))
+    _add_quantize_parser(
+        commands.add_parser(
+            "quantize",
+            help="build the INT8 OpenVINO model of a .pt (the default on CPU), calibrated on training images",
+        )
+    )
     return parser
 
 
@@ -481,6 +488,37 @@ def _run_train(args: argparse.Namespace) -> int:
         warmup_epochs=args.warmup_epochs,
     )
     print(json.dumps(record["dev"], indent=2))
+    return 0
+
+
+# ---------------------------------------------------------------- streetblur quantize
+
+
+def _add_quantize_parser(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        type=Path,
+        default=Path("detection/weights/streetblur-n.pt"),
+        help="the .pt to quantise; the INT8 model is written beside it as <stem>_int8_openvino_model/",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=Path("../shared/datasets"),
+        help="folder holding the shared sets, whose training images calibrate",
+    )
+    p.add_argument("--images", type=int, help="calibrate on about this many images (default: all)")
+    p.add_argument("--imgsz", type=int, default=640)
+    p.add_argument("--workdir", type=Path, default=Path("runs/quantize"))
+    p.set_defaults(run=_run_quantize)
+
+
+def _run_quantize(args: argparse.Namespace) -> int:
+    from jobs.train import quantize
+
+    if args.model.suffix != ".pt" or not args.model.exists():
+        raise ValueError(f"--model must be an existing .pt file, got {args.model}")
+    print(json.dumps(quantize(args.model, args.data, args.images, args.imgsz, args.workdir), indent=2))
     return 0
 
 

@@ -9,6 +9,10 @@ Training starts from a pretrained checkpoint (by default the YOLOv8n plate model
 (motion blur, low light, JPEG artefacts, rain, fog, noise) runs through albumentations, on top of
 ultralytics' own mosaic, scale, translation and colour jitter.
 
+INT8 (`streetblur quantize`): the trained `.pt` quantised to an INT8 OpenVINO model beside it, which
+the detector runs by default on CPU (`detection.runtime.int8_weights`). NNCF calibrates it, through
+ultralytics' export, on the training images of the shared sets (never dev or val).
+
 Pseudo-labels (`streetblur train --make-pseudo-labels`), for the class a shared set leaves unlabelled.
 
 Each shared set labels one class: the crowd photos have no plate boxes and the plate sets no face
@@ -44,7 +48,7 @@ import numpy as np
 from detection.baselines import MissingPackageError, load_baseline
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import model_id
-from detection.runtime import prepare_ultralytics
+from detection.runtime import INT8_SOURCE_FILE, int8_weights, prepare_ultralytics, weights_digest
 from eval.datasets import SHARED_DATASETS, load_dataset, split_dataset, write_yolo_example
 
 DEFAULT_PSEUDO_LABELS = Path(__file__).resolve().parents[1] / "detection" / "weights" / "pseudo-labels.json"
@@ -193,6 +197,65 @@ def train(
         },
     }
     out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    return record
+
+
+def quantize(
+    weights: Path,
+    datasets_root: Path,
+    images: int | None = None,
+    imgsz: int = 640,
+    workdir: Path = Path("runs/quantize"),
+) -> dict:
+    """Quantise `weights` (a `.pt`) to INT8 OpenVINO, calibrated on the shared sets' training images
+    (all, or about `images` of them), and publish the model beside `weights` (`int8_weights`),
+    replacing an older one in one rename. Returns the record written into it (`INT8_SOURCE_FILE`)."""
+    prepare_ultralytics()
+    import importlib.metadata
+
+    import ultralytics
+    from ultralytics import YOLO
+
+    data_yaml, counts = write_yolo_dataset(datasets_root, workdir / "data")
+    train_images = sum(n for part, n in counts.items() if part.endswith("/train"))
+    export_dir = workdir / "export"
+    shutil.rmtree(export_dir, ignore_errors=True)
+    export_dir.mkdir(parents=True)
+    shutil.copyfile(weights, export_dir / "model.pt")  # ultralytics writes the export beside its source
+    fraction = min(1.0, images / train_images) if images else 1.0
+    built = YOLO(str(export_dir / "model.pt"), task="detect").export(
+        format="openvino",
+        int8=True,
+        data=str(data_yaml),
+        split="train",
+        fraction=fraction,
+        imgsz=imgsz,
+        dynamic=True,
+        batch=8,
+        device="cpu",
+    )
+    record = {
+        "source": weights.name,
+        "source_sha256_12": weights_digest(weights),
+        "calibration_images": round(train_images * fraction),
+        "calibration_sets": {part: n for part, n in counts.items() if part.endswith("/train")},
+        "imgsz": imgsz,
+        "ultralytics": ultralytics.__version__,
+        "nncf": importlib.metadata.version("nncf"),
+    }
+    (Path(built) / INT8_SOURCE_FILE).write_text(json.dumps(record, indent=2) + "\n")
+    final = int8_weights(weights)
+    staged = final.with_name(f".{final.name}.new")
+    shutil.rmtree(staged, ignore_errors=True)
+    shutil.copytree(built, staged)  # same file system as `final`, so the renames below are atomic
+    if final.exists():
+        retired = final.with_name(f".{final.name}.old")
+        shutil.rmtree(retired, ignore_errors=True)
+        final.rename(retired)
+        staged.rename(final)
+        shutil.rmtree(retired)
+    else:
+        staged.rename(final)
     return record
 
 

@@ -120,7 +120,7 @@ def test_model_class_names_map_through_aliases(tmp_path):
     with pytest.raises(ValueError, match="maps to face or plate"):
         Detector(DetectorConfig(models=(str(numbered),)))
     mapped = Detector(DetectorConfig(models=(str(numbered),), aliases={"0": "face", "2": "plate"}))
-    assert mapped._models[0][1] == {0: 0, 2: 1}  # model class index -> face, plate
+    assert mapped.loaded_models[0][1] == {0: 0, 2: 1}  # model class index -> face, plate
     assert isinstance(mapped.detect(np.zeros((64, 64, 3), np.uint8)), Detections)
     with pytest.raises(ValueError, match="no model detects face"):
         Detector(DetectorConfig(models=(str(numbered),), aliases={"2": "plate"}))  # plates only
@@ -149,13 +149,32 @@ def test_exported_runtime_is_built_once_into_the_cache_and_finds_the_torch_boxes
     assert exported_weights(DEFAULT_MODEL, runtime, 640) == exported
     assert exported.stat().st_mtime_ns == built_at  # not exported again
     assert [p.name for p in exported.parent.iterdir()] == [exported.name]  # no work folder left
-    detector = Detector(DetectorConfig(runtime=runtime))
+    detector = Detector(DetectorConfig(runtime=runtime, precision="fp32"))
     assert detector.runtime == runtime
     image = cv2.imread(str(SAMPLES / "dashcam_0.jpg"))
     found, expected = detector.detect(image), torch_detector.detect(image)
     assert len(found) == len(expected) > 0
     np.testing.assert_allclose(np.sort(found.xyxy, 0), np.sort(expected.xyxy, 0), atol=2.0)
     np.testing.assert_allclose(np.sort(found.scores), np.sort(expected.scores), atol=0.02)
+
+
+@pytest.mark.parametrize("runtime", ["onnx", "openvino"])
+def test_each_runtime_computes_on_the_threads_ray_gives_its_process(runtime, torch_detector, monkeypatch):
+    def threads_in_use(detector: Detector) -> int:
+        backend = detector.loaded_models[0][0].predictor.model.backend
+        if runtime == "openvino":
+            return int(backend.ov_compiled_model.get_property("INFERENCE_NUM_THREADS"))
+        return backend.session.get_session_options().intra_op_num_threads
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Ray sets in an actor given one CPU or less
+    one_thread = Detector(DetectorConfig(runtime=runtime, precision="fp32"))
+    assert threads_in_use(one_thread) == 1
+    two_threads = DetectorConfig(runtime=runtime, precision="fp32", threads=2)
+    assert threads_in_use(Detector(two_threads)) == 2  # the option wins
+    image = cv2.imread(str(SAMPLES / "dashcam_0.jpg"))
+    found, expected = one_thread.detect(image), torch_detector.detect(image)
+    assert len(found) == len(expected) > 0
+    np.testing.assert_allclose(np.sort(found.xyxy, 0), np.sort(expected.xyxy, 0), atol=2.0)
 
 
 def test_auto_runtime_is_openvino_on_cpu_and_torch_on_a_gpu():

@@ -70,4 +70,4 @@ def test_the_trained_model_and_its_record(trained):
     assert set(record["dev"]) == {"face", "plate"}
     assert "MotionBlur" in record["augmentations"] and "ImageCompression" in record["augmentations"]
     detector = Detector(DetectorConfig(models=(str(out),)))
-    assert sorted(detector._models[0][1].values()) == [0, 1]  # face and plate, by name
+    assert sorted(detector.loaded_models[0][1].values()) == [0, 1]  # face and plate, by name
