@@ -7,6 +7,7 @@ per photo and the median per stage. Not a test: numbers depend on the machine. U
 
     python bench/cli_latency.py [--images 20] [--runtime torch onnx openvino] [--precision fp32 int8]
                                 [--plan NAME ...]     # INT8 runs on OpenVINO only; other pairs are skipped
+    python bench/cli_latency.py --runtime torch --precision fp32 fp16 --set detect.device=cuda:0   # a GPU
     python bench/cli_latency.py --plan tiles --set detect.batch_size=4      # any option, all configs
     python bench/cli_latency.py --quality val    # also each config's figures on every shared set
 
@@ -77,7 +78,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=20, help="photos per size (spread over the set)")
     parser.add_argument("--runtime", nargs="+", default=["torch", "onnx", "openvino"])
-    parser.add_argument("--precision", nargs="+", default=["fp32", "int8"], choices=["fp32", "int8"])
+    parser.add_argument("--precision", nargs="+", default=["fp32", "int8"], choices=["fp32", "fp16", "int8"])
     parser.add_argument("--plan", nargs="+", default=list(PLANS), choices=list(PLANS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every config")
     parser.add_argument("--quality", choices=["dev", "val"], help="also evaluate each config on this split")
@@ -88,7 +89,7 @@ def main() -> None:
         for runtime in args.runtime
         for precision in args.precision
         for plan in args.plan
-        if precision == "fp32" or runtime == "openvino"
+        if precision == "fp32" or (precision, runtime) in (("int8", "openvino"), ("fp16", "torch"))
     ]
     for runtime, precision, plan in combinations:
         overrides = {

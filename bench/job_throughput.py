@@ -4,7 +4,9 @@ Both run on the same real photos from ../shared/datasets (dashcam frames and cro
 - floor: one process, default `Detector`, `detect` on photos decoded beforehand (no I/O, no blur,
   no encode: the least work any job must do);
 - job: `run_job` from a local folder to a local folder, local Ray started in-process; its rate is
-  taken over its whole wall time, Ray's start and the actors' model loading included.
+  taken over its whole wall time, Ray's start and the actors' model loading included, and also from
+  its first output to its last (the manifest's `finished_at`): the rate once started, which is what
+  a long job runs at. `startup_s` is the time to its first output.
 Each stage's share of the actors' time (decode, detect, blur, encode; from the manifest's timings)
 shows what the detector waits on: on a GPU, the share not spent in detect is time the GPU idles
 unless more actors or a larger batch fill it.
@@ -108,13 +110,17 @@ def whole_job(
             actor_gpus=actor_gpus,
             config=config,
         )
+        started = time.time()
         with PeakMemory() as memory:
             summary = run_job(options)
         rows = read_manifest_rows(Storage(str(work / "out")))
+        finished = sorted(row["finished_at"].timestamp() for row in rows)
         stages = [c for c in TIMING_COLUMNS if c not in ("read_ms", "write_ms")]  # the actors' stages
         totals = {c.removesuffix("_ms"): sum(row[c] for row in rows) for c in stages}
         return {
             **{k: summary[k] for k in ("blurred", "failed", "wall_s", "images_per_s")},
+            "startup_s": round(finished[0] - started, 1),
+            "images_per_s_once_started": round((len(finished) - 1) / (finished[-1] - finished[0]), 3),
             "actors": summary["actors"],
             "actor_time_share": {k: round(v / sum(totals.values()), 3) for k, v in totals.items()},
             "peak_rss_mb": round(memory.peak / 2**20),
@@ -146,6 +152,7 @@ def main() -> None:
                 "detector_alone": floor,
                 "job": job,
                 "ratio": round(job["images_per_s"] / floor["images_per_s"], 2),
+                "ratio_once_started": round(job["images_per_s_once_started"] / floor["images_per_s"], 2),
             },
             indent=2,
         )

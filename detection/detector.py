@@ -215,8 +215,8 @@ class Detector:
                 iou=self.config.nms_iou,
                 device=self.config.device,
                 batch=len(crops),
-                half=self.precision == "fp16",
                 verbose=False,
+                **({"quantize": 16} if self.precision == "fp16" else {}),  # FP32 unless asked
             )
             for i, result in enumerate(results):
                 dets = Detections.from_ultralytics(result.boxes, to_canonical)

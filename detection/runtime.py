@@ -165,7 +165,13 @@ def limit_threads(model, weights: Path, threads: int) -> None:
         import openvino as ov
 
         xml = next(weights.glob("*.xml")) if weights.is_dir() else weights
-        config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": threads}  # ultralytics' + threads
+        config = {
+            "PERFORMANCE_HINT": "LATENCY",  # as ultralytics compiles it
+            "INFERENCE_NUM_THREADS": threads,
+            # Pinned, every process's threads go to the first cores: two one-thread actors shared one
+            # core and ran at half speed.
+            "ENABLE_CPU_PINNING": False,
+        }
         auto_backend.backend.ov_compiled_model = ov.Core().compile_model(str(xml), "CPU", config)
     elif auto_backend.format == "onnx":
         import onnxruntime

@@ -209,7 +209,10 @@ def run_pipeline(
 
     items = [{"key": o.key, "etag": o.etag, "size": o.size} for o in todo]
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 200)))
-    dataset = dataset.map(_ReadStage(source), num_cpus=options.io_cpus)
+    io_pool = ray.data.ActorPoolStrategy(min_size=1, max_size=options.actors)
+    dataset = dataset.map(
+        _ReadStage, fn_constructor_args=(source,), compute=io_pool, num_cpus=options.io_cpus
+    )
     dataset = with_actor_pool(
         dataset,
         BlurActor,
@@ -219,7 +222,9 @@ def run_pipeline(
         options.actor_cpus,
         options.actor_gpus,
     )
-    dataset = dataset.map(_WriteStage(target, run_id), num_cpus=options.io_cpus)
+    dataset = dataset.map(
+        _WriteStage, fn_constructor_args=(target, run_id), compute=io_pool, num_cpus=options.io_cpus
+    )
     last_log = time.perf_counter()
     started = last_log
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):

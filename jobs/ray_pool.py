@@ -37,7 +37,9 @@ def start_ray(address: str | None) -> None:
     import ray
 
     address = address or os.environ.get("RAY_ADDRESS") or "local"
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+    # A local Ray runs this job alone: no dashboard, whose processes would take CPU from the actors.
+    local = {"include_dashboard": False} if address == "local" else {}
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, **local)
 
 
 def pool_size(actor_cpus: float, actor_gpus: float, io_cpus: float = IO_CPUS) -> int:

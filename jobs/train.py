@@ -225,7 +225,7 @@ def quantize(
     fraction = min(1.0, images / train_images) if images else 1.0
     built = YOLO(str(export_dir / "model.pt"), task="detect").export(
         format="openvino",
-        int8=True,
+        quantize=8,
         data=str(data_yaml),
         split="train",
         fraction=fraction,

@@ -169,6 +169,9 @@ def test_each_runtime_computes_on_the_threads_ray_gives_its_process(runtime, tor
     monkeypatch.setenv("OMP_NUM_THREADS", "1")  # what Ray sets in an actor given one CPU or less
     one_thread = Detector(DetectorConfig(runtime=runtime, precision="fp32"))
     assert threads_in_use(one_thread) == 1
+    if runtime == "openvino":  # pinned, two one-thread actors on one machine would share one core
+        compiled = one_thread.loaded_models[0][0].predictor.model.backend.ov_compiled_model
+        assert compiled.get_property("ENABLE_CPU_PINNING") is False
     two_threads = DetectorConfig(runtime=runtime, precision="fp32", threads=2)
     assert threads_in_use(Detector(two_threads)) == 2  # the option wins
     image = cv2.imread(str(SAMPLES / "dashcam_0.jpg"))
