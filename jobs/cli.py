@@ -20,10 +20,12 @@ from blurring.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format, wr
 from blurring.pipeline import Config, load_config, parse_overrides
 from detection.baselines import MissingPackageError
 from detection.detections import CLASS_NAMES
+from detection.detector import DEFAULT_MODEL
 from eval.datasets import SHARED_DATASETS, select_images
 from jobs.train import DEFAULT_PSEUDO_LABELS
 
 SPLITS = ["all", "val", "dev", "train"]
+SHARED_DATA = Path("../shared/datasets")  # the shared labelled sets, beside a checkout of this repository
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -432,13 +434,13 @@ def _add_train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--data",
         type=Path,
-        default=Path("../shared/datasets"),
+        default=SHARED_DATA,
         help="folder holding faces-crowd/, plates-dashcam/ and plates-roboflow/",
     )
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("detection/weights/streetblur-n.pt"),
+        default=DEFAULT_MODEL,
         help="where to copy the best checkpoint (a .json run record is written beside it)",
     )
     p.add_argument("--init", help="starting weights or model YAML (default: fastanpr's plate model)")
@@ -498,13 +500,13 @@ def _add_quantize_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         type=Path,
-        default=Path("detection/weights/streetblur-n.pt"),
+        default=DEFAULT_MODEL,
         help="the .pt to quantise; the INT8 model is written beside it as <stem>_int8_openvino_model/",
     )
     p.add_argument(
         "--data",
         type=Path,
-        default=Path("../shared/datasets"),
+        default=SHARED_DATA,
         help="folder holding the shared sets, whose training images calibrate",
     )
     p.add_argument("--images", type=int, help="calibrate on about this many images (default: all)")
