@@ -26,10 +26,13 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
+
+from tqdm import tqdm
 
 from blurring.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format
 from blurring.pipeline import Config, Outcome, blur_images
@@ -42,7 +45,14 @@ from jobs.manifest import (
     read_manifest_rows,
     skipped_row,
 )
-from jobs.ray_pool import ACTOR_CPUS, BATCH_SIZE, IO_CPUS, pool_size, start_ray, with_actor_pool
+from jobs.ray_pool import (
+    ACTOR_CPUS,
+    BATCH_SIZE,
+    IO_CPUS,
+    pool_size,
+    start_ray,
+    with_actor_pool,
+)
 from jobs.storage import InvalidKey, NotFound, Storage, StoredObject, check_key
 
 log = logging.getLogger("streetblur.job")
@@ -67,7 +77,10 @@ class JobOptions:
     io_cpus: float = IO_CPUS  # CPUs per read/write task: small, so actors do not starve them
     batch_size: int = BATCH_SIZE  # images per actor call; their tiles share model batches
     flush_rows: int = 32  # manifest part size
-    log_every_s: float = 10.0
+    log_every_s: float = 10.0  # progress log lines, when there is no progress bar
+    # False: one progress line on a terminal (else a log line every log_every_s), and Ray's own
+    # progress blocks and info logs off (they stay in Ray's log folder); True: Ray's output as is.
+    verbose: bool = False
     config: Config = field(default_factory=Config)
 
 
@@ -103,7 +116,7 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
     actors = 0
     try:
         if todo:
-            start_ray(address)
+            start_ray(address, verbose=options.verbose)
             actors = options.actors or pool_size(options.actor_cpus, options.actor_gpus, options.io_cpus)
             run_pipeline(todo, source, target, replace(options, actors=actors), writer, run_id)
     finally:
@@ -225,13 +238,17 @@ def run_pipeline(
     dataset = dataset.map(
         _WriteStage, fn_constructor_args=(target, run_id), compute=io_pool, num_cpus=options.io_cpus
     )
-    last_log = time.perf_counter()
-    started = last_log
+    bar = tqdm(
+        total=len(todo), unit="img", desc="blurred", disable=options.verbose or not sys.stderr.isatty()
+    )
+    last_log = started = time.perf_counter()
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         writer.add(batch.to_pylist())
-        if time.perf_counter() - last_log >= options.log_every_s:
+        bar.update(batch.num_rows)
+        bar.set_postfix_str(f"{writer.counts['failed']} failed", refresh=False)
+        done = writer.counts["blurred"] + writer.counts["failed"]
+        if bar.disable and (time.perf_counter() - last_log >= options.log_every_s or done == len(todo)):
             last_log = time.perf_counter()
-            done = writer.counts["blurred"] + writer.counts["failed"]
             log.info(
                 "progress: %d/%d done, %d failed, %.2f images/s",
                 done,
@@ -239,6 +256,7 @@ def run_pipeline(
                 writer.counts["failed"],
                 done / (last_log - started),
             )
+    bar.close()
 
 
 class _ReadStage:

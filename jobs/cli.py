@@ -256,6 +256,9 @@ def _add_run_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--flush-rows", type=int, default=JobOptions.flush_rows, help="manifest rows per Parquet part"
     )
+    p.add_argument(
+        "--verbose", action="store_true", help="Ray's own progress and logs instead of one progress line"
+    )
     add_config_options(p, "detector weights (.pt, .onnx, ...); several are combined")
     p.set_defaults(run=_run_job)
 
@@ -282,6 +285,7 @@ def _run_job(args: argparse.Namespace) -> int:
         actor_gpus=args.actor_gpus,
         batch_size=args.batch_size,
         flush_rows=args.flush_rows,
+        verbose=args.verbose,
         config=config_from_args(args),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -29,17 +29,26 @@ IO_CPUS = 0.25  # CPUs per read/write task
 BATCH_SIZE = 4  # images per actor call
 
 
-def start_ray(address: str | None) -> None:
+def start_ray(address: str | None, verbose: bool = True) -> None:
     """Connect to the Ray cluster at `address` (None: `RAY_ADDRESS`, else start a new local Ray).
 
-    A new local Ray, not "whatever cluster this machine last started": that one may be gone.
+    A new local Ray, not "whatever cluster this machine last started": that one may be gone. Not
+    `verbose`: Ray's progress blocks and info logs are kept off this driver's console (warnings stay);
+    Ray still writes them to its log folder (`/tmp/ray/session_latest/logs` on a local Ray).
     """
+    import logging
+
     import ray
+    import ray.data
 
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     # A local Ray runs this job alone: no dashboard, whose processes would take CPU from the actors.
     local = {"include_dashboard": False} if address == "local" else {}
-    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, **local)
+    level = logging.INFO if verbose else logging.WARNING
+    ray.init(address=address, ignore_reinit_error=True, log_to_driver=False, logging_level=level, **local)
+    if not verbose:
+        ray.data.DataContext.get_current().enable_progress_bars = False
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # its warnings stay in ray-data.log
 
 
 def pool_size(actor_cpus: float, actor_gpus: float, io_cpus: float = IO_CPUS) -> int:

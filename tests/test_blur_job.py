@@ -23,7 +23,7 @@ from eval.datasets import load_split
 from jobs.blur_job import JobOptions, run_job
 from jobs.manifest import AUDIT_DIR
 from jobs.storage import Storage
-from tests.conftest import DATASETS
+from tests.conftest import DATASETS, SAMPLES
 from tests.odd_inputs import odd_inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -262,3 +262,30 @@ def test_ray_job_submit_runs_the_entrypoint_on_the_cluster(ray_head, bucket, s3_
     assert [(r["key"], r["status"], r["faces"], r["plates"]) for r in rows] == [
         (r["key"], r["status"], r["faces"], r["plates"]) for r in reference
     ]
+
+
+def test_the_run_command_prints_progress_lines_and_a_summary_not_rays_own_output(tmp_path):
+    """A new local Ray, as a user's first `streetblur run` starts it: Ray's progress blocks and info
+    logs stay off the console; `--verbose` would bring them back."""
+    source = tmp_path / "in"
+    source.mkdir()
+    for name in ("crowd_0.jpg", "dashcam_0.jpg"):
+        (source / name).write_bytes((SAMPLES / name).read_bytes())
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    command = [
+        sys.executable,
+        "-m",
+        "jobs.cli",
+        "run",
+        "--input",
+        str(source),
+        "--output",
+        str(tmp_path / "out"),
+    ]
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (summary["inputs"], summary["blurred"], summary["failed"]) == (2, 2, 0)
+    assert "progress: 2/2 done, 0 failed" in done.stderr  # no terminal here: log lines, not a bar
+    for ray_output in ("Started a local Ray instance", "Execution plan", "logging_progress", "Progress bars"):
+        assert ray_output not in done.stderr
