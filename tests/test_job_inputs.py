@@ -6,7 +6,11 @@ the module), one detector actor and a few real photos, so the module stays fast.
 
 from __future__ import annotations
 
+import io
+import random
 import shutil
+import struct
+import zlib
 from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -277,3 +281,66 @@ def test_only_formats_the_job_can_write_back_are_listed_and_others_are_refused(t
     )
     assert "cannot write ['.tif']" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before anything ran
+
+
+def damaged_files(count: int, seed: int = 0) -> dict[str, tuple[bytes, str]]:
+    """`count` JPEG, PNG and WebP files of a real photo, each damaged at random (bytes overwritten, cut
+    short, a stretch repeated or dropped), and among them decompression bombs: tiny files whose headers
+    declare 65535x65535 pixels. `{key: (bytes, kind)}`."""
+    rng = random.Random(seed)
+    photo = Image.open(SAMPLES / "crowd_0.jpg").convert("RGB").resize((200, 133))
+    originals = {}
+    for fmt, suffix in (("JPEG", "jpg"), ("PNG", "png"), ("WEBP", "webp")):
+        buffer = io.BytesIO()
+        photo.save(buffer, format=fmt)
+        originals[suffix] = buffer.getvalue()
+    files = {}
+    for i in range(count):
+        suffix = ("jpg", "png", "webp")[i % 3]
+        data = bytearray(originals[suffix])
+        kind = rng.choice(["overwrite", "cut", "repeat", "drop"] + (["bomb"] if suffix != "webp" else []))
+        if kind == "bomb" and suffix == "jpg":  # the start-of-frame marker's height and width
+            at = data.index(b"\xff\xc0") + 5
+            data[at : at + 4] = struct.pack(">HH", 65535, 65535)
+        elif kind == "bomb":  # the PNG header chunk's width and height, its checksum made right again
+            data[16:24] = struct.pack(">II", 65535, 65535)
+            data[29:33] = struct.pack(">I", zlib.crc32(bytes(data[12:29])))
+        elif kind == "overwrite":
+            for _ in range(rng.randint(1, 20)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+        elif kind == "cut":
+            data = data[: rng.randrange(1, len(data))]
+        else:
+            start = rng.randrange(len(data))
+            end = min(len(data), start + rng.randint(1, 500))
+            data = data[:end] + data[start:] if kind == "repeat" else data[:start] + data[end:]
+        files[f"damaged/{i:03d}-{kind}.{suffix}"] = (bytes(data), kind)
+    return files
+
+
+def test_damaged_files_and_decompression_bombs_each_end_as_one_row_and_the_job_goes_on(tmp_path, models):
+    source, output = tmp_path / "in", tmp_path / "out"
+    files = damaged_files(200)
+    for key, (data, _) in files.items():
+        (source / key).parent.mkdir(parents=True, exist_ok=True)
+        (source / key).write_bytes(data)
+    job = options(source, output, models[0])
+    detect = replace(job.config.detect, upscale_to=0)  # small photos, seen at their own size: fast
+    job = replace(job, batch_size=8, config=replace(job.config, detect=detect))
+
+    summary = run_job(job)
+
+    rows = manifest(output)
+    assert sorted(rows) == sorted(files)  # every file once
+    assert summary["blurred"] + summary["failed"] == 200
+    for key, row in rows.items():
+        assert row["status"] in ("blurred", "failed"), row
+        assert (output / key).exists() == (row["status"] == "blurred")  # nothing published for a failure
+        if row["status"] == "failed":
+            assert row["error"], key
+    bombs = [key for key, (_, kind) in files.items() if kind == "bomb"]
+    assert len(bombs) > 10
+    assert all(rows[key]["error"].startswith("too many pixels: 65535x65535") for key in bombs), [
+        rows[key]["error"] for key in bombs
+    ]
+    assert summary["failed"] > len(bombs)  # damage other than bombs fails too, each with its reason
