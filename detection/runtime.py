@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -48,7 +49,8 @@ def prepare_ultralytics() -> None:
     """Set the environment ultralytics reads on import (idempotent)."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-    os.environ.setdefault("OMP_NUM_THREADS", str(len(os.sched_getaffinity(0))))
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # Linux
+    os.environ.setdefault("OMP_NUM_THREADS", str(usable or 1))
     if "YOLO_CONFIG_DIR" not in os.environ:
         config_dir = tempfile.mkdtemp(prefix="streetblur-ultralytics-")
         atexit.register(shutil.rmtree, config_dir, ignore_errors=True)
@@ -172,7 +174,10 @@ def limit_threads(model, weights: Path, threads: int) -> None:
             # core and ran at half speed.
             "ENABLE_CPU_PINNING": False,
         }
-        auto_backend.backend.ov_compiled_model = ov.Core().compile_model(str(xml), "CPU", config)
+        backend = auto_backend.backend
+        # Also for the models ultralytics compiles again per input shape (INT8 on CPUs with AMX).
+        backend.compile_model = functools.partial(ov.Core().compile_model, device_name="CPU", config=config)
+        backend.ov_compiled_model = backend.compile_model(str(xml))
     elif auto_backend.format == "onnx":
         import onnxruntime
 
