@@ -13,7 +13,9 @@ training for choosing checkpoints, thresholds and inference settings) and `train
   named `VIDEO#t=SECONDS.jpg` (consecutive frames are near duplicates, so a random split would leak);
 - `group`: stable fractions of *source* images, for Roboflow exports where one photo appears up to
   three times as `NAME_jpg.rf.HASH.jpg`; a NAME shared by more files than that is a generic upload
-  name (`i.jpg`), not one photo, and its files are split one by one.
+  name (`i.jpg`), not one photo, and its files are split one by one;
+- `folder`: for exports that come split (`train/` and `valid/`): `train/` trains, and the other
+  folder's images are halved into `dev` and `val` by a hash of the file name.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ SHARED_DATASETS: dict[str, DatasetSpec] = {
     ),
     "plates-dashcam": DatasetSpec("voc", {"license-plate": "plate"}, "time"),
     "plates-roboflow": DatasetSpec("yolo", {"license_plate": "plate"}, "group"),
+    # Frames of the same videos are in train/ and valid/: its dev and val figures are in-distribution.
+    "street-faces-plates": DatasetSpec("yolo", {"face": "face", "plate": "plate"}, "folder"),
 }
 """Defaults for the sets in `../shared/datasets`, keyed by folder name."""
 
@@ -164,23 +168,32 @@ def _load_voc(root: Path, to_class) -> list[LabelledImage]:
 
 
 def _load_yolo(root: Path, to_class) -> list[LabelledImage]:
-    names = {}
-    if (root / "data.yaml").exists():
-        declared = yaml.safe_load((root / "data.yaml").read_text())["names"]
-        names = dict(enumerate(declared)) if isinstance(declared, list) else declared
-    image_paths = sorted(p for p in (root / "images").rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    """`images/` and `labels/` under `root`, or else the image folders `data.yaml` names (`train`,
+    `val`, `test`), each with its `labels/` beside it."""
+    spec = yaml.safe_load((root / "data.yaml").read_text()) if (root / "data.yaml").exists() else {}
+    declared = spec.get("names", {})
+    names = dict(enumerate(declared)) if isinstance(declared, list) else declared
+    folders = [root / "images"]
+    if not folders[0].is_dir():
+        folders = list(dict.fromkeys(root / spec[k] for k in ("train", "val", "test") if spec.get(k)))
     images = []
-    for image_id, path in enumerate(image_paths):
-        with Image.open(path) as im:  # reads the header only; trusts content, not the extension
-            width, height = im.size
-        label_path = root / "labels" / path.relative_to(root / "images").with_suffix(".txt")
-        rows = []
-        lines = label_path.read_text().splitlines() if label_path.exists() else []
-        for line in filter(None, (ln.split() for ln in lines)):
-            cls, cx, cy, w, h = int(line[0]), *map(float, line[1:5])
-            box = [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height]
-            rows.append((to_class(names.get(cls, str(cls))), box))
-        images.append(LabelledImage(path, width, height, _boxes(rows), image_id))
+    for folder in folders:
+        for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+            with Image.open(path) as im:  # reads the header only; trusts content, not the extension
+                width, height = im.size
+            label_path = folder.parent / "labels" / path.relative_to(folder).with_suffix(".txt")
+            rows = []
+            lines = label_path.read_text().splitlines() if label_path.exists() else []
+            for line in filter(None, (ln.split() for ln in lines)):
+                cls, cx, cy, w, h = int(line[0]), *map(float, line[1:5])
+                box = [
+                    (cx - w / 2) * width,
+                    (cy - h / 2) * height,
+                    (cx + w / 2) * width,
+                    (cy + h / 2) * height,
+                ]
+                rows.append((to_class(names.get(cls, str(cls))), box))
+            images.append(LabelledImage(path, width, height, _boxes(rows), len(images)))
     return images
 
 
@@ -209,7 +222,8 @@ _ROBOFLOW_SOURCE = re.compile(r"^(?P<source>.+?)_(jpe?g|png|webp)(_jpe?g|_png)*\
 
 
 def split_dataset(images: list[LabelledImage], rule: str) -> dict[str, list[LabelledImage]]:
-    """`{"train": [...], "dev": [...], "val": [...]}` by the held-out rule `random`, `time` or `group`."""
+    """`{"train": [...], "dev": [...], "val": [...]}` by the held-out rule `random`, `time`, `group` or
+    `folder`."""
     if rule == "time":
         times = defaultdict(list)
         for im in images:
@@ -238,8 +252,14 @@ def split_dataset(images: list[LabelledImage], rule: str) -> dict[str, list[Labe
         def part_of(im: LabelledImage) -> str:
             f = _stable_fraction(key[im.path.name])
             return "val" if f < VAL_FRACTION else "dev" if f < 2 * VAL_FRACTION else "train"
+    elif rule == "folder":
+
+        def part_of(im: LabelledImage) -> str:
+            if im.path.parent.parent.name == "train":  # train/images/NAME
+                return "train"
+            return "val" if _stable_fraction(im.path.name) < 0.5 else "dev"
     else:
-        raise ValueError(f"unknown split rule {rule!r}: use random, time or group")
+        raise ValueError(f"unknown split rule {rule!r}: use random, time, group or folder")
     split: dict[str, list[LabelledImage]] = {"train": [], "dev": [], "val": []}
     for im in images:
         split[part_of(im)].append(im)

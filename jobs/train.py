@@ -1,6 +1,6 @@
 """Train the default face+plate YOLO model on the shared labelled sets (`streetblur train`).
 
-The three sets are converted to one two-class YOLO dataset (0 face, 1 plate) with their fixed
+The shared sets are converted to one two-class YOLO dataset (0 face, 1 plate) with their fixed
 held-out splits (see `eval.datasets`): the `train` parts train, the `dev` parts choose the best
 checkpoint, and the `val` parts are left alone for the reported figures. Each set's unlabelled
 class is filled on its training images with teacher pseudo-labels (below).

@@ -10,7 +10,13 @@ from detection.detections import Detections
 from eval.datasets import SHARED_DATASETS, load_dataset, load_split, parse_class_map, write_yolo_example
 from tests.conftest import DATASETS
 
-SHARED_COUNTS = {"faces-crowd": (703, 3153), "plates-dashcam": (468, 569), "plates-roboflow": (138, 208)}
+# Images and boxes per set, from its README (street-faces-plates: 2572 + 1531 + 665 + 267 boxes)
+SHARED_COUNTS = {
+    "faces-crowd": (703, 3153),
+    "plates-dashcam": (468, 569),
+    "plates-roboflow": (138, 208),
+    "street-faces-plates": (1229, 5035),
+}
 
 
 @pytest.mark.parametrize("name", sorted(SHARED_COUNTS))
