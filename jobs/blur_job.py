@@ -45,14 +45,7 @@ from jobs.manifest import (
     read_manifest_rows,
     skipped_row,
 )
-from jobs.ray_pool import (
-    ACTOR_CPUS,
-    BATCH_SIZE,
-    IO_CPUS,
-    pool_size,
-    start_ray,
-    with_actor_pool,
-)
+from jobs.ray_pool import ACTOR_CPUS, BATCH_SIZE, IO_CPUS, pool_size, start_ray, with_actor_pool
 from jobs.storage import InvalidKey, NotFound, Storage, StoredObject, check_key
 
 log = logging.getLogger("streetblur.job")

@@ -439,7 +439,7 @@ def _add_train_parser(p: argparse.ArgumentParser) -> None:
         "--data",
         type=Path,
         default=SHARED_DATA,
-        help="folder holding faces-crowd/, plates-dashcam/ and plates-roboflow/",
+        help="folder holding the shared sets (faces-crowd/, plates-dashcam/, ...; see eval/datasets.py)",
     )
     p.add_argument(
         "--out",

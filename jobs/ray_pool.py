@@ -33,8 +33,9 @@ def start_ray(address: str | None, verbose: bool = True) -> None:
     """Connect to the Ray cluster at `address` (None: `RAY_ADDRESS`, else start a new local Ray).
 
     A new local Ray, not "whatever cluster this machine last started": that one may be gone. Not
-    `verbose`: Ray's progress blocks and info logs are kept off this driver's console (warnings stay);
-    Ray still writes them to its log folder (`/tmp/ray/session_latest/logs` on a local Ray).
+    `verbose`: Ray's progress blocks and info logs, and Ray Data's warnings, are kept off this driver's
+    console (Ray's own warnings stay); Ray still writes them to its log folder
+    (`/tmp/ray/session_latest/logs` on a local Ray).
     """
     import logging
 

@@ -217,7 +217,8 @@ def quantize(
     from ultralytics import YOLO
 
     data_yaml, counts = write_yolo_dataset(datasets_root, workdir / "data")
-    train_images = sum(n for part, n in counts.items() if part.endswith("/train"))
+    train_parts = {part: n for part, n in counts.items() if part.endswith("/train")}
+    train_images = sum(train_parts.values())
     export_dir = workdir / "export"
     shutil.rmtree(export_dir, ignore_errors=True)
     export_dir.mkdir(parents=True)
@@ -238,7 +239,7 @@ def quantize(
         "source": weights.name,
         "source_sha256_12": weights_digest(weights),
         "calibration_images": round(train_images * fraction),
-        "calibration_sets": {part: n for part, n in counts.items() if part.endswith("/train")},
+        "calibration_sets": train_parts,
         "imgsz": imgsz,
         "ultralytics": ultralytics.__version__,
         "nncf": importlib.metadata.version("nncf"),
