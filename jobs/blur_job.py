@@ -29,28 +29,34 @@ import logging
 import sys
 import time
 import uuid
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 from tqdm import tqdm
 
 from blurring.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format
 from blurring.pipeline import Config, Outcome, blur_images
 from detection.detector import Detector, model_id, plan_models
+from jobs.lease import Lease
+from jobs.listing import InputListing, ListingTally, ResumeRule
 from jobs.manifest import (
     AUDIT_DIR,
     TIMING_COLUMNS,
-    ManifestWriter,
-    consolidate_manifest,
-    read_manifest_rows,
-    skipped_row,
+    compact,
+    read_index,
+    run_part_key,
+    uncompacted_runs,
+    write_rows,
 )
-from jobs.ray_pool import ACTOR_CPUS, BATCH_SIZE, IO_CPUS, pool_size, start_ray, with_actor_pool
-from jobs.storage import InvalidKey, NotFound, Storage, StoredObject, check_key
+from jobs.ray_pool import ACTOR_CPUS, BATCH_SIZE, IO_CPUS, pool_size, start_ray
+from jobs.storage import InvalidKey, NotFound, Storage, check_key
 
 log = logging.getLogger("streetblur.job")
 
 INPUT_SUFFIXES = tuple(FORMAT_BY_SUFFIX)  # outputs keep the input's format, so only writable ones
+LISTING_CPUS = 0  # the listing task waits on storage: it reserves no CPU, so actors never starve it
+STREAM_BLOCK_BYTES = 8 * 1024  # Ray Data's block size target: small, so blocks of keys flow at once
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ class JobOptions:
     actor_gpus: float = 0.0
     io_cpus: float = IO_CPUS  # CPUs per read/write task: small, so actors do not starve them
     batch_size: int = BATCH_SIZE  # images per actor call; their tiles share model batches
-    flush_rows: int = 32  # manifest part size
+    flush_rows: int = 64  # inputs to do per listing block: one manifest part of the run each
     log_every_s: float = 10.0  # progress log lines, when there is no progress bar
     # False: one progress line on a terminal (else a log line every log_every_s), and Ray's own
     # progress blocks and info logs off (they stay in Ray's log folder); True: Ray's output as is.
@@ -81,7 +87,7 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
     """Run the job on the Ray cluster at `address` (None: `RAY_ADDRESS`, else a new local Ray).
 
     Raises `ValueError`, before anything runs, for a missing local input folder or an output that is
-    the input or inside it.
+    the input or inside it; `LeaseHeld` if another run is writing to the output.
     """
     started = time.perf_counter()
     source = Storage(options.input_uri, options.endpoint_url)
@@ -89,52 +95,45 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
     check_locations(source, target)
     # What the actors will record: the weights that run on their device (hashed here, nothing loaded).
     actor_device = options.config.detect.device or ("cuda" if options.actor_gpus > 0 else "cpu")
-    model = model_id(plan_models(options.config.detect, actor_device)[2])
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-    inputs = list_inputs(source, options)
-    done = {row["key"]: row for row in read_manifest_rows(target)}
-    todo, skipped = plan_inputs(inputs, done, options, model)
-    skipped_failed = sum(done[item.key]["status"] == "failed" for item in skipped)
-    log.info(
-        "run %s: %d inputs, %d to do, %d done before (%d of them failed), model %s",
-        run_id,
-        len(inputs),
-        len(todo),
-        len(skipped),
-        skipped_failed,
-        model,
+    rule = ResumeRule(
+        model_id(plan_models(options.config.detect, actor_device)[2]), options.overwrite, options.retry_failed
     )
-    writer = ManifestWriter(target, run_id, options.flush_rows)
-    writer.add([skipped_row(done[item.key], item, run_id) for item in skipped])
-    actors = 0
-    try:
-        if todo:
-            start_ray(address, verbose=options.verbose)
-            actors = options.actors or pool_size(options.actor_cpus, options.actor_gpus, options.io_cpus)
-            run_pipeline(todo, source, target, replace(options, actors=actors), writer, run_id)
-    finally:
-        writer.flush()  # even if the pipeline raised: the rows it finished are kept, the next run skips them
-    counts = writer.counts
+    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    with Lease(target, run_id) as lease:
+        index = read_index(target)
+        leftover = uncompacted_runs(target, index)
+        if leftover:
+            log.info("compacting the manifest parts of %d earlier runs that did not finish", len(leftover))
+            index = compact(target, index, leftover)
+        log.info("run %s: model %s; %d inputs done before", run_id, rule.model, index["rows"])
+        start_ray(address, verbose=options.verbose)
+        parts = RunParts(target, run_id)
+        try:
+            tally = run_pipeline(source, target, options, rule, parts, run_id)
+        finally:
+            parts.flush()  # even if the pipeline raised: the rows it finished are kept, and skipped next time
+        lease.check()
+        compact(target, index, [run_id])
     wall = time.perf_counter() - started
-    processed = counts["blurred"] + counts["failed"]
+    processed = parts.counts["blurred"] + parts.counts["failed"]
     summary = {
         "run_id": run_id,
         "input": options.input_uri,
         "output": options.output_uri,
-        "inputs": len(inputs),
-        **counts,
-        "skipped_failed": skipped_failed,
+        "inputs": tally["inputs"],
+        **parts.counts,
+        "skipped": tally["skipped"],
+        "skipped_failed": tally["skipped_failed"],
         "wall_s": round(wall, 2),
         "images_per_s": round(processed / wall, 3) if processed else 0.0,
-        "actors": actors,
+        "actors": options.actors or "autoscaling",
     }
-    consolidate_manifest(target, done, run_id)
     target.write(f"{AUDIT_DIR}/runs/{run_id}/summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     log.info("summary: %s", json.dumps(summary))
-    if skipped_failed:
+    if tally["skipped_failed"]:
         log.warning(
             "%d inputs skipped that failed in an earlier run (see the manifest); --retry-failed redoes them",
-            skipped_failed,
+            tally["skipped_failed"],
         )
     return summary
 
@@ -161,95 +160,109 @@ def check_locations(source: Storage, target: Storage) -> None:
         )
 
 
-def plan_inputs(
-    inputs: list[StoredObject], done: dict[str, dict], options: JobOptions, model: str
-) -> tuple[list[StoredObject], list[StoredObject]]:
-    """`(todo, skipped)`: an input is skipped only if its latest row has its ETag and was made by `model`
-    (and did not fail, with `retry_failed`); `overwrite` redoes all."""
-    todo, skipped = [], []
-    for item in inputs:
-        previous = done.get(item.key)
-        redo = (
-            options.overwrite
-            or previous is None
-            or previous["etag"] != item.etag
-            or previous["model_id"] != model
-            or (options.retry_failed and previous["status"] == "failed")
-        )
-        (todo if redo else skipped).append(item)
-    return todo, skipped
+class RunParts:
+    """The run's done rows, gathered by listing block: a block's part is written once all its rows are
+    back, so each part is one stretch of the sorted listing (see `jobs.manifest`)."""
 
+    def __init__(self, target: Storage, run_id: str) -> None:
+        self.target, self.run_id = target, run_id
+        self.pending: dict[int, dict[str, dict]] = {}
+        self.counts = {"blurred": 0, "failed": 0}
 
-def list_inputs(source: Storage, options: JobOptions) -> list[StoredObject]:
-    """The input objects: listed by suffix, or the keys of `keys_file` as given.
+    def add(self, rows: list[dict]) -> None:
+        for row in rows:
+            block, todo = row.pop("block"), row.pop("block_todo")
+            done = self.pending.setdefault(block, {})
+            if row["key"] in done:
+                continue  # a batch that Ray ran twice
+            done[row["key"]] = row
+            self.counts[row["status"]] += 1
+            if len(done) == todo:
+                self._write(block)
 
-    A key that cannot be stat'ed (missing, unsafe, unreadable) gets size -1 and no ETag: the read
-    stage turns it into a failed row with the reason. Keys of any extension are kept: an unsupported
-    one is a failed row too, so that every key of the file is accounted for in the manifest.
-    """
-    if options.keys_file is None:
-        return [o for o in source.list(options.suffixes) if not o.key.startswith(f"{AUDIT_DIR}/")]
-    with open(options.keys_file, encoding="utf-8") as lines:
-        keys = list(dict.fromkeys(line.strip() for line in lines if line.strip()))
-    objects = []
-    for key in keys:
-        try:
-            objects.append(source.stat(key))
-        except Exception as error:  # noqa: BLE001 -- the read stage reports the reason in the manifest
-            log.debug("cannot stat %r: %s", key, error)
-            objects.append(StoredObject(key, -1, ""))
-    return objects
+    def flush(self) -> None:
+        """Write the blocks still missing rows (the run is ending early)."""
+        for block in sorted(self.pending):
+            self._write(block)
+
+    def _write(self, block: int) -> None:
+        rows = list(self.pending.pop(block).values())
+        write_rows(self.target, run_part_key(self.run_id, "part", block), rows)
 
 
 def run_pipeline(
-    todo: list[StoredObject],
-    source: Storage,
-    target: Storage,
-    options: JobOptions,
-    writer: ManifestWriter,
-    run_id: str,
-) -> None:
-    """Read, blur and write every input of `todo` on the connected Ray cluster, handing each finished
-    input's manifest row to `writer` as it comes (Ray Data streams, so memory stays bounded)."""
+    source: Storage, target: Storage, options: JobOptions, rule: ResumeRule, parts: RunParts, run_id: str
+) -> dict:
+    """List, read, blur and write every input to do on the connected Ray cluster, handing each finished
+    input's manifest row to `parts` as it comes; the listing's counts (`ListingTally`) at the end.
+
+    Ray Data streams, in small blocks so that the first images start while the listing goes on; the
+    memory of every stage stays bounded whatever the bucket size.
+    """
     import ray
 
-    items = [{"key": o.key, "etag": o.etag, "size": o.size} for o in todo]
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 200)))
+    ray.data.DataContext.get_current().target_max_block_size = STREAM_BLOCK_BYTES
+    tally = ray.remote(num_cpus=0)(ListingTally).remote()
+    keys = None if options.keys_file is None else ray.put(Path(options.keys_file).read_bytes())
+    listing = InputListing(source, target, options.suffixes, keys, rule, run_id, options.flush_rows, tally)
+    # Its own CPU share, unlike the read stage's: Ray Data then keeps it out of the read stage's actors
+    # (fused, one process would list and read every image).
+    dataset = ray.data.read_datasource(listing, override_num_blocks=1, num_cpus=LISTING_CPUS)
     io_pool = ray.data.ActorPoolStrategy(min_size=1, max_size=options.actors)
     dataset = dataset.map(
         _ReadStage, fn_constructor_args=(source,), compute=io_pool, num_cpus=options.io_cpus
     )
-    dataset = with_actor_pool(
-        dataset,
+    dataset = dataset.map_batches(
         BlurActor,
-        {"config": options.config},
-        options.actors,
-        options.batch_size,
-        options.actor_cpus,
-        options.actor_gpus,
+        fn_constructor_kwargs={"config": options.config},
+        compute=detector_pool(options),
+        batch_size=options.batch_size,
+        num_cpus=options.actor_cpus,
+        num_gpus=options.actor_gpus,
     )
     dataset = dataset.map(
         _WriteStage, fn_constructor_args=(target, run_id), compute=io_pool, num_cpus=options.io_cpus
     )
-    bar = tqdm(
-        total=len(todo), unit="img", desc="blurred", disable=options.verbose or not sys.stderr.isatty()
-    )
+    bar = tqdm(unit="img", desc="blurred", disable=options.verbose or not sys.stderr.isatty())
+    counts = ray.get(tally.get.remote())
     last_log = started = time.perf_counter()
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        writer.add(batch.to_pylist())
+        parts.add(batch.to_pylist())
         bar.update(batch.num_rows)
-        bar.set_postfix_str(f"{writer.counts['failed']} failed", refresh=False)
-        done = writer.counts["blurred"] + writer.counts["failed"]
-        if bar.disable and (time.perf_counter() - last_log >= options.log_every_s or done == len(todo)):
+        bar.set_postfix_str(f"{parts.counts['failed']} failed", refresh=False)
+        if time.perf_counter() - last_log >= (2.0 if not bar.disable else options.log_every_s):
             last_log = time.perf_counter()
-            log.info(
-                "progress: %d/%d done, %d failed, %.2f images/s",
-                done,
-                len(todo),
-                writer.counts["failed"],
-                done / (last_log - started),
-            )
+            counts = ray.get(tally.get.remote())
+            bar.total = counts["queued"] if counts["complete"] else None
+            if bar.disable:
+                _log_progress(parts.counts, counts, last_log - started)
     bar.close()
+    counts = ray.get(tally.get.remote())
+    _log_progress(parts.counts, counts, time.perf_counter() - started)
+    return counts
+
+
+def detector_pool(options: JobOptions):
+    """`options.actors` detector actors; None: as many as fit the cluster now, growing as it grows."""
+    import ray
+
+    if options.actors:
+        return ray.data.ActorPoolStrategy(size=options.actors)
+    fit = pool_size(options.actor_cpus, options.actor_gpus, options.io_cpus)
+    return ray.data.ActorPoolStrategy(min_size=1, max_size=None, initial_size=fit)
+
+
+def _log_progress(done_counts: dict, listing: dict, seconds: float) -> None:
+    done = done_counts["blurred"] + done_counts["failed"]
+    total = f"{listing['queued']}" if listing["complete"] else f"{listing['queued']}+ (listing)"
+    log.info(
+        "progress: %d/%s done, %d failed, %d skipped, %.2f images/s",
+        done,
+        total,
+        done_counts["failed"],
+        listing["skipped"],
+        done / seconds if seconds else 0.0,
+    )
 
 
 class _ReadStage:
@@ -309,7 +322,8 @@ class BlurActor:
             columns["read_ms"].append(float(batch["read_ms"][i]))
             for stage in ("decode", "detect", "blur", "encode"):
                 columns[f"{stage}_ms"].append(float(outcome.timings_ms.get(stage, 0.0)))
-        return {"key": keys, "etag": list(batch["etag"]), "size": list(batch["size"]), **columns}
+        passed_on = {name: list(batch[name]) for name in ("key", "etag", "size", "block", "block_todo")}
+        return {**passed_on, **columns}
 
     def _blur(self, inputs: dict[int, tuple[bytes, str]]) -> dict[int, Outcome]:
         """`blur_images` of the batch. Should it raise, image by image: an image that raises fails alone
@@ -366,6 +380,8 @@ class _WriteStage:
             "size": row["size"],
             "run_id": self.run_id,
             "finished_at": datetime.now(timezone.utc),
+            "block": row["block"],
+            "block_todo": row["block_todo"],
         }
 
 

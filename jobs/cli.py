@@ -25,6 +25,7 @@ from eval.datasets import SHARED_DATASETS, select_images
 from jobs.train import DEFAULT_PSEUDO_LABELS
 
 SPLITS = ["all", "val", "dev", "train"]
+EXIT_OUTPUT_BUSY = 75  # `streetblur run`: another run holds the output (EX_TEMPFAIL: try again later)
 SHARED_DATA = Path("../shared/datasets")  # the shared labelled sets, beside a checkout of this repository
 
 
@@ -249,12 +250,19 @@ def _add_run_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="redo inputs already done")
     p.add_argument("--retry-failed", action="store_true", help="redo inputs that failed before")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local Ray)")
-    p.add_argument("--actors", type=int, help="detector actors (default: as many as the cluster allows)")
+    p.add_argument(
+        "--actors",
+        type=int,
+        help="detector actors (default: as many as fit the cluster at the start, then more as it grows)",
+    )
     p.add_argument("--actor-cpus", type=float, default=JobOptions.actor_cpus, help="CPUs per detector actor")
     p.add_argument("--actor-gpus", type=float, default=JobOptions.actor_gpus, help="GPUs per detector actor")
     p.add_argument("--batch-size", type=int, default=JobOptions.batch_size, help="images per detector call")
     p.add_argument(
-        "--flush-rows", type=int, default=JobOptions.flush_rows, help="manifest rows per Parquet part"
+        "--flush-rows",
+        type=int,
+        default=JobOptions.flush_rows,
+        help="inputs to do per listing block; the rows of a block make one Parquet part of the manifest",
     )
     p.add_argument(
         "--verbose", action="store_true", help="Ray's own progress and logs instead of one progress line"
@@ -265,8 +273,10 @@ def _add_run_parser(p: argparse.ArgumentParser) -> None:
 
 def _run_job(args: argparse.Namespace) -> int:
     """Run the batch job; print its summary as one JSON line. Exit status 0 even when some inputs
-    failed: they are in the manifest, with their reasons."""
+    failed: they are in the manifest, with their reasons; `EXIT_OUTPUT_BUSY` if another run holds the
+    output."""
     from jobs.blur_job import JobOptions, run_job
+    from jobs.lease import LeaseHeld
 
     suffixes = tuple(f".{s.strip().lstrip('.').lower()}" for s in args.extensions.split(",") if s.strip())
     unsupported = set(suffixes) - set(FORMAT_BY_SUFFIX)
@@ -289,7 +299,12 @@ def _run_job(args: argparse.Namespace) -> int:
         config=config_from_args(args),
     )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    print(json.dumps(run_job(options, address=args.address)))
+    try:
+        summary = run_job(options, address=args.address)
+    except LeaseHeld as error:
+        print(f"streetblur: {error}", file=sys.stderr)
+        return EXIT_OUTPUT_BUSY
+    print(json.dumps(summary))
     return 0
 
 

@@ -1,27 +1,49 @@
-"""The job's audit manifest: one Parquet row per input and run, under `OUTPUT/_streetblur/`.
+"""The job's audit manifest under `OUTPUT/_streetblur/`, built to stay cheap at hundreds of millions of keys.
 
-  runs/RUN_ID/part-NNNNN.parquet  every input of that run, once: blurred, failed (with the reason) or
-                                  skipped (done by an earlier run with the same ETag and model);
-  runs/RUN_ID/summary.json        counts, images/s and wall time of the run (`jobs.blur_job`);
-  manifest.parquet                the current state: the latest blurred/failed row of every input
-                                  (latest by run id, which starts with the run's UTC start time).
+  runs/RUN_ID/part-BBBBBB.parquet    the blurred and failed rows of block B of the run's listing, sorted
+                                     by key. A listing streams in key order and its blocks follow one
+                                     another, so a run's parts, in order, are sorted too
+  runs/RUN_ID/skipped-NNNNNN.parquet the inputs the run skipped (done before, same ETag and model)
+  runs/RUN_ID/summary.json           counts, images/s and wall time of the run (`jobs.blur_job`)
+  manifest.json                      the index of the current state: its parts with their first and
+                                     last keys, and the runs compacted into it
+  manifest/GEN/part-NNNNNN.parquet   the current state: the latest blurred/failed row of every input
+                                     ever seen (latest by run id, which starts with the run's UTC start
+                                     time), sorted by key, in parts of at most `STATE_PART_ROWS` rows
 
-Columns: `MANIFEST_SCHEMA`. `ManifestWriter` writes a run's parts as rows come in;
-`read_manifest_rows` gives the current state from every run's parts; `consolidate_manifest` rewrites
-`manifest.parquet` at the end of a run.
+A run checks what it can skip by walking its sorted listing and the sorted state side by side
+(`StateCursor`), holding one state part at a time. At its end, `compact` merges the run's parts into a
+new generation of the state (a streaming merge of sorted parts), switches `manifest.json` to it, then
+deletes the old generation. Parts of a run that was killed before compacting are compacted by the
+next run before it starts (`uncompacted_runs`). One run at a time writes an output (`jobs.lease`).
+
+Columns: `MANIFEST_SCHEMA`. The state is a Parquet dataset: `pq.read_table` reads a generation's
+folder, and `read_manifest_rows` gives every latest row, including those of uncompacted runs.
 """
 
 from __future__ import annotations
 
+import heapq
 import io
+import json
+import uuid
+from bisect import bisect_left
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
+from itertools import groupby
+from operator import itemgetter
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.storage import Storage, StoredObject
+from jobs.storage import NotFound, Storage, StoredObject
 
 AUDIT_DIR = "_streetblur"
+INDEX_KEY = f"{AUDIT_DIR}/manifest.json"
+STATE_PART_ROWS = 100_000
+READ_AHEAD = 8  # parts read in parallel while merging
 BOX_TYPE = pa.struct([("class", pa.string()), ("score", pa.float32()), ("box", pa.list_(pa.float32(), 4))])
 MANIFEST_SCHEMA = pa.schema(
     [
@@ -64,69 +86,143 @@ def skipped_row(previous: dict, item: StoredObject, run_id: str) -> dict:
     }
 
 
-class ManifestWriter:
-    """Collects manifest rows and writes them as numbered Parquet parts of one run."""
-
-    def __init__(self, target: Storage, run_id: str, flush_rows: int) -> None:
-        self.target, self.run_id, self.flush_rows = target, run_id, flush_rows
-        self.pending: list[dict] = []
-        self.parts = 0
-        self.counts = {"blurred": 0, "failed": 0, "skipped": 0}
-
-    def add(self, rows: list[dict]) -> None:
-        for row in rows:
-            self.counts[row["status"]] += 1
-        self.pending += rows
-        if len(self.pending) >= self.flush_rows:
-            self.flush()
-
-    def flush(self) -> None:
-        if not self.pending:
-            return
-        table = pa.Table.from_pylist(self.pending, schema=MANIFEST_SCHEMA)
-        self.target.write(f"{AUDIT_DIR}/runs/{self.run_id}/part-{self.parts:05d}.parquet", _parquet(table))
-        self.parts += 1
-        self.pending = []
+def run_part_key(run_id: str, kind: str, number: int) -> str:
+    """Where part `number` of a run's `kind` ("part": done rows; "skipped") is stored."""
+    return f"{AUDIT_DIR}/runs/{run_id}/{kind}-{number:09d}.parquet"
 
 
-def _parquet(table: pa.Table) -> bytes:
+def write_rows(target: Storage, key: str, rows: list[dict]) -> None:
+    """Write `rows` (manifest rows) as one Parquet part at `key`, sorted by input key."""
+    table = pa.Table.from_pylist(sorted(rows, key=itemgetter("key")), schema=MANIFEST_SCHEMA)
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
-    return buffer.getvalue()
+    target.write(key, buffer.getvalue())
+
+
+def read_rows(target: Storage, key: str) -> list[dict]:
+    """The rows of one Parquet part."""
+    return pq.read_table(io.BytesIO(target.read(key)), schema=MANIFEST_SCHEMA).to_pylist()
+
+
+def read_index(target: Storage) -> dict:
+    """The state's index (`manifest.json`); an empty state if there is none yet."""
+    try:
+        return json.loads(target.read(INDEX_KEY))
+    except NotFound:
+        return {"generation": "", "rows": 0, "parts": [], "runs": []}
+
+
+def uncompacted_runs(target: Storage, index: dict) -> list[str]:
+    """The runs with parts that are not in the state yet (killed, or running now), oldest first."""
+    compacted = set(index["runs"])
+    return [run for run in target.folders(f"{AUDIT_DIR}/runs/") if run not in compacted]
+
+
+class StateCursor:
+    """The state's row of each key, for keys asked in increasing order: walks the sorted state parts,
+    reading only those whose key range can hold an asked key, one at a time."""
+
+    def __init__(self, target: Storage, index: dict) -> None:
+        self.target = target
+        self.parts = deque(index["parts"])
+        self.rows: list[dict] = []
+        self.position = 0
+
+    def seek(self, key: str) -> dict | None:
+        """The state's row of `key`, or None; `key` must not be below the last one asked."""
+        while not self.rows or self.rows[-1]["key"] < key:
+            while self.parts and self.parts[0]["last"] < key:
+                self.parts.popleft()
+            if not self.parts:
+                return None
+            self.rows, self.position = read_rows(self.target, self.parts.popleft()["key"]), 0
+        self.position = bisect_left(self.rows, key, lo=self.position, key=itemgetter("key"))
+        row = self.rows[self.position]
+        return row if row["key"] == key else None
+
+
+def compact(target: Storage, index: dict, run_ids: list[str]) -> dict:
+    """Merge the done rows of `run_ids` into the state of `index`; return the new index, now current.
+
+    A streaming merge: each source (the state, and each run's parts in order) is sorted by key, and
+    only a few parts of each are in memory at once. The latest row of a key wins (`_order`).
+    """
+    if not run_ids:
+        return index
+    run_parts = {run_id: _done_parts(target, run_id) for run_id in run_ids}
+    if not any(run_parts.values()):  # nothing done (all skipped): the state stays as it is
+        new_index = {**index, "runs": index["runs"] + run_ids}
+        target.write(INDEX_KEY, (json.dumps(new_index, indent=1) + "\n").encode())
+        return new_index
+    generation = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    sources = [_rows_of_parts(target, [p["key"] for p in index["parts"]])]
+    sources += [_run_rows(target, run_id, parts) for run_id, parts in run_parts.items()]
+    merged = heapq.merge(*sources, key=itemgetter("key"))
+    parts, batch = [], []
+    for _, rows in groupby(merged, key=itemgetter("key")):
+        batch.append(max(rows, key=_order))
+        if len(batch) == STATE_PART_ROWS:
+            parts.append(_write_state_part(target, generation, len(parts), batch))
+            batch = []
+    if batch:
+        parts.append(_write_state_part(target, generation, len(parts), batch))
+    new_index = {
+        "generation": generation,
+        "rows": sum(p["rows"] for p in parts),
+        "parts": parts,
+        "runs": index["runs"] + run_ids,
+    }
+    target.write(INDEX_KEY, (json.dumps(new_index, indent=1) + "\n").encode())  # the switch
+    for part in index["parts"]:
+        target.delete(part["key"])
+    return new_index
 
 
 def read_manifest_rows(target: Storage) -> list[dict]:
-    """The latest blurred/failed row of every input key, from every run's parts."""
-    latest = _merge_parts(target, f"{AUDIT_DIR}/runs/", {})
-    return [latest[key] for key in sorted(latest)]
-
-
-def _merge_parts(target: Storage, under: str, latest: dict[str, dict]) -> dict[str, dict]:
-    """`latest` updated with the blurred/failed rows of the Parquet parts under `under`.
-
-    Latest by (run id, finished at): run ids start with the run's UTC start time, so a later run wins
-    even if a worker's clock is behind; within a run, the later row.
-    """
-    for part in target.list((".parquet",), under=under):
-        for row in pq.read_table(io.BytesIO(target.read(part.key)), schema=MANIFEST_SCHEMA).to_pylist():
-            if row["status"] == "skipped":
-                continue
-            current = latest.get(row["key"])
-            if current is None or _order(row) >= _order(current):
-                latest[row["key"]] = row
-    return latest
+    """The latest blurred/failed row of every input key, sorted by key: the state merged with the parts
+    of runs not compacted into it yet. Holds every row in memory: for inspection and tests."""
+    index = read_index(target)
+    sources = [_rows_of_parts(target, [p["key"] for p in index["parts"]])]
+    sources += [_run_rows(target, run, _done_parts(target, run)) for run in uncompacted_runs(target, index)]
+    merged = heapq.merge(*sources, key=itemgetter("key"))
+    return [max(rows, key=_order) for _, rows in groupby(merged, key=itemgetter("key"))]
 
 
 def _order(row: dict) -> tuple:
+    """Latest by (run id, finished at): run ids start with the run's UTC start time, so a later run wins
+    even if a worker's clock is behind; within a run, the later row."""
     return row["run_id"], row["finished_at"]
 
 
-def consolidate_manifest(target: Storage, previous: dict[str, dict], run_id: str) -> None:
-    """Rewrite `_streetblur/manifest.parquet`: one row per input key, the latest done state.
+def _write_state_part(target: Storage, generation: str, number: int, rows: list[dict]) -> dict:
+    key = f"{AUDIT_DIR}/manifest/{generation}/part-{number:09d}.parquet"
+    write_rows(target, key, rows)
+    return {"key": key, "first": rows[0]["key"], "last": rows[-1]["key"], "rows": len(rows)}
 
-    `previous` is what `read_manifest_rows` gave at the start of run `run_id`; only that run's parts
-    are read again (one run at a time writes to an output).
-    """
-    latest = _merge_parts(target, f"{AUDIT_DIR}/runs/{run_id}/", dict(previous))
-    table = pa.Table.from_pylist([latest[key] for key in sorted(latest)], schema=MANIFEST_SCHEMA)
-    target.write(f"{AUDIT_DIR}/manifest.parquet", _parquet(table))
+
+def _done_parts(target: Storage, run_id: str) -> list[str]:
+    """The keys of run `run_id`'s parts of done rows, in order."""
+    listed = target.list((".parquet",), under=f"{AUDIT_DIR}/runs/{run_id}/")
+    return [o.key for o in listed if o.key.rsplit("/", 1)[-1].startswith("part-")]
+
+
+def _run_rows(target: Storage, run_id: str, parts: list[str]) -> Iterator[dict]:
+    """The rows of run `run_id`'s `parts`, checked to be in key order: `RuntimeError` if not."""
+    last = ""
+    for row in _rows_of_parts(target, parts):
+        if row["key"] <= last:
+            raise RuntimeError(f"the parts of run {run_id} are not in key order at {row['key']!r}")
+        last = row["key"]
+        yield row
+
+
+def _rows_of_parts(target: Storage, keys: Iterable[str]) -> Iterator[dict]:
+    """The rows of the parts `keys`, part after part, reading up to `READ_AHEAD` parts in parallel."""
+    with ThreadPoolExecutor(READ_AHEAD) as pool:
+        pending: deque = deque()
+        for key in keys:
+            pending.append(pool.submit(read_rows, target, key))
+            if len(pending) == READ_AHEAD:
+                yield from pending.popleft().result()
+        while pending:
+            yield from pending.popleft().result()

@@ -2,13 +2,15 @@
 
 S3 goes through boto3: endpoint, region and credentials come from the standard AWS environment
 and config files (so an instance role, `AWS_PROFILE` or MinIO keys all work), plus an optional
-`endpoint_url` for S3-compatible servers. Every call retries with botocore's `standard` retry mode.
+`endpoint_url` for S3-compatible servers. Every call is tried up to 8 times in botocore's `standard` retry
+mode (backoff, throttling errors included); a read whose body is cut midway is tried again too.
 A `Storage` holds only its URI and endpoint, so it pickles cheaply into Ray tasks; each process
 makes its own client on first use and keeps it.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ class StoredObject:
 
 
 _S3_CLIENTS: dict[str | None, object] = {}  # one client per endpoint, per process
+DOWNLOAD_ATTEMPTS = 4  # reads whose body is cut midway are tried again (botocore retries only the call)
 
 
 class NotFound(Exception):
@@ -83,12 +86,13 @@ class Storage:
             import boto3
             from botocore.config import Config
 
-            config = Config(retries={"mode": "standard", "max_attempts": 8}, max_pool_connections=32)
+            config = Config(retries={"mode": "standard", "total_max_attempts": 8}, max_pool_connections=32)
             _S3_CLIENTS[self.endpoint_url] = boto3.client("s3", endpoint_url=self.endpoint_url, config=config)
         return _S3_CLIENTS[self.endpoint_url]
 
     def list(self, suffixes: tuple[str, ...] = (), under: str = "") -> Iterator[StoredObject]:
-        """Every object (paginated on S3) whose key ends in one of `suffixes` (any case), by key."""
+        """Every object under `under` whose key ends in one of `suffixes` (any case), streamed in key
+        order (code point order, which is S3's UTF-8 byte order) and paginated on S3."""
 
         def wanted(key: str) -> bool:
             return not suffixes or key.lower().endswith(suffixes)
@@ -105,14 +109,25 @@ class Storage:
                     if wanted(key) and not key.endswith("/"):
                         yield StoredObject(key, item["Size"], item["ETag"].strip('"'))
             return
-        base = self.root / under
-        if not base.is_dir():
-            return
-        for path in sorted(base.rglob("*")):
+        for path in _walk_in_key_order(self.root / under):
             key = path.relative_to(self.root).as_posix()
-            if path.is_file() and wanted(key):
+            if wanted(key):
                 stat = path.stat()
                 yield StoredObject(key, stat.st_size, f"{stat.st_mtime_ns:x}-{stat.st_size:x}")
+
+    def folders(self, under: str) -> list[str]:
+        """The names of the "folders" right under `under` (S3: common prefixes), sorted."""
+        if self.is_s3:
+            pages = (
+                self.client()
+                .get_paginator("list_objects_v2")
+                .paginate(Bucket=self.bucket, Prefix=self.prefix + under, Delimiter="/")
+            )
+            start = len(self.prefix + under)
+            prefixes = [p["Prefix"] for page in pages for p in page.get("CommonPrefixes", [])]
+            return sorted(p[start:].rstrip("/") for p in prefixes)
+        base = self.root / under
+        return sorted(p.name for p in base.iterdir() if p.is_dir()) if base.is_dir() else []
 
     def stat(self, key: str) -> StoredObject:
         """Size and ETag of one object; `NotFound` if it does not exist, `InvalidKey` for an unsafe key."""
@@ -137,15 +152,37 @@ class Storage:
         """The object's bytes; `NotFound` if it does not exist."""
         check_key(key)
         if self.is_s3:
+            from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
+            from urllib3.exceptions import ProtocolError
+
             client = self.client()
-            try:
-                return client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
-            except client.exceptions.NoSuchKey:
-                raise NotFound(key) from None
+            for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+                try:
+                    return client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
+                except client.exceptions.NoSuchKey:
+                    raise NotFound(key) from None
+                # Cut while streaming the body: after botocore's retries, so ours.
+                except (IncompleteReadError, ReadTimeoutError, ResponseStreamingError, ProtocolError):
+                    if attempt == DOWNLOAD_ATTEMPTS:
+                        raise
         try:
             return (self.root / key).read_bytes()
         except FileNotFoundError:
             raise NotFound(key) from None
+
+    def delete(self, key: str) -> None:
+        """Delete the object if it exists (in a folder, with the subfolders it leaves empty, as on S3)."""
+        check_key(key)
+        if self.is_s3:
+            self.client().delete_object(Bucket=self.bucket, Key=self.prefix + key)
+            return
+        path = self.root / key
+        path.unlink(missing_ok=True)
+        for folder in path.relative_to(self.root).parents[:-1]:
+            try:
+                (self.root / folder).rmdir()
+            except OSError:  # not empty
+                return
 
     def write(self, key: str, data: bytes) -> None:
         """Store `data` under `key`, whole or not at all."""
@@ -154,3 +191,16 @@ class Storage:
             self.client().put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
         else:
             write_file_atomically(self.root / key, data)
+
+
+def _walk_in_key_order(folder: Path) -> Iterator[Path]:
+    """The files under `folder`, in the order of their keys: a folder's entries sorted by name, with a
+    subfolder's name read as "name/" (so "a-b" comes before "a/c", as their keys do)."""
+    if not folder.is_dir():
+        return
+    entries = sorted(os.scandir(folder), key=lambda e: e.name + "/" if e.is_dir() else e.name)
+    for entry in entries:
+        if entry.is_dir():
+            yield from _walk_in_key_order(Path(entry.path))
+        elif entry.is_file():
+            yield Path(entry.path)

@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to the shared labelled photos and one loaded default detector.
+"""Shared fixtures: paths to the shared labelled photos, one loaded default detector, a moto S3 server.
 
 The tests keep their model exports (detection/runtime.py) in a cache of their own, removed at exit,
 so they neither read nor fill the user's `~/.cache/streetblur`; Ray workers they start inherit it.
@@ -7,6 +7,7 @@ so they neither read nor fill the user's `~/.cache/streetblur`; Ray workers they
 import atexit
 import os
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 
@@ -19,6 +20,11 @@ from detection.detector import Detector
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 DATASETS = SHARED / "datasets"
 SAMPLES = SHARED / "samples"
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
 
 if "STREETBLUR_CACHE" not in os.environ:
     os.environ["STREETBLUR_CACHE"] = tempfile.mkdtemp(prefix="streetblur-test-cache-")
@@ -39,3 +45,33 @@ def dashcam_plate() -> tuple[np.ndarray, np.ndarray]:
     single = [im for im in load_dataset(DATASETS / "plates-dashcam") if len(im.boxes) == 1]
     image = min(single, key=lambda im: abs(im.boxes.xyxy[0, 2] - im.boxes.xyxy[0, 0] - 120))
     return cv2.imread(str(image.path)), image.boxes.xyxy[0]
+
+
+def free_port() -> int:
+    """A TCP port free on loopback now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    """A moto S3 server on loopback for the test module, with a bucket `photos` and the AWS test
+    credentials in the environment (Ray workers the module starts inherit them)."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    saved = {k: os.environ.get(k) for k in AWS_ENV}
+    os.environ.update(AWS_ENV)
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="photos")
+    yield endpoint
+    server.stop()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

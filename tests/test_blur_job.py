@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -15,49 +13,18 @@ from pathlib import Path
 import boto3
 import cv2
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from detection.detections import Detections
 from eval.datasets import load_split
 from jobs.blur_job import JobOptions, run_job
-from jobs.manifest import AUDIT_DIR
+from jobs.manifest import AUDIT_DIR, read_index, read_manifest_rows, uncompacted_runs
 from jobs.storage import Storage
-from tests.conftest import DATASETS, SAMPLES
+from tests.conftest import AWS_ENV, DATASETS, SAMPLES, free_port
 from tests.odd_inputs import odd_inputs
 
 REPO = Path(__file__).resolve().parents[1]
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 COMPARED = ["key", "output_key", "status", "error", "width", "height", "faces", "plates", "etag", "size"]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    """A moto S3 server on loopback for this module, with the AWS test credentials in the env."""
-    from moto.server import ThreadedMotoServer
-
-    saved = {k: os.environ.get(k) for k in AWS_ENV}
-    os.environ.update(AWS_ENV)
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    yield f"http://127.0.0.1:{port}"
-    server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +37,6 @@ def bucket(s3_endpoint) -> dict[str, tuple[bytes, str]]:
             inputs[f"{name}/{image.path.name}"] = (image.path.read_bytes(), "blurred")
     inputs |= odd_inputs()
     client = boto3.client("s3", endpoint_url=s3_endpoint)
-    client.create_bucket(Bucket="photos")
     for key, (data, _) in inputs.items():
         client.put_object(Bucket="photos", Key=f"raw/{key}", Body=data)
     client.put_object(Bucket="photos", Key="raw/notes.txt", Body=b"not an image suffix: ignored")
@@ -78,7 +44,9 @@ def bucket(s3_endpoint) -> dict[str, tuple[bytes, str]]:
 
 
 def manifest(storage: Storage) -> list[dict]:
-    return pq.read_table(io.BytesIO(storage.read(f"{AUDIT_DIR}/manifest.parquet"))).to_pylist()
+    """The compacted state of the output's manifest (every run compacted into it)."""
+    assert not uncompacted_runs(storage, read_index(storage))
+    return read_manifest_rows(storage)
 
 
 def job_args(endpoint: str, output: str) -> list[str]:
@@ -169,7 +137,7 @@ def test_killed_run_then_rerun_ends_like_an_uninterrupted_run(first_run, bucket,
         time.sleep(0.5)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
-    assert not any(o.key == f"{AUDIT_DIR}/manifest.parquet" for o in output.list())  # really cut short
+    assert not any(o.key == f"{AUDIT_DIR}/manifest.json" for o in output.list())  # really cut short
 
     rerun = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]

@@ -26,9 +26,19 @@ from PIL import Image
 import jobs.blur_job as blur_job
 from blurring.pipeline import Config
 from detection.detector import DEFAULT_MODEL, model_id
-from jobs.blur_job import BlurActor, JobOptions, check_locations, list_inputs, run_job
+from jobs.blur_job import INPUT_SUFFIXES, BlurActor, JobOptions, check_locations, run_job
 from jobs.cli import main
-from jobs.manifest import AUDIT_DIR, MANIFEST_SCHEMA, ManifestWriter, read_manifest_rows
+from jobs.listing import list_inputs
+from jobs.manifest import (
+    AUDIT_DIR,
+    MANIFEST_SCHEMA,
+    compact,
+    read_index,
+    read_manifest_rows,
+    run_part_key,
+    uncompacted_runs,
+    write_rows,
+)
 from jobs.storage import InvalidKey, Storage, check_key
 from tests.conftest import SAMPLES
 
@@ -60,8 +70,10 @@ def options(input_dir: Path, output_dir: Path, model: Path, **changes) -> JobOpt
 
 
 def manifest(output_dir: Path) -> dict[str, dict]:
-    rows = pq.read_table(output_dir / AUDIT_DIR / "manifest.parquet").to_pylist()
-    return {row["key"]: row for row in rows}
+    """The compacted state of the output's manifest, by key (every run compacted into it)."""
+    target = Storage(str(output_dir))
+    assert not uncompacted_runs(target, read_index(target))
+    return {row["key"]: row for row in read_manifest_rows(target)}
 
 
 def files_outside(root: Path, output_dir: Path) -> dict[str, tuple[int, int]]:
@@ -136,7 +148,8 @@ def test_resume_skips_only_unchanged_inputs_done_by_the_same_model(tmp_path, mod
     with pytest.raises(RuntimeError, match="lost the cluster"):
         run_job(options(source, output, model_a, flush_rows=100))
     monkeypatch.undo()
-    assert not (output / AUDIT_DIR / "manifest.parquet").exists()  # the run did not get that far
+    assert not (output / AUDIT_DIR / "manifest.json").exists()  # the run did not get that far
+    [killed] = uncompacted_runs(target, read_index(target))
     first = {row["key"]: row for row in read_manifest_rows(target)}
     assert {k: r["status"] for k, r in first.items()} == {
         "a.jpg": "blurred",
@@ -144,15 +157,17 @@ def test_resume_skips_only_unchanged_inputs_done_by_the_same_model(tmp_path, mod
         "bad.jpg": "failed",
     }
 
-    # 2. Nothing changed: all skipped (no Ray needed), and the summary says one of them had failed.
+    # 2. Nothing changed: the killed run's parts are compacted first, then all is skipped, and the
+    #    summary says one of them had failed.
     summary = run_job(options(source, output, model_a))
+    assert read_index(target)["runs"] == [killed, summary["run_id"]]
     assert (summary["blurred"], summary["failed"], summary["skipped"], summary["skipped_failed"]) == (
         0,
         0,
         3,
         1,
     )
-    parts = sorted((output / AUDIT_DIR / "runs" / summary["run_id"]).glob("part-*.parquet"))
+    parts = sorted((output / AUDIT_DIR / "runs" / summary["run_id"]).glob("skipped-*.parquet"))
     skipped_rows = pq.read_table(parts[0], schema=MANIFEST_SCHEMA).to_pylist()
     assert all(r["status"] == "skipped" and "same ETag and model" in r["error"] for r in skipped_rows)
 
@@ -221,12 +236,13 @@ def test_latest_row_is_that_of_the_latest_run_even_if_its_clock_was_behind(tmp_p
         ("20250102T000000Z-bbbbbb", now - timedelta(hours=1), "blurred"),  # later run, clock behind
         ("20250101T230000Z-aaaaaa", now, "failed"),
     ):
-        writer = ManifestWriter(target, run_id, flush_rows=100)
         row = dict.fromkeys(MANIFEST_SCHEMA.names)
-        writer.add([{**row, "key": "a.jpg", "status": status, "run_id": run_id, "finished_at": finished_at}])
-        writer.flush()
+        row |= {"key": "a.jpg", "status": status, "run_id": run_id, "finished_at": finished_at}
+        write_rows(target, run_part_key(run_id, "part", 0), [row])
     [latest] = read_manifest_rows(target)
     assert (latest["run_id"], latest["status"]) == ("20250102T000000Z-bbbbbb", "blurred")
+    compact(target, read_index(target), uncompacted_runs(target, read_index(target)))
+    assert read_manifest_rows(target) == [latest]
 
 
 def test_an_image_that_crashes_the_batch_fails_alone(detector, monkeypatch):
@@ -250,6 +266,8 @@ def test_an_image_that_crashes_the_batch_fails_alone(detector, monkeypatch):
         "format": ["JPEG", "JPEG", ""],
         "error": ["", "", "input not found"],
         "read_ms": [1.0, 1.0, 1.0],
+        "block": [0, 0, 0],
+        "block_todo": [3, 3, 3],
     }
     result = actor(batch)
     assert result["status"] == ["blurred", "failed", "failed"]
@@ -276,9 +294,10 @@ def test_only_formats_the_job_can_write_back_are_listed_and_others_are_refused(t
     photo = Image.open(SAMPLES / "crowd_0.jpg")
     for name in ("a.jpg", "b.JPEG", "sub/c.png", "d.webp", "e.tif", "f.bmp", "g.gif"):
         photo.save(source / name)
+    photo.save(source / "sub-x.png")  # its key comes before "sub/c.png": '-' < '/'
     (source / "notes.txt").write_text("not a photo\n")
-    listed = [o.key for o in list_inputs(Storage(str(source)), JobOptions(str(source), str(tmp_path / "o")))]
-    assert listed == ["a.jpg", "b.JPEG", "d.webp", "sub/c.png"]
+    listed = [o.key for o in list_inputs(Storage(str(source)), INPUT_SUFFIXES, keys=None)]
+    assert listed == ["a.jpg", "b.JPEG", "d.webp", "sub-x.png", "sub/c.png"]  # in key order, as on S3
     assert (
         main(["run", "--input", str(source), "--output", str(tmp_path / "out"), "--extensions", "jpg,tif"])
         == 2
