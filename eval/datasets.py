@@ -34,6 +34,7 @@ from PIL import Image
 from detection.detections import CLASS_NAMES, Detections, canonical_class
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+LABEL_FIXES_DIR = Path(__file__).with_name("label_fixes")  # label overlays of the shared sets: SET.json
 VAL_FRACTION = 0.15
 
 
@@ -102,9 +103,13 @@ def dataset_settings(
 
 
 def load_dataset(
-    root: str | Path, format: str | None = None, class_map: dict[str, str] | None = None
+    root: str | Path,
+    format: str | None = None,
+    class_map: dict[str, str] | None = None,
+    raw_labels: bool = False,
 ) -> list[LabelledImage]:
-    """Every labelled image under `root`, sorted by file name.
+    """Every labelled image under `root`, sorted by file name, with the boxes of its label overlay
+    (`with_label_fixes`) unless `raw_labels`.
 
     `format` and `class_map` default to the shared set's spec when `root` is one of them, else
     the format is detected and class names go through the default aliases. Boxes are clipped to
@@ -115,8 +120,35 @@ def load_dataset(
     format, class_map = dataset_settings(root, format, class_map)
     loader = {"coco": _load_coco, "yolo": _load_yolo, "voc": _load_voc}[format]
     images = loader(root, lambda name: canonical_class(name, class_map))
+    if not raw_labels:
+        images = with_label_fixes(images, root)
     images = [replace(im, boxes=im.boxes.clipped(im.width, im.height)) for im in images]
     return sorted(images, key=lambda im: im.path.name)
+
+
+def with_label_fixes(
+    images: list[LabelledImage], root: Path, fixes_dir: Path = LABEL_FIXES_DIR
+) -> list[LabelledImage]:
+    """`images` of the set at `root` with the boxes its overlay `fixes_dir/NAME.json` adds, if any.
+
+    The overlay, written after a label audit (`eval.audit`): `{"added": [{"image": PATH relative to
+    root, "class": "face" or "plate", "box": [x1, y1, x2, y2], "reason": "..."}]}`. Original labels
+    are never removed. `ValueError` for an entry whose image is not in the set (a stale overlay).
+    """
+    path = fixes_dir / f"{root.name}.json"
+    if not path.exists():
+        return images
+    added: dict[str, list] = defaultdict(list)
+    for entry in json.loads(path.read_text())["added"]:
+        added[entry["image"]].append((canonical_class(entry["class"]), entry["box"]))
+    keys = {im.path.relative_to(root).as_posix() for im in images}
+    stale = sorted(set(added) - keys)
+    if stale:
+        raise ValueError(f"{path}: {len(stale)} added boxes name images not in {root}, e.g. {stale[0]}")
+    return [
+        replace(im, boxes=Detections.concat([im.boxes, _boxes(added[key])])) if key in added else im
+        for im, key in ((im, im.path.relative_to(root).as_posix()) for im in images)
+    ]
 
 
 def _boxes(rows: list[tuple[str | None, list[float]]]) -> Detections:
@@ -275,17 +307,23 @@ def load_split(root: str | Path, part: str) -> list[LabelledImage]:
 
 
 def select_images(
-    data: Path, format: str | None, class_map: str | None, split: str, limit: int | None
+    data: Path,
+    format: str | None,
+    class_map: str | None,
+    split: str,
+    limit: int | None,
+    raw_labels: bool = False,
 ) -> tuple[list[LabelledImage], dict[str, object]]:
     """The labelled images of `data` that the options select (`split`: all, or a part of a shared set;
-    the first `limit` by file name), and their description for a report."""
+    the first `limit` by file name; `raw_labels`: without the label overlay), and their description
+    for a report."""
     if not data.is_dir():
         raise FileNotFoundError(f"{data}: no such folder")
     spec = SHARED_DATASETS.get(data.name)
     label_format, class_map_used = dataset_settings(
         data, format, parse_class_map(class_map) if class_map else None
     )
-    images = load_dataset(data, label_format, class_map_used)
+    images = load_dataset(data, label_format, class_map_used, raw_labels)
     if split != "all":
         if spec is None:
             raise ValueError(
@@ -296,5 +334,7 @@ def select_images(
         if limit < 1:
             raise ValueError(f"--limit must be at least 1, got {limit}")
         images = images[:limit]
+    corrected = not raw_labels and (LABEL_FIXES_DIR / f"{data.name}.json").exists()
     dataset = {"root": str(data), "format": label_format, "split": split, "class_map": class_map_used}
+    dataset["labels"] = "corrected (eval/label_fixes)" if corrected else "raw"
     return images, dataset

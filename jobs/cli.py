@@ -1,5 +1,5 @@
-"""`streetblur` command line: `blur` photos, `run` the batch job, `eval` or `calibrate` a model, `train`
-or `quantize` one.
+"""`streetblur` command line: `blur` photos, `run` the batch job, `eval` or `calibrate` a model, `audit`
+a labelled set, `train` or `quantize` a model.
 
 The one place that wires the packages together. Every command that runs the detector takes the same
 `--config FILE.yaml`, `--set SECTION.OPTION=VALUE`, `--model`, `--device` (and, but for `calibrate`,
@@ -62,6 +62,15 @@ def build_parser() -> argparse.ArgumentParser:
             "the budget allows. Use the dev splits of the shared sets, or labelled photos of your own.",
         )
     )
+    _add_audit_parser(
+        commands.add_parser(
+            "audit",
+            help="contact sheets of the detections that overlap no label, to find missing labels",
+            description="Run the model at a low threshold over a labelled set and write the detections "
+            "that overlap no label (candidates.json) and numbered contact sheets of them, to judge by "
+            "eye and record in the set's label overlay (eval/label_fixes/SET.json).",
+        )
+    )
     _add_train_parser(commands.add_parser("train", help="train the face+plate model on labelled sets"))
     _add_quantize_parser(
         commands.add_parser(
@@ -94,6 +103,15 @@ def add_config_options(p: argparse.ArgumentParser, models_help: str, thresholds:
         default=[],
         metavar="SECTION.OPTION=VALUE",
         help="any option, e.g. --set detect.imgsz=960 --set blur.feather=0",
+    )
+
+
+def add_raw_labels_option(p: argparse.ArgumentParser) -> None:
+    """`--raw-labels`: a shared set's labels as published, without its overlay (eval/label_fixes)."""
+    p.add_argument(
+        "--raw-labels",
+        action="store_true",
+        help="the set's labels as published, without the boxes its label audit added (eval/label_fixes/)",
     )
 
 
@@ -330,6 +348,7 @@ def _add_eval_parser(p: argparse.ArgumentParser) -> None:
         "choosing settings (default: all)",
     )
     p.add_argument("--limit", type=int, metavar="N", help="only the first N images, by file name")
+    add_raw_labels_option(p)
     add_config_options(
         p,
         "weights, or a baseline (centerface, retinaface, ...-x2), to evaluate; several give one "
@@ -362,7 +381,9 @@ def _run_eval(args: argparse.Namespace) -> int:
         dataclasses.replace(config, detect=dataclasses.replace(config.detect, models=(m,)))
         for m in args.models or []
     ]
-    images, dataset = select_images(args.data, args.format, args.class_map, args.split, args.limit)
+    images, dataset = select_images(
+        args.data, args.format, args.class_map, args.split, args.limit, args.raw_labels
+    )
     scan, inference = (None, "in-process")
     if ray is not None:
         from jobs.ray_pool import ray_scan
@@ -412,6 +433,7 @@ def _add_calibrate_parser(p: argparse.ArgumentParser) -> None:
         help="part of each shared set (default: dev for the shared sets, all of any other set)",
     )
     p.add_argument("--max-false-blurs", type=float, default=0.3, help="per image and class (default: 0.3)")
+    add_raw_labels_option(p)
     add_config_options(
         p,
         "weights or baseline names, combined into one detector (default: the configured model)",
@@ -428,7 +450,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     sets = []
     for root in args.data:
         split = args.split or ("dev" if root.name in SHARED_DATASETS else "all")
-        images, _ = select_images(root, None, None, split, None)
+        images, _ = select_images(root, None, None, split, None, args.raw_labels)
         sets.append(images)
     results = calibrate(sets, config, args.max_false_blurs)
     text = markdown(results, args.max_false_blurs)
@@ -444,6 +466,40 @@ def _run_calibrate(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return 1 if over else 0
+
+
+# ---------------------------------------------------------------- streetblur audit
+
+
+def _add_audit_parser(p: argparse.ArgumentParser) -> None:
+    from eval.audit import AUDIT_THRESHOLD
+
+    p.add_argument("--data", type=Path, required=True, help="labelled set folder")
+    p.add_argument("--split", choices=SPLITS, default="dev", help="part of a shared set (default: dev)")
+    p.add_argument("--limit", type=int, metavar="N", help="only the first N images, by file name")
+    add_raw_labels_option(p)
+    p.add_argument(
+        "--audit-threshold",
+        type=float,
+        default=AUDIT_THRESHOLD,
+        help=f"score threshold of every class (default: {AUDIT_THRESHOLD})",
+    )
+    add_config_options(p, "weights to audit with (default: the configured model)", thresholds=False)
+    p.add_argument("--out", type=Path, required=True, help="folder for candidates.json and sheet-NNN.png")
+    p.set_defaults(run=_run_audit)
+
+
+def _run_audit(args: argparse.Namespace) -> int:
+    from eval.audit import describe, find_candidates, write_audit
+
+    config = config_from_args(args)
+    images, dataset = select_images(args.data, None, None, args.split, args.limit, args.raw_labels)
+    candidates = find_candidates(images, config, args.audit_threshold)
+    files = write_audit(candidates, args.data, args.out, describe(config, args.audit_threshold, dataset))
+    counts = {name: sum(c["class"] == name for c in candidates) for name in CLASS_NAMES}
+    sheets = len(files) - 1
+    print(f"{len(candidates)} candidates in {len(images)} images {counts}; {sheets} sheets in {args.out}")
+    return 0
 
 
 # ---------------------------------------------------------------- streetblur train

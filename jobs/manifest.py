@@ -42,8 +42,8 @@ from jobs.storage import NotFound, Storage, StoredObject
 
 AUDIT_DIR = "_streetblur"
 INDEX_KEY = f"{AUDIT_DIR}/manifest.json"
-STATE_PART_ROWS = 100_000
-READ_AHEAD = 8  # parts read in parallel while merging
+STATE_PART_ROWS = 20_000
+READ_AHEAD = 4  # parts read in parallel while merging (each source)
 BOX_TYPE = pa.struct([("class", pa.string()), ("score", pa.float32()), ("box", pa.list_(pa.float32(), 4))])
 MANIFEST_SCHEMA = pa.schema(
     [

@@ -7,7 +7,14 @@ import pytest
 from PIL import Image
 
 from detection.detections import Detections
-from eval.datasets import SHARED_DATASETS, load_dataset, load_split, parse_class_map, write_yolo_example
+from eval.datasets import (
+    SHARED_DATASETS,
+    load_dataset,
+    load_split,
+    parse_class_map,
+    with_label_fixes,
+    write_yolo_example,
+)
 from tests.conftest import DATASETS
 
 # Images and boxes per set, from its README (street-faces-plates: 2572 + 1531 + 665 + 267 boxes)
@@ -21,7 +28,7 @@ SHARED_COUNTS = {
 
 @pytest.mark.parametrize("name", sorted(SHARED_COUNTS))
 def test_shared_sets_load_whole_and_inside_their_images(name):
-    images = load_dataset(DATASETS / name)
+    images = load_dataset(DATASETS / name, raw_labels=True)  # as published
     n_images, n_boxes = SHARED_COUNTS[name]
     assert len(images) == n_images
     assert sum(len(im.boxes) for im in images) == n_boxes
@@ -157,3 +164,24 @@ def test_written_yolo_labels_read_back_as_the_same_boxes(tmp_path, name):
         assert (read.width, read.height) == (written.width, written.height)
         np.testing.assert_array_equal(read.boxes.class_id, written.boxes.class_id)
         np.testing.assert_allclose(read.boxes.xyxy, written.boxes.xyxy, atol=0.01)
+
+
+def test_a_label_overlay_adds_its_boxes_and_raw_labels_leave_them_out(tmp_path):
+    root = tmp_path / "faces-crowd"  # its labels; the overlay names images by their path in the set
+    (root / "images").mkdir(parents=True)
+    (root / "annotations.json").write_bytes((DATASETS / "faces-crowd" / "annotations.json").read_bytes())
+    raw = {im.path.name: im for im in load_dataset(root, raw_labels=True)}
+    name = sorted(raw)[0]
+    fixes = tmp_path / "fixes"
+    fixes.mkdir()
+    added = [{"image": f"images/{name}", "class": "face", "box": [1, 2, 11, 12], "reason": "unlabelled"}]
+    (fixes / "faces-crowd.json").write_text(json.dumps({"added": added}))
+    fixed = {im.path.name: im for im in with_label_fixes(list(raw.values()), root, fixes)}
+    assert len(fixed[name].boxes) == len(raw[name].boxes) + 1
+    np.testing.assert_array_equal(fixed[name].boxes.xyxy[-1], [1, 2, 11, 12])
+    assert fixed[name].boxes.class_names[-1] == "face"
+    assert all(len(fixed[k].boxes) == len(raw[k].boxes) for k in raw if k != name)
+    added[0]["image"] = "images/not-in-the-set.png"
+    (fixes / "faces-crowd.json").write_text(json.dumps({"added": added}))
+    with pytest.raises(ValueError, match="not in"):
+        with_label_fixes(list(raw.values()), root, fixes)

@@ -1,0 +1,115 @@
+"""Label audit: the detections that overlap no label, on contact sheets for a person to judge.
+
+The shared sets leave real faces and plates unlabelled, and each one the detector finds counts as a
+false blur. `streetblur audit --data SET --split dev --out DIR` runs the deployed pipeline with every
+threshold lowered to `AUDIT_THRESHOLD` over the images and keeps each detection that overlaps no
+label: a false blur by `eval.metrics.overlaps_nothing`, or a label the set is missing. It writes
+
+  DIR/candidates.json  the candidates, most confident first: number, image (relative to the set),
+                       class, score, box; and the set, split, model and threshold
+  DIR/sheet-NNN.png    contact sheets of `SHEET_COLUMNS` x `SHEET_ROWS` numbered crops: each box in
+                       red, with its own size again of context on every side
+
+A person then judges every crop and records the real faces and plates in the set's label overlay
+(`eval/label_fixes/SET.json`, see `eval.label_fixes`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+from tqdm import tqdm
+
+from blurring.image_io import write_file_atomically
+from blurring.pipeline import Config
+from detection.detections import CLASS_NAMES
+from detection.detector import Detector, model_id, plan_models
+from eval.datasets import LabelledImage
+from eval.evaluate import read_pixels
+from eval.metrics import overlaps_nothing
+
+AUDIT_THRESHOLD = 0.1
+SHEET_COLUMNS, SHEET_ROWS = 6, 5
+TILE = 200  # pixels per crop on a sheet, caption included
+CAPTION = 22
+FONT = cv2.FONT_HERSHEY_SIMPLEX  # OpenCV's own: nothing to download
+
+
+def find_candidates(
+    images: list[LabelledImage], config: Config, threshold: float = AUDIT_THRESHOLD, progress: bool = True
+) -> list[dict]:
+    """The detections at `threshold` that overlap no label, most confident first, numbered from 1."""
+    thresholds = dict.fromkeys(CLASS_NAMES, threshold)
+    detector = Detector(dataclasses.replace(config.detect, thresholds=thresholds), require_every_class=False)
+    candidates = []
+    for image in tqdm(images, desc="audit", unit="image", disable=not progress, file=sys.stderr):
+        found = detector.detect(read_pixels(image, config.max_pixels))
+        unlabelled = found[overlaps_nothing(found, image.boxes)]
+        candidates += [{"image": image, **record} for record in unlabelled.to_records()]
+    candidates.sort(key=lambda c: -c["score"])
+    return [{"number": n, **c} for n, c in enumerate(candidates, 1)]
+
+
+def write_audit(candidates: list[dict], root: Path, out: Path, about: dict) -> list[Path]:
+    """`candidates.json` and the contact sheets under `out`; the files written."""
+    out.mkdir(parents=True, exist_ok=True)
+    records = [c | {"image": c["image"].path.relative_to(root).as_posix()} for c in candidates]
+    listing = out / "candidates.json"
+    write_file_atomically(listing, (json.dumps({**about, "candidates": records}, indent=1) + "\n").encode())
+    per_sheet = SHEET_COLUMNS * SHEET_ROWS
+    sheets = []
+    for start in range(0, len(candidates), per_sheet):
+        sheet = contact_sheet(candidates[start : start + per_sheet])
+        path = out / f"sheet-{start // per_sheet + 1:03d}.png"  # lossless: the pixels as the model saw them
+        write_file_atomically(path, cv2.imencode(".png", sheet)[1].tobytes())
+        sheets.append(path)
+    return [listing, *sheets]
+
+
+def contact_sheet(candidates: list[dict]) -> np.ndarray:
+    """One sheet: each candidate's crop with context, its box in red, captioned "number class score"."""
+    sheet = np.full((SHEET_ROWS * TILE, SHEET_COLUMNS * TILE, 3), 255, np.uint8)
+    pixels: dict[Path, np.ndarray] = {}
+    for slot, candidate in enumerate(candidates):
+        image = candidate["image"]
+        if image.path not in pixels:
+            pixels[image.path] = read_pixels(image, image.width * image.height)
+        tile = crop_with_context(pixels[image.path], candidate["box"], TILE, TILE - CAPTION)
+        top, left = (slot // SHEET_COLUMNS) * TILE, (slot % SHEET_COLUMNS) * TILE
+        sheet[top + CAPTION : top + TILE, left : left + TILE] = tile
+        caption = f"{candidate['number']} {candidate['class']} {candidate['score']:.2f}"
+        cv2.putText(sheet, caption, (left + 4, top + 16), FONT, 0.5, (0, 0, 0), 1, cv2.LINE_AA)
+    return sheet
+
+
+def crop_with_context(pixels: np.ndarray, box: list[float], width: int, height: int) -> np.ndarray:
+    """The box with its own size of context on every side (at least 24 px), scaled to fit
+    `width` x `height` on white, the box drawn in red."""
+    x1, y1, x2, y2 = box
+    pad_x, pad_y = max(x2 - x1, 24), max(y2 - y1, 24)
+    left, top = int(max(0, x1 - pad_x)), int(max(0, y1 - pad_y))
+    right, bottom = int(min(pixels.shape[1], x2 + pad_x)), int(min(pixels.shape[0], y2 + pad_y))
+    crop = pixels[top:bottom, left:right]
+    scale = min(width / crop.shape[1], height / crop.shape[0])
+    size = (max(1, round(crop.shape[1] * scale)), max(1, round(crop.shape[0] * scale)))
+    crop = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
+    corner = (round((x1 - left) * scale), round((y1 - top) * scale))
+    far = (round((x2 - left) * scale), round((y2 - top) * scale))
+    cv2.rectangle(crop, corner, far, (0, 0, 255), 2)
+    tile = np.full((height, width, 3), 255, np.uint8)
+    tile[: crop.shape[0], : crop.shape[1]] = crop
+    return tile
+
+
+def describe(config: Config, threshold: float, dataset: dict) -> dict:
+    """What an audit ran on, for `candidates.json`."""
+    return {
+        "dataset": dataset,
+        "model_id": model_id(plan_models(config.detect, config.detect.device)[2]),
+        "threshold": threshold,
+    }
