@@ -257,3 +257,41 @@ def test_the_run_command_prints_progress_lines_and_a_summary_not_rays_own_output
     assert "progress: 2/2 done, 0 failed" in done.stderr  # no terminal here: log lines, not a bar
     for ray_output in ("Started a local Ray instance", "Execution plan", "logging_progress", "Progress bars"):
         assert ray_output not in done.stderr
+
+
+def test_without_actors_the_job_waits_on_an_empty_cluster_and_runs_once_a_node_joins(tmp_path):
+    """An autoscaling cluster starts with no worker: the detector pool waits for CPUs, then grows."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # loopback only
+    ray = str(Path(sys.executable).with_name("ray"))
+    gcs = f"127.0.0.1:{free_port()}"
+
+    def start_node(*args: str) -> subprocess.Popen:
+        command = [ray, "start", "--block", "--node-ip-address=127.0.0.1", "--disable-usage-stats", *args]
+        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        return subprocess.Popen(command, env=env, start_new_session=True, **quiet)
+
+    nodes = [start_node("--head", f"--port={gcs.split(':')[1]}", "--num-cpus=0", "--include-dashboard=false")]
+    try:
+        deadline = time.monotonic() + 120
+        while subprocess.run([ray, "status", "--address", gcs], env=env, capture_output=True).returncode:
+            assert time.monotonic() < deadline, "the Ray head did not start"
+            time.sleep(2)
+        source, output = tmp_path / "in", tmp_path / "out"
+        source.mkdir()
+        for name in ("crowd_0.jpg", "crowd_1.jpg", "dashcam_0.jpg", "dashcam_1.jpg"):
+            (source / name).write_bytes((SAMPLES / name).read_bytes())
+        command = [sys.executable, "-m", "jobs.cli", "run", "--address", gcs]
+        command += ["--input", str(source), "--output", str(output)]
+        pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+        job = subprocess.Popen(command, cwd=REPO, env=env, **pipes)
+        time.sleep(20)  # started, and found no CPU for a detector actor
+        assert job.poll() is None and not list(output.glob("*.jpg"))
+        nodes.append(start_node(f"--address={gcs}", "--num-cpus=2"))
+        stdout, stderr = job.communicate(timeout=600)
+        assert job.returncode == 0, stderr[-3000:]
+        summary = json.loads(stdout.strip().splitlines()[-1])
+        assert (summary["blurred"], summary["failed"], summary["actors"]) == (4, 0, "autoscaling")
+    finally:
+        for node in reversed(nodes):
+            os.killpg(node.pid, signal.SIGTERM)
+            node.wait(timeout=120)
