@@ -3,18 +3,21 @@
     python -m jobs.blur_job --input s3://bucket/raw --output s3://bucket/blurred   # ray job submit
     streetblur run --input DIR_OR_URI --output DIR_OR_URI [--address ADDR]        # local Ray if none
 
-Stages (Ray Data, streaming, so memory stays bounded whatever the bucket size):
-  listing (driver)  ->  read bytes (tasks, fractional CPU)  ->  decode, detect (tiled, batched),
-  blur, encode (a pool of detector actors, models loaded once each)  ->  write output (tasks)
-  ->  manifest rows, flushed by the driver as Parquet parts every few dozen images.
+Stages (Ray Data, streaming in small blocks, so memory stays bounded whatever the bucket size and
+the first images start while the listing goes on):
+  listing (one Ray task, `jobs.listing`: key order, skips what is done)  ->  read bytes (an actor
+  pool, fractional CPU)  ->  decode, detect (tiled, batched), blur, encode (a pool of detector
+  actors, models loaded once each; without `actors`, it grows with the cluster)  ->  write output
+  (an actor pool)  ->  manifest rows, written by the driver as one Parquet part per listing block.
 
 Under the output root, `_streetblur/` holds the audit trail (see `jobs.manifest`): per run, its
-manifest rows as Parquet parts and `summary.json`; `manifest.parquet`, the latest row of every input.
-A re-run skips an input only when its manifest row has the same ETag and the same model id (the
-detector weights' hashes): other weights redo everything. Blur and other config changes are NOT
-tracked: use `--overwrite` after changing them. `--retry-failed` redoes the inputs that failed.
-A run killed midway keeps the parts it flushed; the next run does the rest. A run whose pipeline
-raises flushes the rows it finished, then raises.
+manifest rows as Parquet parts and `summary.json`; `manifest.json`, the index of the current state
+(the latest row of every input), which each run compacts its parts into at its end. One run at a
+time writes an output (`jobs.lease`). A re-run skips an input only when its manifest row has the
+same ETag and the same model id (the detector weights' hashes): other weights redo everything. Blur
+and other config changes are NOT tracked: use `--overwrite` after changing them. `--retry-failed`
+redoes the inputs that failed. A run killed midway keeps the parts it wrote; the next run compacts
+them first, then does the rest. A run whose pipeline raises writes the rows it finished, then raises.
 
 One bad input never stops the job: an unsafe key (empty, absolute, with `..`), an unsupported
 extension, a missing or unreadable object, an undecodable image all become failed rows with the
@@ -70,7 +73,7 @@ class JobOptions:
     suffixes: tuple[str, ...] = INPUT_SUFFIXES
     overwrite: bool = False  # redo inputs already done
     retry_failed: bool = False  # redo inputs that failed before
-    actors: int | None = None  # detector actors; None: as many as the cluster's CPUs allow
+    actors: int | None = None  # detector actors; None: as many as fit now, then more as the cluster grows
     actor_cpus: float = ACTOR_CPUS  # below 1 on purpose: leaves room for the read/write tasks
     actor_gpus: float = 0.0
     io_cpus: float = IO_CPUS  # CPUs per read/write task: small, so actors do not starve them
