@@ -17,7 +17,7 @@ from tests.conftest import DATASETS
 def test_audit_lists_each_detection_that_overlaps_no_label_and_draws_it_numbered(capsys, tmp_path):
     root = DATASETS / "faces-crowd"
     out = tmp_path / "audit"
-    assert main(["audit", "--data", str(root), "--limit", "12", "--raw-labels", "--out", str(out)]) == 0
+    assert main(["audit", "--data", str(root), "--limit", "12", "--out", str(out)]) == 0  # corrected labels
     assert "candidates in 12 images" in capsys.readouterr().out
     audit = json.loads((out / "candidates.json").read_text())
     candidates = audit["candidates"]

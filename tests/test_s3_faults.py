@@ -1,8 +1,10 @@
 """The batch job against an S3 that misbehaves: moto behind `tests.s3_fault_proxy.FaultProxy`, which
-answers some requests with 500/503/SlowDown, drops some uploads midway and delays some replies.
+answers some requests with 500/503/SlowDown, drops some uploads midway, cuts some downloads midway,
+loses some replies after the server acted, and delays some replies.
 
-botocore's retries (standard mode, 8 attempts: `jobs.storage`) must ride these out: every input
-ends with its right status, once, and nothing unblurred or partial is ever published.
+`jobs.storage`'s retries (botocore's standard mode, 8 attempts; 4 tries of a cut download) and the
+lease's read-back must ride these out: every input ends with its right status, once, and nothing
+unblurred or partial is ever published.
 """
 
 from __future__ import annotations
