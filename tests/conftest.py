@@ -9,6 +9,7 @@ import os
 import shutil
 import socket
 import tempfile
+import urllib.request
 from pathlib import Path
 
 import cv2
@@ -56,8 +57,8 @@ def free_port() -> int:
 
 @pytest.fixture(scope="module")
 def s3_endpoint():
-    """A moto S3 server on loopback for the test module, with a bucket `photos` and the AWS test
-    credentials in the environment (Ray workers the module starts inherit them)."""
+    """A moto S3 server on loopback for the test module, empty but for a bucket `photos`, with the AWS
+    test credentials in the environment (Ray workers the module starts inherit them)."""
     import boto3
     from moto.server import ThreadedMotoServer
 
@@ -67,6 +68,8 @@ def s3_endpoint():
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
     server.start()
     endpoint = f"http://127.0.0.1:{port}"
+    # moto's state lives in this process, shared by every server: start each module empty.
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST")).close()
     boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="photos")
     yield endpoint
     server.stop()
