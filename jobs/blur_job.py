@@ -52,7 +52,7 @@ from jobs.manifest import (
     uncompacted_runs,
     write_rows,
 )
-from jobs.ray_pool import ACTOR_CPUS, BATCH_SIZE, IO_CPUS, pool_size, start_ray
+from jobs.ray_pool import ACTOR_CPUS, BATCH_SIZE, IO_CPUS, start_ray, with_actor_pool
 from jobs.storage import InvalidKey, NotFound, Storage, check_key
 
 log = logging.getLogger("streetblur.job")
@@ -215,13 +215,15 @@ def run_pipeline(
     dataset = dataset.map(
         _ReadStage, fn_constructor_args=(source,), compute=io_pool, num_cpus=options.io_cpus
     )
-    dataset = dataset.map_batches(
+    dataset = with_actor_pool(
+        dataset,
         BlurActor,
-        fn_constructor_kwargs={"config": options.config},
-        compute=detector_pool(options),
-        batch_size=options.batch_size,
-        num_cpus=options.actor_cpus,
-        num_gpus=options.actor_gpus,
+        {"config": options.config},
+        options.actors,
+        options.batch_size,
+        options.actor_cpus,
+        options.actor_gpus,
+        options.io_cpus,
     )
     dataset = dataset.map(
         _WriteStage, fn_constructor_args=(target, run_id), compute=io_pool, num_cpus=options.io_cpus
@@ -243,16 +245,6 @@ def run_pipeline(
     counts = ray.get(tally.get.remote())
     _log_progress(parts.counts, counts, time.perf_counter() - started)
     return counts
-
-
-def detector_pool(options: JobOptions):
-    """`options.actors` detector actors; None: as many as fit the cluster now, growing as it grows."""
-    import ray
-
-    if options.actors:
-        return ray.data.ActorPoolStrategy(size=options.actors)
-    fit = pool_size(options.actor_cpus, options.actor_gpus, options.io_cpus)
-    return ray.data.ActorPoolStrategy(min_size=1, max_size=None, initial_size=fit)
 
 
 def _log_progress(done_counts: dict, listing: dict, seconds: float) -> None:

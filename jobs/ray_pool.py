@@ -66,21 +66,28 @@ def with_actor_pool(
     dataset,
     actor: type,
     constructor_kwargs: dict,
-    actors: int,
+    actors: int | None,
     batch_size: int,
     actor_cpus: float,
     actor_gpus: float,
+    io_cpus: float = IO_CPUS,
 ):
     """`dataset` mapped in batches by a pool of `actors` instances of `actor`, each built once.
 
-    Ray Data restarts a dead actor and retries its batch (`max_restarts=-1` by default).
+    `actors` None: as many as fit the cluster now (`pool_size`), growing as the cluster grows. Ray Data
+    restarts a dead actor and retries its batch (`max_restarts=-1` by default).
     """
     import ray
 
+    if actors:
+        pool = ray.data.ActorPoolStrategy(size=actors)
+    else:
+        fit = pool_size(actor_cpus, actor_gpus, io_cpus)
+        pool = ray.data.ActorPoolStrategy(min_size=1, max_size=None, initial_size=fit)
     return dataset.map_batches(
         actor,
         fn_constructor_kwargs=constructor_kwargs,
-        compute=ray.data.ActorPoolStrategy(size=actors),
+        compute=pool,
         batch_size=batch_size,
         num_cpus=actor_cpus,
         num_gpus=actor_gpus,
