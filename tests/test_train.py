@@ -1,9 +1,11 @@
-"""`streetblur train` end to end: a one-epoch, 64 px run on the shared sets (about 20 s on CPU)."""
+"""`streetblur train` end to end: one-epoch, 64 px runs on the shared sets (about 20 s each on CPU)."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from detection.detections import CLASS_NAMES
 from detection.detector import Detector, DetectorConfig
@@ -68,8 +70,46 @@ def test_the_trained_model_and_its_record(trained):
     out, _ = trained
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["epochs_completed"] == 1
-    assert record["datasets"]["faces-crowd/val"] == 104 and record["datasets"]["plates-dashcam/train"] == 327
+    counts = record["datasets"]["counts"]
+    assert counts["faces-crowd/val"] == 104 and counts["plates-dashcam/train"] == 327
     assert set(record["dev"]) == {"face", "plate"}
     assert "MotionBlur" in record["augmentations"] and "ImageCompression" in record["augmentations"]
     detector = Detector(DetectorConfig(models=(str(out),)))
     assert sorted(detector.loaded_models[0][1].values()) == [0, 1]  # face and plate, by name
+
+
+def test_a_written_dataset_travels_and_trains_with_ultralytics_overrides(trained, tmp_path):
+    _, linked = trained
+    assert (
+        main(["train", "--data", str(DATASETS), "--write-dataset", str(tmp_path / "ds"), "--max-side", "320"])
+        == 0
+    )
+    moved = shutil.move(tmp_path / "ds", tmp_path / "elsewhere")  # as to another machine
+    for part in ("train", "dev"):
+        images = sorted((moved / part / "images").iterdir())
+        assert len(images) == len(list((linked / part / "images").iterdir()))
+        assert not any(path.is_symlink() for path in images)
+        assert max(max(Image.open(path).size) for path in images) <= 320
+        for labels in (moved / part / "labels").iterdir():  # boxes are relative: shrinking keeps them
+            assert labels.read_text() == (linked / part / "labels" / labels.name).read_text()
+    frame = next((moved / "train" / "images").glob("plates-dashcam-*"))
+    assert Image.open(frame).size == (320, 180)  # a 1280x720 frame, its aspect ratio kept
+    out = tmp_path / "model.pt"
+    args = ["--init", "yolov8n.yaml", "--epochs", "1", "--imgsz", "64", "--batch", "32", "--out", str(out)]
+    assert (
+        main(
+            [
+                "train",
+                "--dataset",
+                str(moved / "data.yaml"),
+                *args,
+                "--workdir",
+                str(tmp_path / "runs"),
+                "fraction=0.25",
+            ]
+        )
+        == 0
+    )
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["args"]["fraction"] == 0.25 and record["datasets"]["max_side"] == 320
+    assert record["datasets"]["counts"] == json.loads((linked / "sources.json").read_text())["counts"]
