@@ -1,10 +1,14 @@
-"""Per-class score thresholds chosen on labelled sets (`streetblur calibrate`).
+"""Per-class score thresholds chosen on labelled sets (`streetblur calibrate`), by one of two rules.
 
-Privacy first, within a budget of false blurs: for each class, the *lowest* swept threshold whose
-false blurs per image (pooled over every image of the sets that label the class) stay within
-`max_false_blurs`. A lower threshold blurs more real objects, so that threshold gives the highest
-blurred fraction the budget allows. Calibrate on the `dev` splits (held out from training, and not
-the `val` splits the figures are reported on), or on labelled photos of your own fleet.
+- A budget of false blurs: for each class, the *lowest* swept threshold whose false blurs per image
+  (pooled over every image of the sets that label the class) stay within `max_false_blurs`. A lower
+  threshold blurs more real objects, so that threshold gives the highest blurred fraction the
+  budget allows.
+- A privacy target (`targets`, e.g. face 0.95): the *highest* swept threshold whose blurred fraction
+  still reaches the target, so the target is met with the fewest false blurs the model allows.
+
+Calibrate on the `dev` splits (held out from training, and not the `val` splits the figures are
+reported on), or on labelled photos of your own fleet.
 """
 
 from __future__ import annotations
@@ -30,13 +34,22 @@ class ClassCalibration:
     images: int
     boxes: int
     rows: list[dict[str, float]]  # threshold, blurred, recall50, false_blurs_per_image
-    chosen: float | None  # None: even the highest threshold exceeds the budget
+    rule: str  # what the chosen threshold meets, e.g. "false blurs/image <= 0.3" or "blurred >= 0.95"
+    chosen: float | None  # None: no swept threshold meets the rule
 
 
 def calibrate(
-    sets: list[list[LabelledImage]], config: Config, max_false_blurs: float = 0.3, progress: bool = True
+    sets: list[list[LabelledImage]],
+    config: Config,
+    max_false_blurs: float = 0.3,
+    targets: dict[str, float] | None = None,
+    progress: bool = True,
 ) -> list[ClassCalibration]:
-    """Sweep thresholds over `sets` (the inference runs once per image) and choose one per class."""
+    """Sweep thresholds over `sets` (the inference runs once per image) and choose one per class: by
+    its blurred-fraction target where `targets` names the class, else by the false-blur budget."""
+    targets = targets or {}
+    if unknown := set(targets) - set(CLASS_NAMES):
+        raise ValueError(f"targets for unknown classes {sorted(unknown)}; classes are {CLASS_NAMES}")
     pooled = [image for images in sets for image in images]
     images = [replace(image, image_id=n) for n, image in enumerate(pooled)]  # each set counts from 0
     set_of = [s for s, images in enumerate(sets) for _ in images]
@@ -68,9 +81,16 @@ def calibrate(
                     "false_blurs_per_image": row["false_blurs_per_image"],
                 }
             )
-        within = [r["threshold"] for r in rows if r["false_blurs_per_image"] <= max_false_blurs + 1e-9]
         boxes = sum(int((im.boxes.class_id == k).sum()) for im, _ in picked)
-        results.append(ClassCalibration(name, len(picked), boxes, rows, min(within) if within else None))
+        if name in targets:
+            rule = f"blurred >= {targets[name]}"
+            meeting = [r["threshold"] for r in rows if r["blurred"] >= targets[name] - 1e-9]
+            chosen = max(meeting) if meeting else None
+        else:
+            rule = f"false blurs/image <= {max_false_blurs}"
+            meeting = [r["threshold"] for r in rows if r["false_blurs_per_image"] <= max_false_blurs + 1e-9]
+            chosen = min(meeting) if meeting else None
+        results.append(ClassCalibration(name, len(picked), boxes, rows, rule, chosen))
     return results
 
 
@@ -78,13 +98,13 @@ def _only(detections: Detections, class_id: int) -> Detections:
     return detections[detections.class_id == class_id]
 
 
-def markdown(results: list[ClassCalibration], max_false_blurs: float) -> str:
+def markdown(results: list[ClassCalibration]) -> str:
     """The sweep as a Markdown table per class, the chosen threshold marked."""
     lines = []
     for result in results:
         lines += [
             f"## {result.name}: {result.images} images, {result.boxes} boxes; "
-            f"chosen threshold {result.chosen} (false blurs/image <= {max_false_blurs})",
+            f"chosen threshold {result.chosen} ({result.rule})",
             "",
             "| threshold | blurred | recall@0.5 | false blurs/image |",
             "|---|---|---|---|",

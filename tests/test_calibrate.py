@@ -36,6 +36,20 @@ def test_the_chosen_threshold_is_the_lowest_within_the_false_blur_budget(sets, b
         assert all(chosen["blurred"] >= r["blurred"] for r in result.rows if r["threshold"] > result.chosen)
 
 
+def test_a_blurred_target_chooses_the_highest_threshold_that_reaches_it(sets):
+    results = {
+        r.name: r
+        for r in calibrate(sets, load_config(), targets={"face": 0.9, "plate": 1.01}, progress=False)
+    }
+    face = results["face"]
+    assert face.rule == "blurred >= 0.9"
+    reaching = [r["threshold"] for r in face.rows if r["blurred"] >= 0.9]
+    assert reaching, "the lowest thresholds blur nearly every labelled face"
+    assert face.chosen == max(reaching)
+    assert all(r["blurred"] < 0.9 for r in face.rows if r["threshold"] > face.chosen)
+    assert results["plate"].chosen is None  # a fraction above 1 is never reached
+
+
 def test_calibrated_figures_match_what_eval_reports_at_that_threshold(sets):
     face = next(r for r in calibrate(sets, load_config(), 0.3, progress=False) if r.name == "face")
     row = next(r for r in face.rows if r["threshold"] == 0.3)
