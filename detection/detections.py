@@ -101,6 +101,12 @@ class Detections:
         xyxy = self.xyxy * np.array([fx, fy, fx, fy], np.float32) + np.array([dx, dy, dx, dy], np.float32)
         return Detections(xyxy, self.scores, self.class_id)
 
+    def mirrored(self, width: float) -> Detections:
+        """The boxes as they lie in the left-right mirror image of an image `width` pixels wide."""
+        xyxy = self.xyxy.copy()
+        xyxy[:, [0, 2]] = width - self.xyxy[:, [2, 0]]
+        return Detections(xyxy, self.scores, self.class_id)
+
     def clipped(self, width: int, height: int) -> Detections:
         """Boxes clipped to the image; boxes left without area are dropped."""
         xyxy = self.xyxy.copy()

@@ -48,6 +48,9 @@ class DetectorConfig:
     tile_size: int = 640  # images with a side larger than this are tiled; 0 disables tiling
     tile_overlap: float = 0.2  # overlap of neighbouring tiles, as a fraction of the tile size
     whole_image_pass: bool = True  # also run the downscaled whole image, for objects larger than a tile
+    # Test-time augmentation: also run every view mirrored left-right, and merge what both find
+    # (twice the model compute).
+    flip: bool = False
     panorama: str = "auto"  # "auto" (2:1 images), "on" or "off": wrap the left/right seam
     # Merge boxes of a class when their intersection covers this much of the smaller one.
     merge_overlap: float = 0.6
@@ -147,7 +150,7 @@ class Detector:
 
     def detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
         """`detect` for several images, their views sent to the models in shared batches."""
-        jobs = []  # (image index, view, pixels of the view)
+        jobs = []  # (image index, view, pixels of the view, whether those are mirrored)
         wraps, sizes = [], []  # per image: seam wrapped; (width, height) the views were cut from
         for index, image in enumerate(images):
             height, width = image.shape[:2]
@@ -169,7 +172,11 @@ class Detector:
                 self.config.tile_overlap,
                 self.config.whole_image_pass,
             )
-            jobs += [(index, view, view.crop(pixels)) for view in views]
+            jobs += [(index, view, view.crop(pixels), False) for view in views]
+        if self.config.flip:
+            jobs += [
+                (index, view, np.ascontiguousarray(crop[:, ::-1]), True) for index, view, crop, _ in jobs
+            ]
         # Only views of one shape share a model batch: ultralytics pads a batch of equal shapes
         # minimally and any other batch to a square, so mixing shapes would make a view's boxes
         # depend on which other views it was batched with.
@@ -180,8 +187,10 @@ class Detector:
         for group in by_shape.values():
             for start in range(0, len(group), self.config.batch_size):
                 chunk = group[start : start + self.config.batch_size]
-                predicted = self._predict([crop for _, _, crop in chunk])
-                for (index, view, _), dets in zip(chunk, predicted, strict=True):
+                predicted = self._predict([crop for _, _, crop, _ in chunk])
+                for (index, view, crop, mirrored), dets in zip(chunk, predicted, strict=True):
+                    if mirrored:
+                        dets = dets.mirrored(crop.shape[1])
                     found[index].append(dets.scaled(1.0, (view.x, view.y)))
         results = []
         for image, wrap, (cut_width, cut_height), parts in zip(images, wraps, sizes, found, strict=True):

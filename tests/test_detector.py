@@ -96,6 +96,22 @@ def test_batch_detection_matches_one_by_one(detector):
         np.testing.assert_allclose(np.sort(single.xyxy, 0), np.sort(dets.xyxy, 0), atol=1.0)
 
 
+def test_flip_augmentation_keeps_every_box_and_is_mirror_symmetric(detector):
+    image = cv2.imread(str(SAMPLES / "crowd_0.jpg"))
+    plain = detector.detect(image)
+    flipped = Detector(replace(detector.config, flip=True)).detect(image)
+    assert len(plain) > 0
+    clear = plain[plain.scores >= np.array([0.05 + detector.config.thresholds[c] for c in plain.class_names])]
+    for box in clear.xyxy:  # a box seen in both passes merges into their union, so it still covers it
+        assert any((b[:2] <= box[:2] + 2).all() and (b[2:] >= box[2:] - 2).all() for b in flipped.xyxy), box
+    # One view per photo: the flip pass of the mirrored photo finds the mirror of what it finds here.
+    one_view = Detector(replace(detector.config, flip=True, tile_size=0, upscale_to=0))
+    here = one_view.detect(image)
+    there = one_view.detect(np.ascontiguousarray(image[:, ::-1])).mirrored(image.shape[1])
+    assert len(here) == len(there) > 0
+    np.testing.assert_allclose(np.sort(here.xyxy, 0), np.sort(there.xyxy, 0), atol=2.0)
+
+
 def test_two_models_combine_and_thresholds_apply_per_class(detector):
     image = cv2.imread(str(SAMPLES / "crowd_1.jpg"))
     single = detector.detect(image)
