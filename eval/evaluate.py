@@ -59,6 +59,9 @@ class ModelResult:
     coco: dict[str, dict[str, float | None]]
     curves: dict[str, PRCurve | None]
     privacy: dict[str, dict[str, dict]]  # "deployed" / "target" -> `privacy_metrics`
+    # On the labels as published, where the evaluated ones are corrected: "coco" and "privacy" (at
+    # the deployed thresholds); None otherwise.
+    raw: dict[str, dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -127,15 +130,20 @@ def run_evaluation(
     progress: bool = True,
     scan: Scan | None = None,
     inference: str = "in-process",
+    raw_images: list[LabelledImage] | None = None,
 ) -> Evaluation:
     """Run each config's models once over `images` and compute every figure.
 
     `dataset` describes the images for the report (root, format, split, class_map). `scan` runs the
     inference pass (default: `scan_in_process`); `inference` says where, for the report
-    (`jobs.ray_pool.ray_scan` gives both for the batch job's Ray actor pool).
+    (`jobs.ray_pool.ray_scan` gives both for the batch job's Ray actor pool). `raw_images`, the same
+    images with their labels as published where `images` carry a label audit's corrections, are
+    scored too (`ModelResult.raw`), so that a report shows both.
     """
     if not images:
         raise ValueError("no labelled images to evaluate")
+    if raw_images is not None and [im.path for im in raw_images] != [im.path for im in images]:
+        raise ValueError("raw_images must be the evaluated images, in the same order")
     if not 0 < target_recall <= 1:
         raise ValueError(f"target recall must be in (0, 1], got {target_recall}")
     start = time.perf_counter()
@@ -143,7 +151,7 @@ def run_evaluation(
     labels = _labels(configs)
     scan = scan or scan_in_process
     models = [
-        _evaluate_model(images, config, label, target_recall, progress, scan)
+        _evaluate_model(images, config, label, target_recall, progress, scan, raw_images)
         for config, label in zip(configs, labels, strict=True)
     ]
     described = {**(dataset or {}), "images": len(images), "boxes": _box_counts(images)}
@@ -186,6 +194,7 @@ def _evaluate_model(
     target_recall: float,
     progress: bool,
     scan: Scan = scan_in_process,
+    raw_images: list[LabelledImage] | None = None,
 ) -> ModelResult:
     deployed = config.detect.thresholds  # every class, filled in by DetectorConfig
     unmerged, inference_s = scan(images, scan_config(config.detect), config.max_pixels, label, progress)
@@ -212,4 +221,10 @@ def _evaluate_model(
         coco=coco_metrics(images, predictions),
         curves=curves,
         privacy={point: privacy_metrics(images, dets, config.blur) for point, dets in detections.items()},
+        raw=None
+        if raw_images is None
+        else {
+            "coco": coco_metrics(raw_images, predictions),
+            "privacy": privacy_metrics(raw_images, detections["deployed"], config.blur),
+        },
     )

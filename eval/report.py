@@ -106,6 +106,7 @@ def _summary(evaluation: Evaluation, examples: list[int]) -> dict:
                 "thresholds": model.thresholds,
                 "coco": model.coco,
                 "privacy": model.privacy,
+                "raw_labels": model.raw,
                 "pr_curve": {name: _curve_json(curve) for name, curve in model.curves.items()},
             }
             for model in evaluation.models
@@ -170,7 +171,7 @@ def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                 rows.append([m["label"], name, cell, _number(row["recall50"]), *blurred, *per_image])
         return rows
 
-    return [
+    tables = [
         (
             "Models",
             ["model", "model id", "deployed thresholds", "inference", "blur", "predictions"],
@@ -189,6 +190,34 @@ def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         ),
     ]
 
+    def label_rows(m: dict, name: str) -> list[list[str]]:
+        rows = []
+        for labels, coco, row in (
+            ("corrected", m["coco"][name], m["privacy"]["deployed"][name]),
+            ("raw", m["raw_labels"]["coco"][name], m["raw_labels"]["privacy"][name]),
+        ):
+            blurred = f"{_number(row['blurred']['all'])} ({row['boxes']['all']})"
+            rows.append([m["label"], name, labels, _number(coco["AP50"]), _number(row["recall50"]), blurred])
+            rows[-1].append(_number(row["false_blurs_per_image"]))
+        return rows
+
+    corrected = [m for m in models if m["raw_labels"] is not None]
+    if corrected:
+        tables.append(
+            (
+                "Corrected and raw labels, at the deployed thresholds",
+                ["model", "class", "labels", "AP50", "recall@0.5", "blurred", "false blurs/image"],
+                [
+                    row
+                    for m in corrected
+                    for name in CLASS_NAMES
+                    if m["raw_labels"]["privacy"][name]["recall50"] is not None
+                    for row in label_rows(m, name)
+                ],
+            )
+        )
+    return tables
+
 
 DEFINITIONS = [
     f"Each model runs once with every class threshold at {SCAN_THRESHOLD} and its tile merge off; the boxes "
@@ -206,6 +235,8 @@ DEFINITIONS = [
     "false blurs/image: detections sharing no area with any ground-truth box, per image.",
     "all: the classes that have ground truth here, together. A class without ground truth (the shared "
     "sets label one class each) is not scored: its detections cannot be judged.",
+    "corrected / raw labels: with the boxes a label audit added (eval/label_fixes), the figures above, "
+    "and as the set was published (`--raw-labels` evaluates on those alone).",
     "PR curves: recall@0.5 and precision (matched detections / detections) at score thresholds "
     f"{SWEEP[0]}, {SWEEP[1]}, ... {SWEEP[-1]} (hundredths up to 0.3) and the deployed ones. The "
     "threshold for the target recall is the highest of these whose recall reaches it.",

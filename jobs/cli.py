@@ -384,13 +384,22 @@ def _run_eval(args: argparse.Namespace) -> int:
     images, dataset = select_images(
         args.data, args.format, args.class_map, args.split, args.limit, args.raw_labels
     )
+    raw_images = None
+    if dataset["labels"] != "raw":  # corrected by a label audit: report the published labels beside
+        raw_images, _ = select_images(args.data, args.format, args.class_map, args.split, args.limit, True)
     scan, inference = (None, "in-process")
     if ray is not None:
         from jobs.ray_pool import ray_scan
 
         scan, inference = ray_scan(ray, len(images))
     evaluation = run_evaluation(
-        images, configs or [config], args.target_recall, dataset, scan=scan, inference=inference
+        images,
+        configs or [config],
+        args.target_recall,
+        dataset,
+        scan=scan,
+        inference=inference,
+        raw_images=raw_images,
     )
     files = write_report(evaluation, args.out)
     for model in evaluation.models:

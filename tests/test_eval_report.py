@@ -16,7 +16,7 @@ from blurring.pipeline import Config
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import DEFAULT_MODEL, DEFAULT_THRESHOLDS, Detector
 from detection.tiling import merge_boxes
-from eval.datasets import SHARED_DATASETS, load_split
+from eval.datasets import SHARED_DATASETS, load_dataset, load_split, split_dataset, with_label_fixes
 from eval.evaluate import at_thresholds, best_of_groups, read_pixels, run_evaluation
 from eval.report import write_report
 from jobs.cli import build_parser
@@ -232,3 +232,25 @@ def test_cli_refuses_bad_options_before_loading_a_model(tmp_path, argv, message)
     args = eval_args("--data", str(tmp_path), "--out", str(tmp_path / "out"), *argv)
     with pytest.raises(ValueError, match=message):
         args.run(args)
+
+
+def test_corrected_labels_are_reported_beside_the_raw_ones(tmp_path):
+    """plates-roboflow val with its audit's added plate: the report shows both label sets, and the raw
+    figures are those of an evaluation on the raw labels alone."""
+    root = DATASETS / "plates-roboflow"
+    raw = split_dataset(load_dataset(root, raw_labels=True), SHARED_DATASETS[root.name].split)["val"]
+    corrected = with_label_fixes(raw, root)
+    assert sum(len(im.boxes) for im in corrected) > sum(len(im.boxes) for im in raw)
+    both = run_evaluation(corrected, [Config()], progress=False, raw_images=raw).models[0]
+    alone = run_evaluation(raw, [Config()], progress=False).models[0]
+    assert both.raw["privacy"]["plate"] == alone.privacy["deployed"]["plate"]
+    assert both.raw["coco"]["plate"] == alone.coco["plate"]
+    assert (
+        both.privacy["deployed"]["plate"]["boxes"]["all"]
+        == alone.privacy["deployed"]["plate"]["boxes"]["all"] + 1
+    )
+    write_report(run_evaluation(corrected, [Config()], progress=False, raw_images=raw), tmp_path)
+    table = (tmp_path / "report.md").read_text().split("## Corrected and raw labels")[1].split("##")[0]
+    assert "| plate | corrected |" in table and "| plate | raw |" in table
+    with pytest.raises(ValueError, match="same order"):
+        run_evaluation(corrected, [Config()], progress=False, raw_images=raw[::-1])
