@@ -41,7 +41,7 @@ class ClassCalibration:
 def calibrate(
     sets: list[list[LabelledImage]],
     config: Config,
-    max_false_blurs: float = 0.3,
+    max_false_blurs: float = 0.5,
     targets: dict[str, float] | None = None,
     progress: bool = True,
 ) -> list[ClassCalibration]:

@@ -441,7 +441,7 @@ def _add_calibrate_parser(p: argparse.ArgumentParser) -> None:
         choices=SPLITS,
         help="part of each shared set (default: dev for the shared sets, all of any other set)",
     )
-    p.add_argument("--max-false-blurs", type=float, default=0.3, help="per image and class (default: 0.3)")
+    p.add_argument("--max-false-blurs", type=float, default=0.5, help="per image and class (default: 0.5)")
     p.add_argument(
         "--target",
         action="extend",

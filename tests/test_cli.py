@@ -557,16 +557,22 @@ def test_an_interrupted_write_leaves_the_old_output_and_no_partial_file(capsys, 
 
 
 def test_threshold_flag_keeps_the_config_files_threshold_of_the_other_class(capsys, tmp_path: Path):
-    """A plate threshold lowered in the YAML for privacy stays lowered when --threshold sets faces."""
-    config = tmp_path / "privacy.yaml"
-    config.write_text("detect:\n  thresholds:\n    plate: 0.05\n")
+    """A plate threshold set in the YAML stays set when --threshold sets faces."""
+    config = tmp_path / "no-plates.yaml"
+    config.write_text("detect:\n  thresholds:\n    plate: 0.99\n")
     report = tmp_path / "boxes.json"
-    args = [DASHCAM, "-o", tmp_path / "out.jpg", "--config", config, "--threshold", "face=0.9"]
-    code, err = blur(capsys, *args, "--detections", report)
-    assert code == 0, err
-    [record] = read_report(report)["images"]
-    scores = {name: [b["score"] for b in record["detections"] if b["class"] == name] for name in CLASS_NAMES}
-    assert min(scores["plate"]) < DEFAULT_THRESHOLDS["plate"]  # the YAML's 0.05 was applied
+
+    def plate_and_face_scores(*options) -> dict[str, list[float]]:
+        code, err = blur(capsys, DASHCAM, "-o", tmp_path / "out.jpg", *options, "--detections", report)
+        assert code == 0, err
+        [record] = read_report(report)["images"]
+        return {
+            name: [b["score"] for b in record["detections"] if b["class"] == name] for name in CLASS_NAMES
+        }
+
+    assert plate_and_face_scores("--threshold", "face=0.9")["plate"]  # the frame's plates, at the default
+    scores = plate_and_face_scores("--config", config, "--threshold", "face=0.9")
+    assert scores["plate"] == []  # the YAML's 0.99 was kept
     assert all(score >= 0.9 for score in scores["face"])
 
 

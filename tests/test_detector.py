@@ -16,12 +16,14 @@ from eval.datasets import load_split
 from eval.metrics import coco_metrics
 from tests.conftest import DATASETS, SAMPLES
 
-# Recall at IoU 0.5 at the default thresholds, measured on the held-out splits when the default
-# model was trained (see detection/weights/MODEL_CARD.md), less a small margin for CPU/library noise.
+# Recall at IoU 0.5 at the default thresholds (corrected labels), measured on the held-out splits
+# when the default model was trained (see detection/weights/MODEL_CARD.md), less a small margin for
+# CPU/library noise.
 RECALL_FLOORS = {
-    "faces-crowd": ("face", 0.79),  # measured 0.822
-    "plates-dashcam": ("plate", 0.95),  # measured 1.000
-    "plates-roboflow": ("plate", 0.45),  # measured 0.517
+    "faces-crowd": {"face": 0.82},  # measured 0.850
+    "plates-dashcam": {"plate": 0.95},  # measured 0.992
+    "plates-roboflow": {"plate": 0.72},  # measured 0.800
+    "street-faces-plates": {"face": 0.68, "plate": 0.88},  # measured 0.721, 0.933
 }
 
 
@@ -34,9 +36,9 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
 def test_default_model_recall_on_held_out_split(detector, dataset):
     images = load_split(DATASETS / dataset, "val")
     predictions = [detector.detect(cv2.imread(str(im.path))) for im in images]
-    cls, floor = RECALL_FLOORS[dataset]
-    figures = coco_metrics(images, predictions)[cls]
-    assert figures["recall50"] >= floor, figures
+    figures = coco_metrics(images, predictions)
+    for cls, floor in RECALL_FLOORS[dataset].items():
+        assert figures[cls]["recall50"] >= floor, (cls, figures[cls])
 
 
 def _border_cutting_tile_size(width: int, height: int, box: np.ndarray) -> int:
