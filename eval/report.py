@@ -16,9 +16,10 @@ blurred_coverage, inference: `in-process` or `ray, N actors`), `examples` (image
 HTML) and `models`, one entry per model with `label`, `model_id`, `model_files`, `predictions_file`,
 `inference_s`, `blur` (options), `thresholds` {`deployed`, `target`} per class (`target` null where
 not reached), `coco` per class (AP, AP50, AP75, AP_small, AP_medium, AP_large, AR100, recall50),
-`privacy` {`deployed`, `target`} per class and `all` (see `eval.metrics.privacy_metrics`) and
-`pr_curve` per class ({threshold, recall, precision} lists, or null). Figures that cannot be
-computed (no ground truth) are null.
+`privacy` {`deployed`, `target`} per class and `all` (see `eval.metrics.privacy_metrics`),
+`raw_labels` ({`coco`, `privacy`} at the deployed thresholds on the labels as published, where the
+evaluated labels were corrected by a label audit; else null) and `pr_curve` per class ({threshold,
+recall, precision} lists, or null). Figures that cannot be computed (no ground truth) are null.
 """
 
 from __future__ import annotations

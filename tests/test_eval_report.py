@@ -95,7 +95,7 @@ def test_json_has_the_documented_keys(report_dir, subset, detector):
     [model] = report["models"]
     assert set(model) == {
         "label", "model_id", "model_files", "predictions_file", "inference_s", "blur", "thresholds",
-        "coco", "privacy", "pr_curve",
+        "coco", "privacy", "raw_labels", "pr_curve",
     }  # fmt: skip
     assert model["predictions_file"] == "predictions.json"
     assert model["model_id"] == detector.model_id  # the weights that ran (INT8 on CPU)
