@@ -192,15 +192,21 @@ def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     ]
 
     def label_rows(m: dict, name: str) -> list[list[str]]:
-        rows = []
-        for labels, coco, row in (
-            ("corrected", m["coco"][name], m["privacy"]["deployed"][name]),
-            ("raw", m["raw_labels"]["coco"][name], m["raw_labels"]["privacy"][name]),
-        ):
-            blurred = f"{_number(row['blurred']['all'])} ({row['boxes']['all']})"
-            rows.append([m["label"], name, labels, _number(coco["AP50"]), _number(row["recall50"]), blurred])
-            rows[-1].append(_number(row["false_blurs_per_image"]))
-        return rows
+        return [
+            [
+                m["label"],
+                name,
+                labels,
+                _number(coco["AP50"]),
+                _number(row["recall50"]),
+                f"{_number(row['blurred']['all'])} ({row['boxes']['all']})",
+                _number(row["false_blurs_per_image"]),
+            ]
+            for labels, coco, row in (
+                ("corrected", m["coco"][name], m["privacy"]["deployed"][name]),
+                ("raw", m["raw_labels"]["coco"][name], m["raw_labels"]["privacy"][name]),
+            )
+        ]
 
     corrected = [m for m in models if m["raw_labels"] is not None]
     if corrected:

@@ -559,12 +559,17 @@ def _add_train_parser(p: argparse.ArgumentParser) -> None:
         "--write-dataset",
         type=Path,
         metavar="DIR",
-        help="only write the training dataset (shrunk JPEG copies, --max-side) to DIR, to train elsewhere",
+        help="only write the training dataset (image copies, see --max-side) to DIR, to train elsewhere",
     )
     moved.add_argument(
         "--dataset", type=Path, metavar="DATA_YAML", help="train on a dataset from --write-dataset"
     )
-    p.add_argument("--max-side", type=int, default=960, help="longest image side in --write-dataset copies")
+    p.add_argument(
+        "--max-side",
+        type=int,
+        default=960,
+        help="--write-dataset copies larger images as JPEGs shrunk to this longest side",
+    )
     p.add_argument(
         "overrides",
         nargs="*",

@@ -92,8 +92,9 @@ def write_yolo_dataset(
 
     Only the `train` and `dev` parts are written: training never reads `val`. Pseudo-labels (a file
     from `make_pseudo_labels`) are added to the `train` part only. With `max_side` the images are
-    shrunk JPEG copies instead of symlinks, so the folder can be moved to another machine (a GPU
-    one) and trained on there (`train`); what it holds is recorded in `SOURCES_FILE` beside data.yaml.
+    copies instead of symlinks (shrunk where larger, see `write_yolo_example`), so the folder can be
+    moved to another machine (a GPU one) and trained on there (`train`); what it holds is recorded
+    in `SOURCES_FILE` beside data.yaml.
     """
     if out_dir.exists():
         shutil.rmtree(out_dir)

@@ -241,7 +241,8 @@ def test_corrected_labels_are_reported_beside_the_raw_ones(tmp_path):
     raw = split_dataset(load_dataset(root, raw_labels=True), SHARED_DATASETS[root.name].split)["val"]
     corrected = with_label_fixes(raw, root)
     assert sum(len(im.boxes) for im in corrected) > sum(len(im.boxes) for im in raw)
-    both = run_evaluation(corrected, [Config()], progress=False, raw_images=raw).models[0]
+    evaluation = run_evaluation(corrected, [Config()], progress=False, raw_images=raw)
+    both = evaluation.models[0]
     alone = run_evaluation(raw, [Config()], progress=False).models[0]
     assert both.raw["privacy"]["plate"] == alone.privacy["deployed"]["plate"]
     assert both.raw["coco"]["plate"] == alone.coco["plate"]
@@ -249,7 +250,7 @@ def test_corrected_labels_are_reported_beside_the_raw_ones(tmp_path):
         both.privacy["deployed"]["plate"]["boxes"]["all"]
         == alone.privacy["deployed"]["plate"]["boxes"]["all"] + 1
     )
-    write_report(run_evaluation(corrected, [Config()], progress=False, raw_images=raw), tmp_path)
+    write_report(evaluation, tmp_path)
     table = (tmp_path / "report.md").read_text().split("## Corrected and raw labels")[1].split("##")[0]
     assert "| plate | corrected |" in table and "| plate | raw |" in table
     with pytest.raises(ValueError, match="same order"):
