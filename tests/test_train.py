@@ -113,3 +113,35 @@ def test_a_written_dataset_travels_and_trains_with_ultralytics_overrides(trained
     record = json.loads(out.with_suffix(".json").read_text())
     assert record["args"]["fraction"] == 0.25 and record["datasets"]["max_side"] == 320
     assert record["datasets"]["counts"] == json.loads((linked / "sources.json").read_text())["counts"]
+
+
+def test_self_labels_add_the_models_unmatched_boxes_of_the_labelled_classes(tmp_path):
+    """Self-labels on street-faces-plates (both classes) and dashcam (plates only) training images:
+    the model's boxes at the threshold that overlap no label, added beside the teachers' labels."""
+    from blurring.pipeline import Config
+    from eval.metrics import overlaps_nothing
+    from jobs.train import add_self_labels
+
+    images = {
+        name: split_dataset(load_dataset(DATASETS / name), SHARED_DATASETS[name].split)["train"][:12]
+        for name in ("street-faces-plates", "plates-dashcam")
+    }
+    out = tmp_path / "self.json"
+    record = add_self_labels(DEFAULT_PSEUDO_LABELS, out, images, Config(), threshold=0.5)
+    assert sum(record["self_labels"]["counts"].values()) > 0
+    teachers = json.loads(DEFAULT_PSEUDO_LABELS.read_text())["labels"]
+    assert record["labels"]["plates-roboflow"] == teachers["plates-roboflow"]  # kept as they were
+    labels = load_pseudo_labels(out)
+    for name, files in images.items():
+        for image in files:
+            added = labels.get(name, {}).get(image.path.name)
+            if added is None:
+                continue
+            assert (added.scores >= 0.5).all()
+            assert overlaps_nothing(added, image.boxes).all()
+            if name == "plates-dashcam":
+                assert set(added.class_id) == {CLASS_NAMES.index("plate")}  # the set labels no faces
+    with pytest.raises(ValueError, match="already holds self-labels"):
+        add_self_labels(out, tmp_path / "again.json", images, Config())
+    refused = ["train", "--make-self-labels", "m.pt", "--write-dataset", str(tmp_path / "ds")]  # no file
+    assert main(refused) == 2 and not (tmp_path / "ds").exists()
