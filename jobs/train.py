@@ -35,10 +35,12 @@ none on the 327 training frames of plates-dashcam, whose pedestrians are few and
 Self-labels (`streetblur train --make-self-labels MODEL --pseudo-labels OUT.json`), for the faces
 and plates a set's labels miss in the class it does label: a trained model's own detections at
 `SELF_LABEL_THRESHOLD` or above that overlap no label, on the training images, added to the
-teachers' labels in a new file. The label audit found such boxes on every dev and val split, and
-the training splits miss as many; each one teaches the model that a face or plate is background.
-By eye, about 94% of v3's self-labels on street-faces-plates plates were plates, 83% on the dashcam
-frames, and 60-67% of its face self-labels were faces (detection/weights/MODEL_CARD.md).
+teachers' labels in a new file. Each face or plate a label misses teaches the model that it is
+background. By eye, about 94% of v3's self-labels on street-faces-plates plates were plates, 83% on
+the dashcam frames, and 60-67% of its face self-labels were faces (detection/weights/MODEL_CARD.md).
+The training splits have since been audited with v3 at 0.4 (eval/label_fixes/), so v3's
+self-labels are now nearly all boxes that audit judged not real: use them for a set or a model the
+audit has not seen.
 """
 
 from __future__ import annotations
