@@ -8,8 +8,8 @@ that loses its lease (it stalled past the expiry and another run took over) does
 manifest (`LeaseLost`); its parts stay, and the holder's next run compacts them.
 
 Taking, renewing and taking over are compare-and-swap: on S3 conditional writes (`If-None-Match: *`
-to create, `If-Match: ETAG` to replace); in a folder an exclusive create, and a rename of the stale
-file, which only one of two racing runs can win.
+to create, `If-Match: ETAG` to replace); in a folder a hard link of the written lease (which fails
+if one exists), and a rename of the stale file, which only one of two racing runs can win.
 """
 
 from __future__ import annotations
@@ -145,11 +145,14 @@ class Lease:
         path = self.target.root / LEASE_KEY
         if if_version is None:
             path.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                with open(path, "x", encoding="utf-8") as file:
-                    file.write(data.decode())
+            written = path.with_name(f"lease.new-{body['token']}.json")
+            written.write_bytes(data)
+            try:  # a hard link is created whole or not at all: no run ever reads a half-written lease
+                os.link(written, path)
             except FileExistsError:
                 return False
+            finally:
+                written.unlink()
         else:
             try:
                 _, version = self._read()

@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -85,6 +86,32 @@ def test_a_run_whose_lease_was_taken_over_knows_it_and_leaves_the_new_holder_alo
         with pytest.raises(LeaseLost, match="run run-a lost the lease"):
             lease.check()
     assert holder(target)["run_id"] == "run-b"  # not deleted on exit
+
+
+def test_two_runs_taking_a_folder_lease_at_the_same_instant_never_read_it_half_written(tmp_path):
+    """One takes it and the other is refused, every time: the lease file appears whole (the
+    exclusive create it replaced let the loser read an empty file about one race in ten)."""
+    outcomes = []
+    for attempt in range(200):
+        target, start = Storage(str(tmp_path / f"out{attempt}")), threading.Barrier(2)
+
+        def take(run_id: str, target: Storage = target, start: threading.Barrier = start) -> None:
+            start.wait()
+            try:
+                Lease(target, run_id).take()
+                outcomes.append("took")
+            except LeaseHeld:
+                outcomes.append("refused")
+            except Exception as error:  # noqa: BLE001 -- what the race used to raise
+                outcomes.append(repr(error))
+
+        runs = [threading.Thread(target=take, args=(f"run-{n}",)) for n in range(2)]
+        for run in runs:
+            run.start()
+        for run in runs:
+            run.join()
+        assert sorted(outcomes[-2:]) == ["refused", "took"]
+        assert [p.name for p in (target.root / LEASE_KEY).parent.iterdir()] == ["lease.json"]  # no temp files
 
 
 def test_two_runs_started_at_once_on_one_output_one_refuses_and_the_other_finishes(tmp_path):
