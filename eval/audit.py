@@ -41,15 +41,25 @@ FONT = cv2.FONT_HERSHEY_SIMPLEX  # OpenCV's own: nothing to download
 
 
 def find_candidates(
-    images: list[LabelledImage], config: Config, threshold: float = AUDIT_THRESHOLD, progress: bool = True
+    images: list[LabelledImage],
+    config: Config,
+    threshold: float = AUDIT_THRESHOLD,
+    below: float | None = None,
+    progress: bool = True,
 ) -> list[dict]:
-    """The detections at `threshold` that overlap no label, most confident first, numbered from 1."""
+    """The detections at `threshold` that overlap no label, most confident first, numbered from 1.
+
+    `below` keeps only those scoring under it: the band an earlier audit at that threshold, with the
+    same model, left unjudged.
+    """
     thresholds = dict.fromkeys(CLASS_NAMES, threshold)
     detector = Detector(dataclasses.replace(config.detect, thresholds=thresholds), require_every_class=False)
     candidates = []
     for image in tqdm(images, desc="audit", unit="image", disable=not progress, file=sys.stderr):
         found = detector.detect(read_pixels(image, config.max_pixels))
         unlabelled = found[overlaps_nothing(found, image.boxes)]
+        if below is not None:
+            unlabelled = unlabelled[unlabelled.scores < below]
         candidates += [{"image": image, **record} for record in unlabelled.to_records()]
     candidates.sort(key=lambda c: -c["score"])
     return [{"number": n, **c} for n, c in enumerate(candidates, 1)]
@@ -106,10 +116,11 @@ def crop_with_context(pixels: np.ndarray, box: list[float], width: int, height: 
     return tile
 
 
-def describe(config: Config, threshold: float, dataset: dict) -> dict:
+def describe(config: Config, threshold: float, dataset: dict, below: float | None = None) -> dict:
     """What an audit ran on, for `candidates.json`."""
     return {
         "dataset": dataset,
         "model_id": model_id(plan_models(config.detect, config.detect.device)[2]),
         "threshold": threshold,
+        "below": below,
     }

@@ -499,6 +499,12 @@ def _add_audit_parser(p: argparse.ArgumentParser) -> None:
         default=AUDIT_THRESHOLD,
         help=f"score threshold of every class (default: {AUDIT_THRESHOLD})",
     )
+    p.add_argument(
+        "--below",
+        type=float,
+        metavar="SCORE",
+        help="only candidates scoring under SCORE: an earlier audit at that threshold judged the rest",
+    )
     add_config_options(p, "weights to audit with (default: the configured model)", thresholds=False)
     p.add_argument("--out", type=Path, required=True, help="folder for candidates.json and sheet-NNN.png")
     p.set_defaults(run=_run_audit)
@@ -509,8 +515,9 @@ def _run_audit(args: argparse.Namespace) -> int:
 
     config = config_from_args(args)
     images, dataset = select_images(args.data, None, None, args.split, args.limit, args.raw_labels)
-    candidates = find_candidates(images, config, args.audit_threshold)
-    files = write_audit(candidates, args.data, args.out, describe(config, args.audit_threshold, dataset))
+    candidates = find_candidates(images, config, args.audit_threshold, args.below)
+    about = describe(config, args.audit_threshold, dataset, args.below)
+    files = write_audit(candidates, args.data, args.out, about)
     counts = {name: sum(c["class"] == name for c in candidates) for name in CLASS_NAMES}
     sheets = len(files) - 1
     print(f"{len(candidates)} candidates in {len(images)} images {counts}; {sheets} sheets in {args.out}")

@@ -43,3 +43,19 @@ def test_audit_lists_each_detection_that_overlaps_no_label_and_draws_it_numbered
     assert all(tile.min() == 255 for tile in tiles[shown:])  # the rest blank
     red = (tiles[0] == (0, 0, 255)).all(axis=-1)
     assert red.sum() > 40  # the candidate's box is drawn
+
+
+def test_an_audit_below_an_earlier_threshold_lists_only_the_band_that_audit_left(capsys, tmp_path):
+    root = DATASETS / "faces-crowd"
+    everything, band = tmp_path / "all", tmp_path / "band"
+    assert main(["audit", "--data", str(root), "--limit", "6", "--out", str(everything)]) == 0
+    earlier = json.loads((everything / "candidates.json").read_text())["candidates"]
+    scores = sorted({c["score"] for c in earlier})  # rounded in the file: cut between two of them
+    below = (scores[len(scores) // 2 - 1] + scores[len(scores) // 2]) / 2
+    args = ["--data", str(root), "--limit", "6", "--below", str(below), "--out", str(band)]
+    assert main(["audit", *args]) == 0
+    audit = json.loads((band / "candidates.json").read_text())
+    assert audit["below"] == below
+    kept = [(c["image"], c["class"], c["score"]) for c in audit["candidates"]]
+    assert kept and kept == [(c["image"], c["class"], c["score"]) for c in earlier if c["score"] < below]
+    assert [c["number"] for c in audit["candidates"]] == list(range(1, len(kept) + 1))
