@@ -10,8 +10,16 @@ label: a false blur by `eval.metrics.overlaps_nothing`, or a label the set is mi
   DIR/sheet-NNN.png    contact sheets of `SHEET_COLUMNS` x `SHEET_ROWS` numbered crops: each box in
                        red, with its own size again of context on every side
 
-A person then judges every crop and records the real faces and plates in the set's label overlay
-(`eval/label_fixes/SET.json`, see `eval.label_fixes`).
+A person then judges every crop and writes `DIR/verdicts.json`: the numbers of the real faces and
+plates, each with a one-line reason, and a summary of what the rest are:
+
+  {"real": [{"number": 4, "reason": "plate, unlabelled"}, {"number": 9, "class": "face", ...}],
+   "left_out": "tail lights, road signs"}
+
+`streetblur audit --data SET --out DIR --record DIR/verdicts.json` records them in the set's label
+overlay (`eval/label_fixes/SET.json`, read by `eval.datasets.with_label_fixes`): the audit's counts,
+the real ones as added boxes, and every other candidate as `rejected`. An audit with another model
+then skips what earlier audits judged (`JUDGED_IOU`), so each audit shows a person only new crops.
 """
 
 from __future__ import annotations
@@ -23,17 +31,20 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import torch
+from torchvision.ops import box_iou
 from tqdm import tqdm
 
 from blurring.image_io import write_file_atomically
 from blurring.pipeline import Config
-from detection.detections import CLASS_NAMES
+from detection.detections import CLASS_NAMES, Detections
 from detection.detector import Detector, model_id, plan_models
-from eval.datasets import LabelledImage
+from eval.datasets import LABEL_FIXES_DIR, LabelledImage
 from eval.evaluate import read_pixels
 from eval.metrics import overlaps_nothing
 
 AUDIT_THRESHOLD = 0.1
+JUDGED_IOU = 0.3  # a candidate of the same class overlapping a rejected box this much was judged before
 SHEET_COLUMNS, SHEET_ROWS = 6, 5
 TILE = 200  # pixels per crop on a sheet, caption included
 CAPTION = 22
@@ -46,11 +57,13 @@ def find_candidates(
     threshold: float = AUDIT_THRESHOLD,
     below: float | None = None,
     progress: bool = True,
+    rejected: dict[Path, Detections] | None = None,
 ) -> list[dict]:
     """The detections at `threshold` that overlap no label, most confident first, numbered from 1.
 
     `below` keeps only those scoring under it: the band an earlier audit at that threshold, with the
-    same model, left unjudged.
+    same model, left unjudged. `rejected` (per image path, see `rejected_boxes`) drops those an
+    earlier audit judged not to be a face or plate.
     """
     thresholds = dict.fromkeys(CLASS_NAMES, threshold)
     detector = Detector(dataclasses.replace(config.detect, thresholds=thresholds), require_every_class=False)
@@ -60,9 +73,105 @@ def find_candidates(
         unlabelled = found[overlaps_nothing(found, image.boxes)]
         if below is not None:
             unlabelled = unlabelled[unlabelled.scores < below]
+        if rejected and image.path in rejected:
+            unlabelled = unlabelled[~judged_before(unlabelled, rejected[image.path])]
         candidates += [{"image": image, **record} for record in unlabelled.to_records()]
     candidates.sort(key=lambda c: -c["score"])
     return [{"number": n, **c} for n, c in enumerate(candidates, 1)]
+
+
+def judged_before(found: Detections, rejected: Detections) -> np.ndarray:
+    """Per detection: True when a rejected box of its class overlaps it by IoU >= `JUDGED_IOU`."""
+    if not len(found) or not len(rejected):
+        return np.zeros(len(found), bool)
+    iou = box_iou(torch.from_numpy(found.xyxy).double(), torch.from_numpy(rejected.xyxy).double()).numpy()
+    same_class = found.class_id[:, None] == rejected.class_id[None, :]
+    return ((iou >= JUDGED_IOU) & same_class).any(axis=1)
+
+
+def overlay_path(root: Path, fixes_dir: Path | None = None) -> Path:
+    """Where the label overlay of the set at `root` lives (`fixes_dir`: default `LABEL_FIXES_DIR`)."""
+    return (fixes_dir or LABEL_FIXES_DIR) / f"{root.name}.json"
+
+
+def read_overlay(root: Path, fixes_dir: Path | None = None) -> dict:
+    """The label overlay of the set at `root`, with empty lists for the parts it lacks."""
+    path = overlay_path(root, fixes_dir)
+    overlay = json.loads(path.read_text()) if path.exists() else {}
+    return overlay | {key: overlay.get(key, []) for key in ("audits", "added", "rejected")}
+
+
+def rejected_boxes(root: Path, fixes_dir: Path | None = None) -> dict[Path, Detections]:
+    """Per image path: the candidates earlier audits of the set at `root` judged not to be a face or
+    plate."""
+    by_image: dict[Path, list[dict]] = {}
+    for entry in read_overlay(root, fixes_dir)["rejected"]:
+        by_image.setdefault(root / entry["image"], []).append(entry)
+    return {path: Detections.from_records(records) for path, records in by_image.items()}
+
+
+def record_verdicts(root: Path, listing: dict, verdicts: dict, fixes_dir: Path | None = None) -> dict:
+    """Add an audit's verdicts to the overlay of the set at `root`; the audit's entry in it.
+
+    `listing` is the audit's `candidates.json`; `verdicts` names the real ones (`{"real": [{"number",
+    "reason", optional "class"}], "left_out": "..."}`). Real ones become added boxes with their reason,
+    the rest `rejected` boxes that point at the audit's entry. `ValueError` for a listing of another
+    set, or a verdict naming no candidate, or one twice.
+    """
+    if Path(listing["dataset"]["root"]).name != root.name:
+        raise ValueError(f"the audit ran on {listing['dataset']['root']}, not {root}")
+    candidates = {c["number"]: c for c in listing["candidates"]}
+    numbers = [verdict["number"] for verdict in verdicts["real"]]
+    unknown = sorted(set(numbers) - set(candidates))
+    if unknown or len(set(numbers)) != len(numbers):
+        named = unknown or numbers
+        raise ValueError(f"verdicts name candidates the audit does not list, or one twice: {named}")
+    overlay = read_overlay(root, fixes_dir)
+    split = listing["dataset"]["split"]
+    entry = {
+        "split": split,
+        "model_id": listing["model_id"],
+        "threshold": listing["threshold"],
+        **({"below": listing["below"]} if listing.get("below") is not None else {}),
+        "candidates": len(candidates),
+        "added": len(numbers),
+        "left_out": verdicts["left_out"],
+    }
+    audit = len(overlay["audits"])
+    for verdict in verdicts["real"]:
+        c = candidates[verdict["number"]]
+        where = f"{split} audit #{audit}, candidate {c['number']}, score {c['score']:.2f}"
+        overlay["added"].append(
+            {
+                "image": c["image"],
+                "class": verdict.get("class", c["class"]),
+                "box": c["box"],
+                "reason": f"{verdict['reason']} ({where})",
+            }
+        )
+    real = set(numbers)
+    overlay["rejected"] += [
+        {"image": c["image"], "class": c["class"], "box": c["box"], "audit": audit}
+        for n, c in candidates.items()
+        if n not in real
+    ]
+    overlay["audits"].append(entry)
+    path = overlay_path(root, fixes_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_file_atomically(path, overlay_text(overlay).encode())
+    return entry
+
+
+def overlay_text(overlay: dict) -> str:
+    """The overlay as JSON with one line per audit, added box and rejected box, for readable diffs."""
+    fields = []
+    for key, value in overlay.items():
+        if isinstance(value, list):
+            rows = ",\n".join(f"  {json.dumps(item)}" for item in value)
+            fields.append(f' "{key}": [\n{rows}\n ]' if value else f' "{key}": []')
+        else:
+            fields.append(f" {json.dumps(key)}: {json.dumps(value)}")
+    return "{\n" + ",\n".join(fields) + "\n}\n"
 
 
 def write_audit(candidates: list[dict], root: Path, out: Path, about: dict) -> list[Path]:

@@ -133,8 +133,10 @@ def with_label_fixes(
     """`images` of the set at `root` with the boxes its overlay `fixes_dir/NAME.json` adds, if any.
 
     The overlay, written after a label audit (`eval.audit`): `{"added": [{"image": PATH relative to
-    root, "class": "face" or "plate", "box": [x1, y1, x2, y2], "reason": "..."}]}`. Original labels
-    are never removed. `ValueError` for an entry whose image is not in the set (a stale overlay).
+    root, "class": "face" or "plate", "box": [x1, y1, x2, y2], "reason": "..."}]}`, beside the audits'
+    counts and the candidates judged not to be a face or plate (`rejected`, which only later audits
+    read). Original labels are never removed. `ValueError` for an entry whose image is not in the set
+    (a stale overlay).
     """
     path = fixes_dir / f"{root.name}.json"
     if not path.exists():

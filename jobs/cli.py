@@ -507,15 +507,28 @@ def _add_audit_parser(p: argparse.ArgumentParser) -> None:
     )
     add_config_options(p, "weights to audit with (default: the configured model)", thresholds=False)
     p.add_argument("--out", type=Path, required=True, help="folder for candidates.json and sheet-NNN.png")
+    p.add_argument(
+        "--record",
+        type=Path,
+        metavar="VERDICTS",
+        help="instead of auditing, record the verdicts (JSON, see eval/audit.py) on the audit in --out "
+        "in the set's label overlay",
+    )
     p.set_defaults(run=_run_audit)
 
 
 def _run_audit(args: argparse.Namespace) -> int:
-    from eval.audit import describe, find_candidates, write_audit
+    from eval.audit import describe, find_candidates, record_verdicts, rejected_boxes, write_audit
 
+    if args.record:
+        listing = json.loads((args.out / "candidates.json").read_text())
+        entry = record_verdicts(args.data, listing, json.loads(args.record.read_text()))
+        print(f"recorded {entry['added']} added and {entry['candidates'] - entry['added']} rejected boxes")
+        return 0
     config = config_from_args(args)
     images, dataset = select_images(args.data, None, None, args.split, args.limit, args.raw_labels)
-    candidates = find_candidates(images, config, args.audit_threshold, args.below)
+    rejected = None if args.raw_labels else rejected_boxes(args.data)
+    candidates = find_candidates(images, config, args.audit_threshold, args.below, rejected=rejected)
     about = describe(config, args.audit_threshold, dataset, args.below)
     files = write_audit(candidates, args.data, args.out, about)
     counts = {name: sum(c["class"] == name for c in candidates) for name in CLASS_NAMES}

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import cv2
+import numpy as np
+import pytest
 
+from blurring.pipeline import Config
 from detection.detections import Detections
-from eval.audit import SHEET_COLUMNS, SHEET_ROWS, TILE
-from eval.datasets import load_split
+from eval.audit import (
+    SHEET_COLUMNS,
+    SHEET_ROWS,
+    TILE,
+    find_candidates,
+    read_overlay,
+    record_verdicts,
+    rejected_boxes,
+)
+from eval.datasets import load_dataset, load_split, split_dataset, with_label_fixes
 from eval.metrics import overlaps_nothing
 from jobs.cli import main
 from tests.conftest import DATASETS
@@ -59,3 +71,61 @@ def test_an_audit_below_an_earlier_threshold_lists_only_the_band_that_audit_left
     kept = [(c["image"], c["class"], c["score"]) for c in audit["candidates"]]
     assert kept and kept == [(c["image"], c["class"], c["score"]) for c in earlier if c["score"] < below]
     assert [c["number"] for c in audit["candidates"]] == list(range(1, len(kept) + 1))
+
+
+def _judge(out, real: list[int]) -> Path:
+    """A person's verdicts on the audit in `out`: the candidates numbered `real` are faces."""
+    verdicts = out / "verdicts.json"
+    entries = [{"number": n, "reason": "face, unlabelled"} for n in real]
+    verdicts.write_text(json.dumps({"real": entries, "left_out": "hands and patterned cloth"}))
+    return verdicts
+
+
+def test_recorded_verdicts_add_the_real_boxes_and_a_later_audit_shows_nothing_judged(
+    capsys, monkeypatch, tmp_path
+):
+    root = DATASETS / "faces-crowd"
+    fixes = tmp_path / "label_fixes"  # a set with no overlay yet: its published labels
+    monkeypatch.setattr("eval.audit.LABEL_FIXES_DIR", fixes)
+    out = tmp_path / "audit"
+    assert main(["audit", "--data", str(root), "--raw-labels", "--limit", "6", "--out", str(out)]) == 0
+    candidates = json.loads((out / "candidates.json").read_text())["candidates"]
+    assert len(candidates) >= 3
+
+    args = ["audit", "--data", str(root), "--out", str(out), "--record", str(_judge(out, [1]))]
+    assert main(args) == 0
+    assert f"recorded 1 added and {len(candidates) - 1} rejected" in capsys.readouterr().out
+    after = read_overlay(root, fixes)
+    [audit] = after["audits"]
+    assert audit | {"left_out": None} == {
+        "split": "dev", "model_id": audit["model_id"], "threshold": 0.1,
+        "candidates": len(candidates), "added": 1, "left_out": None,
+    }  # fmt: skip
+    [added] = after["added"]
+    assert (added["image"], added["box"]) == (candidates[0]["image"], candidates[0]["box"])
+    assert added["reason"].startswith("face, unlabelled (dev audit #")
+    others = [(c["image"], c["box"]) for c in candidates[1:]]
+    assert [(r["image"], r["box"]) for r in after["rejected"]] == others
+
+    images = with_label_fixes(load_dataset(root, raw_labels=True), root, fixes)
+    image = next(im for im in images if im.path == root / added["image"])
+    assert np.isclose(image.boxes.xyxy, added["box"], atol=0.01).all(axis=1).any()  # now a label
+    dev = split_dataset(images, "random")["dev"][:6]
+    assert find_candidates(dev, Config(), rejected=rejected_boxes(root, fixes), progress=False) == []
+    again = find_candidates(dev, Config(), progress=False)  # without the judged: all but the added one
+    assert [(c["image"].path.relative_to(root).as_posix(), c["box"]) for c in again] == others
+
+
+def test_verdicts_that_name_no_candidate_change_nothing(tmp_path):
+    root = DATASETS / "plates-roboflow"
+    candidate = {"number": 1, "image": "x.jpg", "class": "plate", "score": 0.5, "box": [0, 0, 9, 9]}
+    listing = {"dataset": {"root": str(root), "split": "val"}, "model_id": "m", "threshold": 0.1}
+    listing["candidates"] = [candidate]
+    unknown = [{"number": 2, "reason": "plate"}]
+    twice = [{"number": 1, "reason": "a"}, {"number": 1, "reason": "b"}]
+    for real in (unknown, twice):
+        with pytest.raises(ValueError, match="does not list, or one twice"):
+            record_verdicts(root, listing, {"real": real, "left_out": ""}, tmp_path)
+    with pytest.raises(ValueError, match=r"not .*faces-crowd"):
+        record_verdicts(DATASETS / "faces-crowd", listing, {"real": [], "left_out": ""}, tmp_path)
+    assert list(tmp_path.iterdir()) == []
