@@ -116,7 +116,8 @@ def record_verdicts(root: Path, listing: dict, verdicts: dict, fixes_dir: Path |
     `listing` is the audit's `candidates.json`; `verdicts` names the real ones (`{"real": [{"number",
     "reason", optional "class"}], "left_out": "..."}`). Real ones become added boxes with their reason,
     the rest `rejected` boxes that point at the audit's entry. `ValueError` for a listing of another
-    set, or a verdict naming no candidate, or one twice.
+    set, a verdict naming no candidate, one twice, or a class other than `CLASS_NAMES`, and for an
+    audit whose candidates the overlay already holds (recorded before).
     """
     if Path(listing["dataset"]["root"]).name != root.name:
         raise ValueError(f"the audit ran on {listing['dataset']['root']}, not {root}")
@@ -126,7 +127,12 @@ def record_verdicts(root: Path, listing: dict, verdicts: dict, fixes_dir: Path |
     if unknown or len(set(numbers)) != len(numbers):
         named = unknown or numbers
         raise ValueError(f"verdicts name candidates the audit does not list, or one twice: {named}")
+    if bad := [v["class"] for v in verdicts["real"] if v.get("class", CLASS_NAMES[0]) not in CLASS_NAMES]:
+        raise ValueError(f"verdicts give classes other than {CLASS_NAMES}: {bad}")
     overlay = read_overlay(root, fixes_dir)
+    judged = {(e["image"], e["class"], tuple(e["box"])) for e in overlay["added"] + overlay["rejected"]}
+    if any((c["image"], c["class"], tuple(c["box"])) in judged for c in candidates.values()):
+        raise ValueError("the overlay already holds this audit's candidates: its verdicts were recorded")
     split = listing["dataset"]["split"]
     entry = {
         "split": split,

@@ -106,6 +106,10 @@ def test_recorded_verdicts_add_the_real_boxes_and_a_later_audit_shows_nothing_ju
     assert added["reason"].startswith("face, unlabelled (dev audit #")
     others = [(c["image"], c["box"]) for c in candidates[1:]]
     assert [(r["image"], r["box"]) for r in after["rejected"]] == others
+    listing, verdicts = (json.loads(p.read_text()) for p in (out / "candidates.json", _judge(out, [1])))
+    with pytest.raises(ValueError, match="were recorded"):  # recording the same audit again
+        record_verdicts(root, listing, verdicts, fixes)
+    assert read_overlay(root, fixes) == after
 
     images = with_label_fixes(load_dataset(root, raw_labels=True), root, fixes)
     image = next(im for im in images if im.path == root / added["image"])
@@ -126,6 +130,13 @@ def test_verdicts_that_name_no_candidate_change_nothing(tmp_path):
     for real in (unknown, twice):
         with pytest.raises(ValueError, match="does not list, or one twice"):
             record_verdicts(root, listing, {"real": real, "left_out": ""}, tmp_path)
+    with pytest.raises(ValueError, match="other than"):
+        record_verdicts(
+            root,
+            listing,
+            {"real": [{"number": 1, "reason": "car", "class": "car"}], "left_out": ""},
+            tmp_path,
+        )
     with pytest.raises(ValueError, match=r"not .*faces-crowd"):
         record_verdicts(DATASETS / "faces-crowd", listing, {"real": [], "left_out": ""}, tmp_path)
     assert list(tmp_path.iterdir()) == []
