@@ -29,7 +29,7 @@ DEFAULT_MODEL = Path(__file__).parent / "weights" / "streetblur-n.pt"
 # Chosen by `streetblur calibrate` on the dev splits: the lowest thresholds within 0.5 false blurs
 # per image (the privacy targets, face 0.95 / plate 0.97 blurred, cost more; see
 # detection/weights/MODEL_CARD.md).
-DEFAULT_THRESHOLDS = {"face": 0.3, "plate": 0.07}
+DEFAULT_THRESHOLDS = {"face": 0.35, "plate": 0.25}
 
 
 @dataclass(frozen=True)
