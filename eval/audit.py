@@ -127,7 +127,7 @@ def record_verdicts(root: Path, listing: dict, verdicts: dict, fixes_dir: Path |
     if unknown or len(set(numbers)) != len(numbers):
         named = unknown or numbers
         raise ValueError(f"verdicts name candidates the audit does not list, or one twice: {named}")
-    if bad := [v["class"] for v in verdicts["real"] if v.get("class", CLASS_NAMES[0]) not in CLASS_NAMES]:
+    if bad := [v["class"] for v in verdicts["real"] if "class" in v and v["class"] not in CLASS_NAMES]:
         raise ValueError(f"verdicts give classes other than {CLASS_NAMES}: {bad}")
     overlay = read_overlay(root, fixes_dir)
     judged = {(e["image"], e["class"], tuple(e["box"])) for e in overlay["added"] + overlay["rejected"]}
