@@ -233,8 +233,8 @@ def _load_yolo(root: Path, to_class) -> list[LabelledImage]:
 
 
 def write_yolo_example(image: LabelledImage, part_dir: Path, stem: str, max_side: int | None = None) -> None:
-    """Write `image` into a YOLO dataset part as `_load_yolo` reads one: its boxes (class ids of
-    `CLASS_NAMES`, centre and size relative to the image) in `labels/STEM.txt`, and under `images/` a
+    """Write `image` into a YOLO dataset part as `_load_yolo` reads one: its boxes in
+    `labels/STEM.txt` (see `write_yolo_labels`), and under `images/` a
     symlink to the photo or, with `max_side`, a copy (a dataset that travels): the file itself if its
     longer side has at most that many pixels, else a JPEG (quality 90) shrunk to that."""
     (part_dir / "images").mkdir(parents=True, exist_ok=True)
@@ -249,12 +249,18 @@ def write_yolo_example(image: LabelledImage, part_dir: Path, stem: str, max_side
             photo = photo.convert("RGB")
             photo.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)  # keeps the aspect ratio
             photo.save(part_dir / "images" / f"{stem}.jpg", quality=90)
+    write_yolo_labels(image.boxes, image.width, image.height, part_dir / "labels" / f"{stem}.txt")
+
+
+def write_yolo_labels(boxes: Detections, width: int, height: int, path: Path) -> None:
+    """Write `boxes` of a `width` x `height` image as a YOLO label file: one line per box, its class
+    id (of `CLASS_NAMES`) and its centre and size relative to the image."""
     lines = []
-    for (x1, y1, x2, y2), cls in zip(image.boxes.xyxy, image.boxes.class_id, strict=True):
-        cx, cy = (x1 + x2) / 2 / image.width, (y1 + y2) / 2 / image.height
-        w, h = (x2 - x1) / image.width, (y2 - y1) / image.height
+    for (x1, y1, x2, y2), cls in zip(boxes.xyxy, boxes.class_id, strict=True):
+        cx, cy = (x1 + x2) / 2 / width, (y1 + y2) / 2 / height
+        w, h = (x2 - x1) / width, (y2 - y1) / height
         lines.append(f"{cls} {cx:.6f} {cy:.6f} {w:.6f} {h:.6f}")
-    (part_dir / "labels" / f"{stem}.txt").write_text("\n".join(lines) + ("\n" if lines else ""))
+    path.write_text("\n".join(lines) + ("\n" if lines else ""))
 
 
 def _stable_fraction(key: str) -> float:

@@ -591,6 +591,11 @@ def _add_train_parser(p: argparse.ArgumentParser) -> None:
         help="--write-dataset copies larger images as JPEGs shrunk to this longest side",
     )
     p.add_argument(
+        "--tiles",
+        action="store_true",
+        help="add one of the detector's tiles of each training image it tiles, at the scale it sees them",
+    )
+    p.add_argument(
         "overrides",
         nargs="*",
         metavar="KEY=VALUE",
@@ -640,14 +645,16 @@ def _run_train(args: argparse.Namespace) -> int:
         print(json.dumps(record["self_labels"]))
     if args.write_dataset:
         data_yaml, counts = write_yolo_dataset(
-            args.data, args.write_dataset, args.pseudo_labels, args.max_side
+            args.data, args.write_dataset, args.pseudo_labels, args.max_side, args.tiles
         )
         print(json.dumps({"data": str(data_yaml), "counts": counts}, indent=2))
         return 0
     if args.dataset:
         data_yaml = args.dataset
     else:
-        data_yaml, _ = write_yolo_dataset(args.data, args.workdir / "data", args.pseudo_labels)
+        data_yaml, _ = write_yolo_dataset(
+            args.data, args.workdir / "data", args.pseudo_labels, tiles=args.tiles
+        )
     record = train(
         data_yaml,
         args.out,

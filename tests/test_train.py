@@ -3,6 +3,7 @@
 import json
 import shutil
 
+import cv2
 import numpy as np
 import pytest
 from PIL import Image
@@ -11,7 +12,7 @@ from detection.detections import CLASS_NAMES
 from detection.detector import Detector, DetectorConfig
 from eval.datasets import SHARED_DATASETS, load_dataset, split_dataset
 from jobs.cli import main
-from jobs.train import DEFAULT_PSEUDO_LABELS, load_pseudo_labels
+from jobs.train import DEFAULT_PSEUDO_LABELS, TILE_MIN_VISIBLE, load_pseudo_labels, write_tile_example
 from tests.conftest import DATASETS
 
 
@@ -145,3 +146,30 @@ def test_self_labels_add_the_models_unmatched_boxes_of_the_labelled_classes(tmp_
         add_self_labels(out, tmp_path / "again.json", images, Config())
     refused = ["train", "--make-self-labels", "m.pt", "--write-dataset", str(tmp_path / "ds")]  # no file
     assert main(refused) == 2 and not (tmp_path / "ds").exists()
+
+
+@pytest.mark.parametrize("name", ["faces-crowd", "plates-dashcam", "street-faces-plates"])
+def test_a_training_tile_holds_the_labels_inside_it_at_the_detectors_scale(tmp_path, name):
+    images = split_dataset(load_dataset(DATASETS / name), SHARED_DATASETS[name].split)["train"][:6]
+    for i, image in enumerate(images):
+        assert write_tile_example(image, tmp_path, f"tile-{i}", f"{name}/{image.path.name}")
+    (tmp_path / "data.yaml").write_text(json.dumps({"names": list(CLASS_NAMES)}))
+    tiles = load_dataset(tmp_path, "yolo", {"face": "face", "plate": "plate"})
+    config = DetectorConfig()
+    for image, tile in zip(images, tiles, strict=True):
+        scale = max(config.upscale_to / max(image.width, image.height), 1.0)  # as the detector upscales
+        seen = cv2.imread(str(image.path))
+        seen = cv2.resize(seen, (round(image.width * scale), round(image.height * scale)))
+        assert (tile.width, tile.height) == tuple(min(config.tile_size, s) for s in seen.shape[1::-1])
+        assert (tile.width, tile.height) != seen.shape[1::-1]  # a tile, not the whole image
+        # Where the tile lies in the upscaled photo, found from its pixels alone.
+        match = cv2.matchTemplate(seen, cv2.imread(str(tile.path)), cv2.TM_SQDIFF_NORMED)
+        _, _, (x, y), _ = cv2.minMaxLoc(match)
+        boxes = image.boxes.xyxy * np.array([seen.shape[1] / image.width, seen.shape[0] / image.height] * 2)
+        inside = (boxes - [x, y, x, y]).clip(0, [tile.width, tile.height] * 2)
+        visible = np.prod((inside[:, 2:] - inside[:, :2]).clip(0), axis=1)
+        keep = visible >= TILE_MIN_VISIBLE * np.prod(boxes[:, 2:] - boxes[:, :2], axis=1)
+        assert len(tile.boxes) == keep.sum()
+        np.testing.assert_allclose(tile.boxes.xyxy, inside[keep], atol=0.5)
+        np.testing.assert_array_equal(tile.boxes.class_id, image.boxes.class_id[keep])
+    assert sum(len(tile.boxes) for tile in tiles) > 0
