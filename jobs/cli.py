@@ -593,7 +593,7 @@ def _add_train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--tiles",
         action="store_true",
-        help="add one of the detector's tiles of each training image it tiles, at the scale it sees them",
+        help="also write one of the detector's tiles of each training image, at the scale it sees them",
     )
     p.add_argument(
         "overrides",

