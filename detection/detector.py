@@ -158,11 +158,7 @@ class Detector:
             wrap = self.config.panorama == "on" or (
                 self.config.panorama == "auto" and is_panorama(width, height)
             )
-            scale = self.config.upscale_to / max(width, height)
-            if scale > 1:
-                image = cv2.resize(
-                    image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_LINEAR
-                )
+            image = upscale_small(image, self.config.upscale_to)
             pixels = extend_seam(image, self._seam_pad(image.shape[1])) if wrap else image
             wraps.append(wrap)
             sizes.append((image.shape[1], image.shape[0]))
@@ -232,6 +228,16 @@ class Detector:
                 dets = Detections.from_ultralytics(result.boxes, to_canonical)
                 per_crop[i].append(dets[dets.scores >= threshold[dets.class_id]])
         return [Detections.concat(parts) for parts in per_crop]
+
+
+def upscale_small(image: np.ndarray, upscale_to: int) -> np.ndarray:
+    """`image` enlarged (bilinear) so that its longer side is `upscale_to`, if it is shorter; else
+    `image` itself. The detector does this first, so that small faces and plates get more pixels."""
+    height, width = image.shape[:2]
+    scale = upscale_to / max(width, height)
+    if scale <= 1:
+        return image
+    return cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_LINEAR)
 
 
 def plan_models(config: DetectorConfig, device: str | None) -> tuple[str, str, tuple[str, ...]]:

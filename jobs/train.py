@@ -60,7 +60,7 @@ from blurring.image_io import write_file_atomically
 from blurring.pipeline import Config
 from detection.baselines import MissingPackageError, load_baseline
 from detection.detections import CLASS_NAMES, Detections
-from detection.detector import DetectorConfig, model_id, plan_models
+from detection.detector import DetectorConfig, model_id, plan_models, upscale_small
 from detection.runtime import INT8_SOURCE_FILE, int8_weights, prepare_ultralytics, weights_digest
 from detection.tiling import plan_views
 from eval.audit import find_candidates
@@ -173,20 +173,14 @@ def detector_tile(
 
     Training on these shows the model small faces and plates at the size it meets them in use.
     """
-    pixels = read_pixels(image, image.width * image.height)
-    height, width = pixels.shape[:2]
-    scale = max(config.upscale_to / max(width, height), 1.0)
-    if scale > 1:
-        pixels = cv2.resize(
-            pixels, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_LINEAR
-        )
+    pixels = upscale_small(read_pixels(image, image.width * image.height), config.upscale_to)
     tiles = plan_views(
         pixels.shape[1], pixels.shape[0], config.tile_size, config.tile_overlap, whole_image=False
     )
     if len(tiles) < 2:
         return None
     view = tiles[int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % len(tiles)]
-    boxes = image.boxes.scaled((pixels.shape[1] / width, pixels.shape[0] / height))
+    boxes = image.boxes.scaled((pixels.shape[1] / image.width, pixels.shape[0] / image.height))
     inside = boxes.scaled(1.0, (-view.x, -view.y)).xyxy.copy()
     inside[:, [0, 2]] = inside[:, [0, 2]].clip(0, view.width)
     inside[:, [1, 3]] = inside[:, [1, 3]].clip(0, view.height)
