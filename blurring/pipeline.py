@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,27 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
             node = node.setdefault(part, {})
         node[leaf] = value
     return _build(Config, values, "")
+
+
+# Options that decide how fast, not what: they leave every output pixel and byte as it is. `models`,
+# `runtime` and `precision` are replaced by what really runs (`output_settings`).
+SPEED_ONLY_OPTIONS = ("device", "batch_size", "threads", "models", "runtime", "precision")
+
+
+def output_settings(config: Config, model: str, runtime: str, precision: str) -> dict[str, Any]:
+    """Everything that decides an output's pixels and bytes: the weights that run (`model`, a
+    `detection.detector.model_id`), the runtime and precision they run in, and every other option of
+    `config` but the speed-only ones (`SPEED_ONLY_OPTIONS`)."""
+    settings = dataclasses.asdict(config)
+    for name in SPEED_ONLY_OPTIONS:
+        del settings["detect"][name]
+    return {"model": model, "runtime": runtime, "precision": precision, **settings}
+
+
+def settings_digest(settings: dict[str, Any]) -> str:
+    """A short SHA-256 of `output_settings`: equal digests, equal outputs for the same input."""
+    text = json.dumps(settings, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def parse_overrides(pairs: list[str]) -> dict[str, Any]:

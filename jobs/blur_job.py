@@ -14,15 +14,19 @@ Under the output root, `_streetblur/` holds the audit trail (see `jobs.manifest`
 manifest rows as Parquet parts and `summary.json`; `manifest.json`, the index of the current state
 (the latest row of every input), which each run compacts its parts into at its end. One run at a
 time writes an output (`jobs.lease`). A re-run skips an input only when its manifest row has the
-same ETag and the same model id (the detector weights' hashes): other weights redo everything. Blur
-and other config changes are NOT tracked: use `--overwrite` after changing them. `--retry-failed`
-redoes the inputs that failed. A run killed midway keeps the parts it wrote; the next run compacts
-them first, then does the rest. A run whose pipeline raises writes the rows it finished, then raises.
+same ETag and the same settings digest (`blurring.pipeline.settings_digest`: the weights' hashes,
+the runtime and precision they run in, and every detection, blur and output option that changes an
+output's pixels or bytes); other settings redo everything. `--retry-failed` redoes the inputs that
+failed. A run killed midway keeps the parts it wrote; the next run compacts them first, then does
+the rest. A run whose pipeline raises writes the rows it finished, then raises.
 
-One bad input never stops the job: an unsafe key (empty, absolute, with `..`), an unsupported
-extension, a missing or unreadable object, an undecodable image all become failed rows with the
-reason. Fail closed: an output is written only for an image whose decoding, detection and blur
-succeeded. The output may not be the input nor inside it (it would be read back as input).
+One bad input never stops the job: an unsafe key (empty, absolute, with `..`), a local file name that
+is not UTF-8, an unsupported extension, an input over `max_input_bytes`, a missing or unreadable
+object, an undecodable image all become failed rows with the reason. Fail closed: an output is
+written only for an image whose decoding, detection and blur succeeded. The output and the input may
+not contain one another (outputs would replace inputs, or be read back as inputs). A run in which
+more than `max_failed_fraction` of the inputs it processed failed (or that finds no input) says so in
+its summary, and `streetblur run` exits 1.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from blurring.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format
-from blurring.pipeline import Config, Outcome, blur_images
+from blurring.pipeline import Config, Outcome, blur_images, output_settings, settings_digest
 from detection.detector import Detector, model_id, plan_models
 from jobs.lease import Lease
 from jobs.listing import InputListing, ListingTally, ResumeRule
@@ -79,6 +83,9 @@ class JobOptions:
     io_cpus: float = IO_CPUS  # CPUs per read/write task: small, so actors do not starve them
     batch_size: int = BATCH_SIZE  # images per actor call; their tiles share model batches
     flush_rows: int = 64  # inputs to do per listing block: one manifest part of the run each
+    max_input_bytes: int = 1 << 30  # larger inputs fail from their listed size, unread
+    actor_memory_gb: float = 1.5  # memory Ray reserves per detector actor (one holds a batch of images)
+    max_failed_fraction: float = 0.5  # above this share of failed inputs (of those done), the run fails
     log_every_s: float = 10.0  # progress log lines, when there is no progress bar
     # False: one progress line on a terminal (else a log line every log_every_s), and Ray's own
     # progress blocks and info logs off (they stay in Ray's log folder); True: Ray's output as is.
@@ -89,8 +96,10 @@ class JobOptions:
 def run_job(options: JobOptions, address: str | None = None) -> dict:
     """Run the job on the Ray cluster at `address` (None: `RAY_ADDRESS`, else a new local Ray).
 
-    Raises `ValueError`, before anything runs, for a missing local input folder or an output that is
-    the input or inside it; `LeaseHeld` if another run is writing to the output.
+    Raises `ValueError`, before anything runs, for a missing local input folder or an output and an
+    input that contain one another; `LeaseHeld` if another run is writing to the output. The summary's
+    `failed_fraction_exceeded` is true when more than `max_failed_fraction` of the inputs done failed,
+    or when there was no input at all.
     """
     started = time.perf_counter()
     source = Storage(options.input_uri, options.endpoint_url)
@@ -98,9 +107,9 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
     check_locations(source, target)
     # What the actors will record: the weights that run on their device (hashed here, nothing loaded).
     actor_device = options.config.detect.device or ("cuda" if options.actor_gpus > 0 else "cpu")
-    rule = ResumeRule(
-        model_id(plan_models(options.config.detect, actor_device)[2]), options.overwrite, options.retry_failed
-    )
+    runtime, precision, weights = plan_models(options.config.detect, actor_device)
+    settings = output_settings(options.config, model_id(weights), runtime, precision)
+    rule = ResumeRule(settings_digest(settings), options.overwrite, options.retry_failed)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     with Lease(target, run_id) as lease:
         index = read_index(target)
@@ -108,7 +117,7 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
         if leftover:
             log.info("compacting the manifest parts of %d earlier runs that did not finish", len(leftover))
             index = compact(target, index, leftover)
-        log.info("run %s: model %s; %d inputs done before", run_id, rule.model, index["rows"])
+        log.info("run %s: settings %s; %d inputs done before", run_id, rule.settings_digest, index["rows"])
         start_ray(address, verbose=options.verbose)
         parts = RunParts(target, run_id)
         try:
@@ -119,6 +128,7 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
         compact(target, index, [run_id])
     wall = time.perf_counter() - started
     processed = parts.counts["blurred"] + parts.counts["failed"]
+    failed_fraction = parts.counts["failed"] / processed if processed else 0.0
     summary = {
         "run_id": run_id,
         "input": options.input_uri,
@@ -130,9 +140,24 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
         "wall_s": round(wall, 2),
         "images_per_s": round(processed / wall, 3) if processed else 0.0,
         "actors": options.actors or "autoscaling",
+        "failed_fraction": round(failed_fraction, 4),
+        "max_failed_fraction": options.max_failed_fraction,
+        "failed_fraction_exceeded": failed_fraction > options.max_failed_fraction or not tally["inputs"],
+        "settings_digest": rule.settings_digest,
+        "settings": settings,
     }
     target.write(f"{AUDIT_DIR}/runs/{run_id}/summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     log.info("summary: %s", json.dumps(summary))
+    if not tally["inputs"]:
+        log.error("no inputs under %s with suffixes %s", options.input_uri, ", ".join(options.suffixes))
+    elif summary["failed_fraction_exceeded"]:
+        log.error(
+            "%d of %d inputs failed (%.1f%%, above --max-failed-fraction %s): see the manifest for reasons",
+            parts.counts["failed"],
+            processed,
+            100 * failed_fraction,
+            options.max_failed_fraction,
+        )
     if tally["skipped_failed"]:
         log.warning(
             "%d inputs skipped that failed in an earlier run (see the manifest); --retry-failed redoes them",
@@ -142,39 +167,51 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
 
 
 def check_locations(source: Storage, target: Storage) -> None:
-    """`ValueError` for a missing local input folder, or an output that is the input or inside it.
+    """`ValueError` for a missing local input folder, or an output and an input that contain one
+    another (or are one).
 
-    Outputs under the input would be listed as inputs by the next run (and blurred again), and an
-    output that is the input would overwrite the originals.
+    An output key is its input's key under the output root, so an output root that contains the input
+    root would write over inputs (`--input s3://b/raw --output s3://b`: `raw/a.jpg` is written to
+    `s3://b/raw/a.jpg`), and one inside the input root would be listed as inputs by the next run.
+    With the two roots apart, no output can ever land on an input.
     """
     if not source.is_s3 and not source.root.is_dir():
         raise ValueError(f"--input {source.uri}: no such folder")
     if source.is_s3 != target.is_s3:
         return
     if source.is_s3:
-        overlap = source.bucket == target.bucket and target.prefix.startswith(source.prefix)
+        nested = target.prefix.startswith(source.prefix) or source.prefix.startswith(target.prefix)
+        overlap = source.bucket == target.bucket and nested
     else:
         input_dir, output_dir = source.root.resolve(), target.root.resolve()
-        overlap = output_dir == input_dir or input_dir in output_dir.parents
+        overlap = (
+            input_dir == output_dir or input_dir in output_dir.parents or output_dir in input_dir.parents
+        )
     if overlap:
         raise ValueError(
-            f"--output {target.uri} is the input {source.uri} or inside it: outputs would be read back "
-            "as inputs; write them to a separate folder or prefix"
+            f"--output {target.uri} and the input {source.uri} are one, or one is inside the other: "
+            "outputs would replace inputs or be read back as inputs; write them to a separate folder "
+            "or prefix"
         )
 
 
 class RunParts:
     """The run's done rows, gathered by listing block: a block's part is written once all its rows are
-    back, so each part is one stretch of the sorted listing (see `jobs.manifest`)."""
+    back, so each part is one stretch of the sorted listing (see `jobs.manifest`). A row of a block
+    already written or already held (a batch that Ray ran twice) is dropped: each part is written once,
+    and each input counted once."""
 
     def __init__(self, target: Storage, run_id: str) -> None:
         self.target, self.run_id = target, run_id
         self.pending: dict[int, dict[str, dict]] = {}
+        self.written: set[int] = set()
         self.counts = {"blurred": 0, "failed": 0}
 
     def add(self, rows: list[dict]) -> None:
         for row in rows:
             block, todo = row.pop("block"), row.pop("block_todo")
+            if block in self.written:
+                continue  # a late copy of a batch that Ray ran twice
             done = self.pending.setdefault(block, {})
             if row["key"] in done:
                 continue  # a batch that Ray ran twice
@@ -191,6 +228,7 @@ class RunParts:
     def _write(self, block: int) -> None:
         rows = list(self.pending.pop(block).values())
         write_rows(self.target, run_part_key(self.run_id, "part", block), rows)
+        self.written.add(block)
 
 
 def run_pipeline(
@@ -213,7 +251,10 @@ def run_pipeline(
     dataset = ray.data.read_datasource(listing, override_num_blocks=1, num_cpus=LISTING_CPUS)
     io_pool = ray.data.ActorPoolStrategy(min_size=1, max_size=options.actors)
     dataset = dataset.map(
-        _ReadStage, fn_constructor_args=(source,), compute=io_pool, num_cpus=options.io_cpus
+        _ReadStage,
+        fn_constructor_args=(source, options.max_input_bytes),
+        compute=io_pool,
+        num_cpus=options.io_cpus,
     )
     dataset = with_actor_pool(
         dataset,
@@ -224,6 +265,7 @@ def run_pipeline(
         options.actor_cpus,
         options.actor_gpus,
         options.io_cpus,
+        options.actor_memory_gb,
     )
     dataset = dataset.map(
         _WriteStage, fn_constructor_args=(target, run_id), compute=io_pool, num_cpus=options.io_cpus
@@ -264,19 +306,29 @@ class _ReadStage:
     """Adds the input's output format and bytes to a row, or the reason it cannot be read.
 
     Never raises (Ray Data does not retry user-code errors, and one would end the whole job): an
-    unsafe key, an unsupported extension or any read error is recorded in `error`, and the row goes
-    on with no data, to become a failed manifest row.
+    unsafe key, an unsupported extension, a size over `max_bytes` (from the listing, so the input is
+    never read) or any read error is recorded in `error`, and the row goes on with no data, to become
+    a failed manifest row. So is an error the listing found (a name that is not UTF-8).
     """
 
-    def __init__(self, source: Storage) -> None:
-        self.source = source
+    def __init__(self, source: Storage, max_bytes: int) -> None:
+        self.source, self.max_bytes = source, max_bytes
 
     def __call__(self, row: dict) -> dict:
         start = time.perf_counter()
-        row["data"], row["format"], row["error"] = b"", "", ""
+        row["data"], row["format"] = b"", ""
+        if row["error"]:
+            row["read_ms"] = 0.0
+            return row
         try:
             row["format"] = output_format(check_key(row["key"]))
-            row["data"] = self.source.read(row["key"])
+            size = row["size"]
+            if size <= self.max_bytes:
+                row["data"] = self.source.read(row["key"])
+                size = len(row["data"])
+            if size > self.max_bytes:  # listed so, or grown since
+                row["data"] = b""
+                row["error"] = f"input is {size:,} bytes, over --max-input-bytes {self.max_bytes:,}"
         except InvalidKey as error:
             row["error"] = str(error)
         except BadImageError as error:
@@ -298,13 +350,18 @@ class BlurActor:
     def __init__(self, config: Config, detector: Detector | None = None) -> None:
         self.config = config
         self.detector = detector or Detector(config.detect)
+        found = self.detector
+        self.settings_digest = settings_digest(
+            output_settings(config, found.model_id, found.runtime, found.precision)
+        )
 
     def __call__(self, batch: dict) -> dict:
         keys = list(batch["key"])
         readable = [i for i, error in enumerate(batch["error"]) if not error]
         outcomes = self._blur({i: (bytes(batch["data"][i]), str(batch["format"][i])) for i in readable})
         columns: dict[str, list] = {name: [] for name in ("output", "status", "error", "width", "height")}
-        columns |= {"boxes": [], "model_id": [], **{c: [] for c in TIMING_COLUMNS if c != "write_ms"}}
+        columns |= {"boxes": [], "model_id": [], "settings_digest": []}
+        columns |= {c: [] for c in TIMING_COLUMNS if c != "write_ms"}
         for i in range(len(keys)):
             outcome = outcomes.get(i) or Outcome("failed", error=batch["error"][i])  # unreadable input
             columns["output"].append(outcome.output or b"")
@@ -314,6 +371,7 @@ class BlurActor:
             columns["height"].append(outcome.height)
             columns["boxes"].append(json.dumps(outcome.detections.to_records()))
             columns["model_id"].append(self.detector.model_id)
+            columns["settings_digest"].append(self.settings_digest)
             columns["read_ms"].append(float(batch["read_ms"][i]))
             for stage in ("decode", "detect", "blur", "encode"):
                 columns[f"{stage}_ms"].append(float(outcome.timings_ms.get(stage, 0.0)))
@@ -369,6 +427,7 @@ class _WriteStage:
             "plates": sum(b["class"] == "plate" for b in boxes),
             "boxes": boxes,
             "model_id": row["model_id"],
+            "settings_digest": row["settings_digest"],
             **{c: float(row[c]) for c in TIMING_COLUMNS if c != "write_ms"},
             "write_ms": (time.perf_counter() - start) * 1000,
             "etag": row["etag"],

@@ -21,7 +21,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from jobs.manifest import AUDIT_DIR, StateCursor, read_index, run_part_key, skipped_row, write_rows
-from jobs.storage import Storage, StoredObject
+from jobs.storage import Storage, StoredObject, printable_key
 
 log = logging.getLogger("streetblur.listing")
 
@@ -33,18 +33,18 @@ STAT_THREADS = 16  # keys of a keys file stat'ed at once
 class ResumeRule:
     """When an input with a row in the manifest is done again."""
 
-    model: str  # the model id of this run: rows made by other weights are redone
+    settings_digest: str  # of this run (`blurring.pipeline.settings_digest`): rows made otherwise are redone
     overwrite: bool = False  # redo everything
     retry_failed: bool = False  # redo inputs that failed
 
     def redo(self, previous: dict | None, item: StoredObject) -> bool:
-        """True unless `previous` (the input's latest row) has its ETag and this model, and did not fail
-        when failures are retried."""
+        """True unless `previous` (the input's latest row) has its ETag and this run's settings digest,
+        and did not fail when failures are retried."""
         return (
             self.overwrite
             or previous is None
             or previous["etag"] != item.etag
-            or previous["model_id"] != self.model
+            or previous["settings_digest"] != self.settings_digest
             or (self.retry_failed and previous["status"] == "failed")
         )
 
@@ -71,17 +71,22 @@ def list_inputs(source: Storage, suffixes: tuple[str, ...], keys: bytes | None) 
     """The input objects in key order: listed by suffix (the audit folder left out), or the keys of a
     keys file's text (`keys`: one a line; sorted, duplicates dropped, any extension).
 
-    A key of a keys file that cannot be stat'ed (missing, unsafe, unreadable) gets size -1 and no ETag:
-    the read stage turns it into a failed row with the reason, so every key is accounted for.
+    A key of a keys file that cannot be stat'ed (missing, unsafe, unreadable, not UTF-8) gets size -1
+    and no ETag: the read stage turns it into a failed row with the reason, so every key is accounted
+    for. Undecodable bytes in a file name or a keys file (`printable_key`) fail that input alone.
     """
     if keys is None:
         for item in source.list(suffixes):
             if not item.key.startswith(f"{AUDIT_DIR}/"):
                 yield item
         return
-    wanted = sorted({line.strip() for line in keys.decode("utf-8").splitlines() if line.strip()})
+    lines = keys.decode("utf-8", "surrogateescape").splitlines()
+    wanted = sorted({printable_key(line.strip()) for line in lines if line.strip()})
 
-    def stat(key: str) -> StoredObject:
+    def stat(key_and_error: tuple[str, str]) -> StoredObject:
+        key, error = key_and_error
+        if error:
+            return StoredObject(key, -1, "", error)
         try:
             return source.stat(key)
         except Exception as error:  # noqa: BLE001 -- the read stage reports the reason in the manifest
@@ -96,9 +101,10 @@ def list_inputs(source: Storage, suffixes: tuple[str, ...], keys: bytes | None) 
 class InputListing(Datasource):
     """A Ray Data datasource: one read task that streams the inputs to do (see the module docstring).
 
-    Its rows: key, etag, size, and `block`, `block_todo` (the number of the listing block and how many
-    inputs it holds), by which the driver writes the run's manifest parts. `keys`: a Ray object ref to
-    a keys file's bytes, or None to list; `tally`: a `ListingTally` actor handle.
+    Its rows: key, etag, size, error (why it cannot be read, when the listing knows), and `block`,
+    `block_todo` (the number of the listing block and how many inputs it holds), by which the driver
+    writes the run's manifest parts. `keys`: a Ray object ref to a keys file's bytes, or None to list;
+    `tally`: a `ListingTally` actor handle.
     """
 
     def __init__(
@@ -162,6 +168,7 @@ def _block(items: list[StoredObject], number: int) -> pa.Table:
             "key": [o.key for o in items],
             "etag": [o.etag for o in items],
             "size": pa.array([o.size for o in items], pa.int64()),
+            "error": [o.error for o in items],
             "block": pa.array([number] * len(items), pa.int64()),
             "block_todo": pa.array([len(items)] * len(items), pa.int64()),
         }

@@ -1,15 +1,17 @@
 """The job's audit manifest under `OUTPUT/_streetblur/`, built to stay cheap at hundreds of millions of keys.
 
-  runs/RUN_ID/part-BBBBBB.parquet    the blurred and failed rows of block B of the run's listing, sorted
-                                     by key. A listing streams in key order and its blocks follow one
-                                     another, so a run's parts, in order, are sorted too
-  runs/RUN_ID/skipped-NNNNNN.parquet the inputs the run skipped (done before, same ETag and model)
-  runs/RUN_ID/summary.json           counts, images/s and wall time of the run (`jobs.blur_job`)
-  manifest.json                      the index of the current state: its parts with their first and
-                                     last keys, and the runs compacted into it
-  manifest/GEN/part-NNNNNN.parquet   the current state: the latest blurred/failed row of every input
-                                     ever seen (latest by run id, which starts with the run's UTC start
-                                     time), sorted by key, in parts of at most `STATE_PART_ROWS` rows
+  runs/RUN_ID/part-BBBBBBBBB.parquet     the blurred and failed rows of block B of the run's listing,
+                                         sorted by key. A listing streams in key order and its blocks
+                                         follow one another, so a run's parts, in order, are sorted too
+  runs/RUN_ID/skipped-NNNNNNNNN.parquet  the inputs the run skipped (done before, same ETag and settings)
+  runs/RUN_ID/summary.json               counts, images/s, wall time and settings of the run
+                                         (`jobs.blur_job`)
+  manifest.json                          the index of the current state: its parts with their first and
+                                         last keys, and the runs compacted into it
+  manifest/GEN/part-NNNNNNNNN.parquet    the current state: the latest blurred/failed row of every input
+                                         ever seen (latest by run id, which starts with the run's UTC
+                                         start time), sorted by key, in parts of at most
+                                         `STATE_PART_ROWS` rows
 
 A run checks what it can skip by walking its sorted listing and the sorted state side by side
 (`StateCursor`), holding one state part at a time. At its end, `compact` merges the run's parts into a
@@ -57,6 +59,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("plates", pa.int32()),
         ("boxes", pa.list_(BOX_TYPE)),
         ("model_id", pa.string()),
+        ("settings_digest", pa.string()),  # blurring.pipeline.settings_digest: what decides the pixels
         ("read_ms", pa.float32()),
         ("decode_ms", pa.float32()),
         ("detect_ms", pa.float32()),
@@ -77,7 +80,7 @@ def skipped_row(previous: dict, item: StoredObject, run_id: str) -> dict:
     return {
         **previous,
         "status": "skipped",
-        "error": f"done by run {previous['run_id']} ({previous['status']}); same ETag and model",
+        "error": f"done by run {previous['run_id']} ({previous['status']}); same ETag and settings",
         "run_id": run_id,
         "finished_at": datetime.now(timezone.utc),
         **dict.fromkeys(TIMING_COLUMNS, 0.0),

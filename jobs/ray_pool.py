@@ -52,14 +52,19 @@ def start_ray(address: str | None, verbose: bool = True) -> None:
         logging.getLogger("ray.data").setLevel(logging.ERROR)  # its warnings stay in ray-data.log
 
 
-def pool_size(actor_cpus: float, actor_gpus: float, io_cpus: float = IO_CPUS) -> int:
-    """Detector actors that fit the connected cluster now, leaving each room for a read or write task."""
+def pool_size(actor_cpus: float, actor_gpus: float, io_cpus: float = IO_CPUS, memory_gb: float = 0.0) -> int:
+    """Detector actors that fit the connected cluster now, leaving each room for a read or write task,
+    each with `memory_gb` of Ray's memory resource."""
     import ray
 
     resources = ray.cluster_resources()
     if actor_gpus > 0:
-        return max(1, int(resources.get("GPU", 0) / actor_gpus))
-    return max(1, int(resources.get("CPU", 1) / (actor_cpus + io_cpus)))
+        fit = int(resources.get("GPU", 0) / actor_gpus)
+    else:
+        fit = int(resources.get("CPU", 1) / (actor_cpus + io_cpus))
+    if memory_gb > 0:
+        fit = min(fit, int(resources.get("memory", 0) / (memory_gb * 2**30)))
+    return max(1, fit)
 
 
 def with_actor_pool(
@@ -71,8 +76,11 @@ def with_actor_pool(
     actor_cpus: float,
     actor_gpus: float,
     io_cpus: float = IO_CPUS,
+    memory_gb: float = 0.0,
 ):
-    """`dataset` mapped in batches by a pool of `actors` instances of `actor`, each built once.
+    """`dataset` mapped in batches by a pool of `actors` instances of `actor`, each built once and
+    reserving `memory_gb` of Ray's memory resource (0: none), so that Ray places no more actors on a
+    node than its memory holds.
 
     `actors` None: as many as fit the cluster now (`pool_size`), growing as the cluster grows. Ray Data
     restarts a dead actor and retries its batch (`max_restarts=-1` by default).
@@ -82,7 +90,7 @@ def with_actor_pool(
     if actors:
         pool = ray.data.ActorPoolStrategy(size=actors)
     else:
-        fit = pool_size(actor_cpus, actor_gpus, io_cpus)
+        fit = pool_size(actor_cpus, actor_gpus, io_cpus, memory_gb)
         pool = ray.data.ActorPoolStrategy(min_size=1, max_size=None, initial_size=fit)
     return dataset.map_batches(
         actor,
@@ -91,6 +99,7 @@ def with_actor_pool(
         batch_size=batch_size,
         num_cpus=actor_cpus,
         num_gpus=actor_gpus,
+        **({"memory": memory_gb * 2**30} if memory_gb > 0 else {}),
     )
 
 

@@ -21,11 +21,25 @@ from blurring.image_io import write_file_atomically
 
 @dataclass(frozen=True)
 class StoredObject:
-    """A listed object: its key relative to the storage root, size in bytes and ETag."""
+    """A listed object: its key relative to the storage root, size in bytes and ETag; `error` says why
+    it cannot be read by its key (it becomes a failed row with that reason)."""
 
     key: str
     size: int
     etag: str
+    error: str = ""
+
+
+def printable_key(raw: str) -> tuple[str, str]:
+    """`(key, error)` for a file name or keys-file line decoded with `surrogateescape`: the key itself
+    and no error when it is valid UTF-8; else the key with its undecodable bytes written as `\\xNN`
+    (storable in the manifest, but naming no file) and the reason."""
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:
+        key = raw.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+        return key, "invalid key: not valid UTF-8 (undecodable bytes shown as \\xNN); rename it"
+    return raw, ""
 
 
 _S3_CLIENTS: dict[str | None, object] = {}  # one client per endpoint, per process
@@ -110,10 +124,10 @@ class Storage:
                         yield StoredObject(key, item["Size"], item["ETag"].strip('"'))
             return
         for path in _walk_in_key_order(self.root / under):
-            key = path.relative_to(self.root).as_posix()
+            key, error = printable_key(path.relative_to(self.root).as_posix())
             if wanted(key):
                 stat = path.stat()
-                yield StoredObject(key, stat.st_size, f"{stat.st_mtime_ns:x}-{stat.st_size:x}")
+                yield StoredObject(key, stat.st_size, f"{stat.st_mtime_ns:x}-{stat.st_size:x}", error)
 
     def folders(self, under: str) -> list[str]:
         """The names of the "folders" right under `under` (S3: common prefixes), sorted."""
@@ -194,11 +208,17 @@ class Storage:
 
 
 def _walk_in_key_order(folder: Path) -> Iterator[Path]:
-    """The files under `folder`, in the order of their keys: a folder's entries sorted by name, with a
-    subfolder's name read as "name/" (so "a-b" comes before "a/c", as their keys do)."""
+    """The files under `folder`, in the order of their keys: a folder's entries sorted by name as a key
+    (`printable_key`), with a subfolder's name read as "name/" (so "a-b" comes before "a/c", as their
+    keys do)."""
     if not folder.is_dir():
         return
-    entries = sorted(os.scandir(folder), key=lambda e: e.name + "/" if e.is_dir() else e.name)
+
+    def order(entry: os.DirEntry) -> str:
+        name = printable_key(entry.name)[0]
+        return name + "/" if entry.is_dir() else name
+
+    entries = sorted(os.scandir(folder), key=order)
     for entry in entries:
         if entry.is_dir():
             yield from _walk_in_key_order(Path(entry.path))

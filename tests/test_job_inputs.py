@@ -7,6 +7,7 @@ the module), one detector actor and a few real photos, so the module stays fast.
 from __future__ import annotations
 
 import io
+import os
 import random
 import shutil
 import signal
@@ -39,6 +40,7 @@ from jobs.manifest import (
     uncompacted_runs,
     write_rows,
 )
+from jobs.ray_pool import pool_size
 from jobs.storage import InvalidKey, Storage, check_key
 from tests.conftest import SAMPLES
 
@@ -126,7 +128,7 @@ def test_bad_keys_in_a_keys_file_become_failed_rows_and_nothing_is_written_outsi
     assert (output / "crowd.jpg").read_bytes() != photo
 
 
-def test_resume_skips_only_unchanged_inputs_done_by_the_same_model(tmp_path, models, monkeypatch):
+def test_resume_skips_only_unchanged_inputs_done_with_the_same_settings(tmp_path, models, monkeypatch):
     source, output = tmp_path / "in", tmp_path / "out"
     source.mkdir()
     photo = (SAMPLES / "crowd_0.jpg").read_bytes()
@@ -169,7 +171,7 @@ def test_resume_skips_only_unchanged_inputs_done_by_the_same_model(tmp_path, mod
     )
     parts = sorted((output / AUDIT_DIR / "runs" / summary["run_id"]).glob("skipped-*.parquet"))
     skipped_rows = pq.read_table(parts[0], schema=MANIFEST_SCHEMA).to_pylist()
-    assert all(r["status"] == "skipped" and "same ETag and model" in r["error"] for r in skipped_rows)
+    assert all(r["status"] == "skipped" and "same ETag and settings" in r["error"] for r in skipped_rows)
 
     # 3. b.jpg changed (new ETag) and --retry-failed: b.jpg and bad.jpg redone, a.jpg skipped.
     (source / "b.jpg").write_bytes((SAMPLES / "dashcam_1.jpg").read_bytes())
@@ -201,6 +203,30 @@ def test_resume_skips_only_unchanged_inputs_done_by_the_same_model(tmp_path, mod
         3,
         1,
     )
+    digest = summary["settings_digest"]
+    assert {r["settings_digest"] for r in manifest(output).values()} == {digest}
+    assert summary["settings"]["model"] == model_id((str(model_b),))
+
+    # 7. Any setting that changes the pixels redoes everything: a lower threshold, another blur, tile
+    #    plan or output quality; a setting that changes only the speed redoes nothing.
+    job = options(source, output, model_b)
+    for change in (
+        {"detect": replace(job.config.detect, thresholds={"face": 0.2})},
+        {"blur": replace(job.config.blur, mode="pixelate")},
+        {"detect": replace(job.config.detect, tile_size=480)},
+        {"quality": 90},
+    ):
+        summary = run_job(replace(job, config=replace(job.config, **change)))
+        assert (summary["blurred"], summary["failed"], summary["skipped"]) == (2, 1, 0), change
+        assert summary["settings_digest"] != digest, change
+        digest = summary["settings_digest"]
+        rows = manifest(output)
+        assert {r["settings_digest"] for r in rows.values()} == {digest}
+        assert {r["run_id"] for r in rows.values()} == {summary["run_id"]}
+    last = replace(job.config, quality=90)
+    speed_only = replace(last, detect=replace(last.detect, batch_size=3, threads=1))
+    summary = run_job(replace(job, config=speed_only, batch_size=1))
+    assert (summary["blurred"], summary["skipped"], summary["settings_digest"]) == (0, 3, digest)
 
 
 def test_overlapping_or_missing_locations_are_refused_before_anything_runs(tmp_path, models):
@@ -208,8 +234,9 @@ def test_overlapping_or_missing_locations_are_refused_before_anything_runs(tmp_p
     source.mkdir()
     (source / "a.jpg").write_bytes((SAMPLES / "crowd_0.jpg").read_bytes())
     (tmp_path / "link").symlink_to(source)
-    for output in (source, source / "blurred", f"{source}/x/../blurred", tmp_path / "link" / "blurred"):
-        with pytest.raises(ValueError, match=r"is the input .* or inside it"):
+    outputs = (source, source / "blurred", f"{source}/x/../blurred", tmp_path / "link" / "blurred", tmp_path)
+    for output in outputs:  # tmp_path holds the input: out/in/a.jpg would be written over in/a.jpg
+        with pytest.raises(ValueError, match=r"are one, or one is inside the other"):
             run_job(options(source, Path(output), models[0]))
     with pytest.raises(ValueError, match="no such folder"):
         run_job(options(tmp_path / "nope", tmp_path / "out", models[0]))
@@ -220,12 +247,14 @@ def test_overlapping_or_missing_locations_are_refused_before_anything_runs(tmp_p
         ("s3://photos/raw", "s3://photos/raw"),
         ("s3://photos/raw/", "s3://photos/raw/blurred"),
         ("s3://photos", "s3://photos/blurred"),
+        ("s3://photos/raw", "s3://photos"),  # raw/a.jpg would be written over the input raw/a.jpg
+        ("s3://photos/raw/2024", "s3://photos/raw/"),
     ):
-        with pytest.raises(ValueError, match="or inside it"):  # refused before any S3 call
+        with pytest.raises(ValueError, match="one is inside the other"):  # refused before any S3 call
             run_job(JobOptions(input_uri, output_uri, endpoint_url="http://127.0.0.1:9"))
     check_locations(Storage("s3://photos/raw"), Storage("s3://photos/raw-blurred"))
+    check_locations(Storage("s3://photos/raw-blurred"), Storage("s3://photos/raw"))
     check_locations(Storage("s3://photos/raw"), Storage("s3://other/raw"))
-    check_locations(Storage("s3://photos/raw/2024"), Storage("s3://photos/raw"))
     check_locations(Storage(str(source)), Storage(str(tmp_path / "out")))
 
 
@@ -405,3 +434,95 @@ def test_a_detector_actor_killed_mid_batch_is_replaced_and_the_job_finishes(tmp_
     assert summary["blurred"] == len(originals) and summary["failed"] == 0
     for key, data in originals.items():
         assert (output / key).read_bytes() != data  # every output blurred, none copied through
+
+
+def test_a_block_that_ray_delivers_again_after_its_part_was_written_changes_nothing(tmp_path):
+    """Ray may run a batch twice; a late copy of a block's rows must not rewrite that block's part with
+    only the copy (rows lost) nor count its inputs twice."""
+    target = Storage(str(tmp_path))
+    parts = blur_job.RunParts(target, "20250101T000000Z-aaaaaa")
+
+    def row(key: str, block: int, todo: int) -> dict:
+        fields = dict.fromkeys(MANIFEST_SCHEMA.names)
+        fields |= {"key": key, "status": "blurred", "run_id": "20250101T000000Z-aaaaaa"}
+        return fields | {"finished_at": datetime.now(timezone.utc), "block": block, "block_todo": todo}
+
+    parts.add([row("a.jpg", 0, 2), row("b.jpg", 0, 2)])  # block 0 complete: its part is written
+    parts.add([row("c.jpg", 1, 1)])
+    parts.add([row("b.jpg", 0, 2)])  # the late copy
+    parts.flush()
+
+    written = pq.read_table(tmp_path / run_part_key("20250101T000000Z-aaaaaa", "part", 0)).to_pylist()
+    assert [r["key"] for r in written] == ["a.jpg", "b.jpg"]
+    assert parts.counts == {"blurred": 3, "failed": 0}
+    assert [r["key"] for r in read_manifest_rows(target)] == ["a.jpg", "b.jpg", "c.jpg"]
+
+
+def test_names_that_are_not_utf8_each_fail_alone_and_the_job_goes_on(tmp_path, models):
+    source, output = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    photo = (SAMPLES / "crowd_0.jpg").read_bytes()
+    (source / "a.jpg").write_bytes(photo)
+    (source / os.fsdecode(b"caf\xe9.jpg")).write_bytes(photo)  # Latin-1, as an old camera may write
+
+    summary = run_job(options(source, output, models[0]))
+
+    rows = manifest(output)
+    assert {k: r["status"] for k, r in rows.items()} == {"a.jpg": "blurred", "caf\\xe9.jpg": "failed"}
+    assert "not valid UTF-8" in rows["caf\\xe9.jpg"]["error"]
+    assert (summary["inputs"], summary["blurred"], summary["failed"]) == (2, 1, 1)
+    assert sorted(p.name for p in output.iterdir()) == [AUDIT_DIR, "a.jpg"]
+
+    keys_file = tmp_path / "keys.txt"
+    keys_file.write_bytes(b"a.jpg\ncaf\xe9.jpg\n")
+    summary = run_job(options(source, tmp_path / "out2", models[0], keys_file=str(keys_file)))
+    rows = manifest(tmp_path / "out2")
+    assert {k: r["status"] for k, r in rows.items()} == {"a.jpg": "blurred", "caf\\xe9.jpg": "failed"}
+    assert "not valid UTF-8" in rows["caf\\xe9.jpg"]["error"]
+
+
+def test_inputs_over_the_byte_limit_fail_unread_and_a_run_of_failures_fails(tmp_path, models, monkeypatch):
+    source, output = tmp_path / "in", tmp_path / "out"
+    source.mkdir()
+    small, large = (SAMPLES / "crowd_0.jpg").read_bytes(), (SAMPLES / "dashcam_0.jpg").read_bytes()
+    assert len(small) < len(large)
+    (source / "small.jpg").write_bytes(small)
+    (source / "large.jpg").write_bytes(large)
+    read = []
+    real_read = Storage.read
+    monkeypatch.setattr(Storage, "read", lambda self, key: read.append(key) or real_read(self, key))
+
+    summary = run_job(options(source, output, models[0], max_input_bytes=len(small)))
+
+    rows = manifest(output)
+    assert rows["small.jpg"]["status"] == "blurred"
+    assert rows["large.jpg"]["status"] == "failed"
+    assert (
+        rows["large.jpg"]["error"] == f"input is {len(large):,} bytes, over --max-input-bytes {len(small):,}"
+    )
+    assert (summary["failed_fraction"], summary["failed_fraction_exceeded"]) == (0.5, False)
+
+    # Every input failing (here: all over the limit) fails the run; so does a run with no input.
+    summary = run_job(options(source, tmp_path / "out2", models[0], max_input_bytes=10))
+    assert (summary["failed"], summary["failed_fraction"], summary["failed_fraction_exceeded"]) == (
+        2,
+        1.0,
+        True,
+    )
+    tolerant = run_job(
+        options(source, tmp_path / "out3", models[0], max_input_bytes=10, max_failed_fraction=1)
+    )
+    assert tolerant["failed_fraction_exceeded"] is False
+    (tmp_path / "empty").mkdir()
+    summary = run_job(options(tmp_path / "empty", tmp_path / "out4", models[0]))
+    assert (summary["inputs"], summary["failed_fraction_exceeded"]) == (0, True)
+
+
+def test_detector_actors_reserve_memory_and_no_more_are_started_than_it_holds(monkeypatch):
+    import ray
+
+    gib = 2**30
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "memory": 5.0 * gib})
+    assert pool_size(0.75, 0.0, 0.25) == 16
+    assert pool_size(0.75, 0.0, 0.25, memory_gb=2.0) == 2
+    assert JobOptions("in", "out").actor_memory_gb > 0
