@@ -1,10 +1,15 @@
-"""Shared fixtures: paths to the shared labelled photos, one loaded default detector, a moto S3 server.
+"""Shared fixtures: the sample photos, the labelled sets, one loaded default detector, a moto S3 server.
+
+`SAMPLES` is the repository's `samples/` (a few photos and their labels, shipped). `DATASETS` holds the
+labelled sets (not shipped): `$STREETBLUR_DATASETS`, else `../shared/datasets` beside the repository;
+tests that need them skip when the folder is absent (`requires_datasets`, `skip_without_datasets`).
 
 The tests keep their model exports (detection/runtime.py) in a cache of their own, removed at exit,
 so they neither read nor fill the user's `~/.cache/streetblur`; Ray workers they start inherit it.
 """
 
 import atexit
+import json
 import os
 import shutil
 import socket
@@ -16,11 +21,14 @@ import cv2
 import numpy as np
 import pytest
 
+from detection.detections import CLASS_NAMES, Detections
 from detection.detector import Detector
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-DATASETS = SHARED / "datasets"
-SAMPLES = SHARED / "samples"
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "samples"
+DATASETS = Path(os.environ.get("STREETBLUR_DATASETS") or REPO.parent / "shared" / "datasets")
+NO_DATASETS = "labelled sets not found: set STREETBLUR_DATASETS or put them in ../shared/datasets"
+requires_datasets = pytest.mark.skipif(not DATASETS.is_dir(), reason=NO_DATASETS)
 AWS_ENV = {
     "AWS_ACCESS_KEY_ID": "testing",
     "AWS_SECRET_ACCESS_KEY": "testing",
@@ -30,6 +38,22 @@ AWS_ENV = {
 if "STREETBLUR_CACHE" not in os.environ:
     os.environ["STREETBLUR_CACHE"] = tempfile.mkdtemp(prefix="streetblur-test-cache-")
     atexit.register(shutil.rmtree, os.environ["STREETBLUR_CACHE"], ignore_errors=True)
+
+
+def skip_without_datasets() -> None:
+    """Skip the calling test when the labelled sets are absent: `requires_datasets` for fixtures and
+    helpers, where a mark cannot go."""
+    if not DATASETS.is_dir():
+        pytest.skip(NO_DATASETS)
+
+
+def sample_labels() -> dict[str, Detections]:
+    """The ground-truth faces and plates of each sample photo (`samples/labels.json`), by file name."""
+    labels = {}
+    for name, boxes in json.loads((SAMPLES / "labels.json").read_text()).items():
+        classes = [CLASS_NAMES.index(box["class"]) for box in boxes]
+        labels[name] = Detections([box["box"] for box in boxes], np.ones(len(boxes)), classes)
+    return labels
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +67,7 @@ def dashcam_plate() -> tuple[np.ndarray, np.ndarray]:
     """A real 1280x720 dashcam frame with one labelled plate of typical size (~120 px), and its box."""
     from eval.datasets import load_dataset
 
+    skip_without_datasets()
     single = [im for im in load_dataset(DATASETS / "plates-dashcam") if len(im.boxes) == 1]
     image = min(single, key=lambda im: abs(im.boxes.xyxy[0, 2] - im.boxes.xyxy[0, 0] - 120))
     return cv2.imread(str(image.path)), image.boxes.xyxy[0]

@@ -23,7 +23,9 @@ from eval.audit import (
 from eval.datasets import load_dataset, load_split, split_dataset, with_label_fixes
 from eval.metrics import overlaps_nothing
 from jobs.cli import main
-from tests.conftest import DATASETS
+from tests.conftest import DATASETS, requires_datasets
+
+pytestmark = requires_datasets
 
 
 def test_audit_lists_each_detection_that_overlaps_no_label_and_draws_it_numbered(capsys, tmp_path):

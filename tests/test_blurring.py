@@ -9,11 +9,8 @@ criterion means the same for a 17 px face and a 300 px one; a fixed 5x5 Gaussian
 
 from __future__ import annotations
 
-import json
 import math
-import xml.etree.ElementTree as ET
 from functools import cache
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -21,19 +18,12 @@ import pytest
 
 from blurring import BlurConfig, anonymize, blur_mask
 from detection.detections import CLASS_NAMES, Detections
+from eval.datasets import LabelledImage, load_dataset
+from tests.conftest import DATASETS, SAMPLES, sample_labels, skip_without_datasets
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared"
-SAMPLES = SHARED / "samples"
-FACES = SHARED / "datasets" / "faces-crowd"
-PLATES = SHARED / "datasets" / "plates-dashcam"
-SOURCES = {  # labelled image each sample is a byte-for-byte copy of (checked in `load`)
-    "crowd_0": "maksssksksss179.jpg",
-    "crowd_1": "maksssksksss692.jpg",
-    "crowd_2": "maksssksksss200.jpg",
-    "crowd_3": "maksssksksss506.jpg",
-    "dashcam_0": "dayride_type1_001.mp4#t=272.jpg",
-    "dashcam_1": "dayride_type1_001.mp4#t=1208.jpg",
-    "dashcam_3": "nightride_type3_001.mp4#t=112.jpg",
+NOT_SHIPPED = {  # photos too large to ship in samples/, read from the labelled set they come from
+    "crowd_3": ("faces-crowd", "maksssksksss506.jpg"),
+    "dashcam_3": ("plates-dashcam", "nightride_type3_001.mp4#t=112.jpg"),
 }
 MODES = ("gaussian", "pixelate", "solid")
 DETAIL_SIDE = 16  # boxes are compared at this size, whatever their size in the photo
@@ -41,31 +31,24 @@ MAX_DETAIL = 0.05  # unrecoverable: less than this fraction of the original deta
 
 
 @cache
-def coco_faces() -> dict:
-    """The face dataset's COCO annotations."""
-    return json.loads((FACES / "annotations.json").read_text())
+def not_shipped(sample: str) -> LabelledImage:
+    """One of NOT_SHIPPED, with its labels as published."""
+    name, file = NOT_SHIPPED[sample]
+    return next(im for im in load_dataset(DATASETS / name, raw_labels=True) if im.path.name == file)
 
 
 def load(sample: str, scale: float = 1.0) -> tuple[np.ndarray, Detections]:
-    """A sample photo and its ground-truth boxes (faces or plates), both resized by `scale`."""
-    source = SOURCES[sample]
-    if sample.startswith("crowd"):
-        folder, class_id = FACES, CLASS_NAMES.index("face")
-        data = coco_faces()
-        image_id = next(im["id"] for im in data["images"] if im["file_name"] == source)
-        xywh = [a["bbox"] for a in data["annotations"] if a["image_id"] == image_id]
-        boxes = [[x, y, x + w, y + h] for x, y, w, h in xywh]
+    """A sample photo and its ground-truth boxes (faces or plates), both resized by `scale`: one of
+    samples/, or one of NOT_SHIPPED (skipped when the labelled sets are absent)."""
+    if sample in NOT_SHIPPED:
+        skip_without_datasets()
+        path, detections = not_shipped(sample).path, not_shipped(sample).boxes
     else:
-        folder, class_id = PLATES, CLASS_NAMES.index("plate")
-        root = ET.parse(PLATES / "annotations" / source.replace(".jpg", ".xml")).getroot()
-        corners = ("xmin", "ymin", "xmax", "ymax")
-        boxes = [[float(o.findtext(f"bndbox/{c}")) for c in corners] for o in root.iter("object")]
-    path = SAMPLES / f"{sample}.jpg"
-    assert path.read_bytes() == (folder / "images" / source).read_bytes()
+        path = SAMPLES / f"{sample}.jpg"
+        detections = sample_labels()[path.name]
     image = cv2.imread(str(path))
     if scale != 1.0:
         image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_CUBIC)
-    detections = Detections(boxes, np.ones(len(boxes)), np.full(len(boxes), class_id))
     return image, detections.scaled(scale)
 
 

@@ -11,7 +11,9 @@ from eval.calibrate import calibrate
 from eval.datasets import LabelledImage, load_split
 from eval.evaluate import run_evaluation
 from jobs.cli import main
-from tests.conftest import DATASETS
+from tests.conftest import DATASETS, requires_datasets
+
+pytestmark = requires_datasets
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from detection.runtime import choose_runtime, exported_weights
 from detection.tiling import plan_views
 from eval.datasets import load_split
 from eval.metrics import coco_metrics
-from tests.conftest import DATASETS, SAMPLES
+from tests.conftest import DATASETS, SAMPLES, requires_datasets
 
 # Recall at IoU 0.5 at the default thresholds (corrected labels), measured on the held-out splits
 # (detection/weights/MODEL_CARD.md, "Validation"), less a small margin for CPU/library noise.
@@ -31,6 +31,7 @@ def iou(a: np.ndarray, b: np.ndarray) -> float:
     return float(inter / ((a[2:] - a[:2]).prod() + (b[2:] - b[:2]).prod() - inter))
 
 
+@requires_datasets
 @pytest.mark.parametrize("dataset", sorted(RECALL_FLOORS))
 def test_default_model_recall_on_held_out_split(detector, dataset):
     images = load_split(DATASETS / dataset, "val")
@@ -205,6 +206,7 @@ def test_auto_runtime_is_openvino_on_cpu_and_torch_on_a_gpu():
         DetectorConfig(runtime="tensorflow")
 
 
+@requires_datasets
 def test_upscaling_small_photos_finds_more_of_their_small_faces(detector):
     images = load_split(DATASETS / "faces-crowd", "dev")[:40]  # about 400x300, faces 17 px wide
     pixels = [cv2.imread(str(im.path)) for im in images]

@@ -15,7 +15,7 @@ from eval.datasets import (
     with_label_fixes,
     write_yolo_example,
 )
-from tests.conftest import DATASETS
+from tests.conftest import DATASETS, requires_datasets
 
 # Images and boxes per set, from its README (street-faces-plates: 2572 + 1531 + 665 + 267 boxes)
 SHARED_COUNTS = {
@@ -26,6 +26,7 @@ SHARED_COUNTS = {
 }
 
 
+@requires_datasets
 @pytest.mark.parametrize("name", sorted(SHARED_COUNTS))
 def test_shared_sets_load_whole_and_inside_their_images(name):
     images = load_dataset(DATASETS / name, raw_labels=True)  # as published
@@ -44,6 +45,7 @@ def test_shared_sets_load_whole_and_inside_their_images(name):
         assert first.size == (images[0].width, images[0].height)
 
 
+@requires_datasets
 @pytest.mark.parametrize("name", sorted(SHARED_COUNTS))
 def test_held_out_splits_are_disjoint_parts(name):
     parts = {part: {im.path for im in load_split(DATASETS / name, part)} for part in ("train", "dev", "val")}
@@ -57,6 +59,7 @@ def test_held_out_splits_are_disjoint_parts(name):
     )
 
 
+@requires_datasets
 def test_time_split_holds_out_the_end_of_each_drive_for_val_and_the_stretch_before_for_dev():
     def times(part):
         by_video = {}
@@ -152,6 +155,7 @@ def test_class_map_text_and_its_use(tmp_path):
     assert isinstance(image.boxes, Detections) and (image.boxes.scores == 1).all()
 
 
+@requires_datasets
 @pytest.mark.parametrize("name", ["faces-crowd", "plates-dashcam"])
 def test_written_yolo_labels_read_back_as_the_same_boxes(tmp_path, name):
     images = load_split(DATASETS / name, "dev")[:5]
@@ -166,6 +170,7 @@ def test_written_yolo_labels_read_back_as_the_same_boxes(tmp_path, name):
         np.testing.assert_allclose(read.boxes.xyxy, written.boxes.xyxy, atol=0.01)
 
 
+@requires_datasets
 def test_a_label_overlay_adds_its_boxes_and_raw_labels_leave_them_out(tmp_path):
     root = tmp_path / "faces-crowd"  # its labels; the overlay names images by their path in the set
     (root / "images").mkdir(parents=True)

@@ -12,7 +12,7 @@ from eval.datasets import load_split
 from eval.evaluate import run_evaluation
 from jobs.cli import build_parser
 from jobs.ray_pool import RayInference, ray_scan
-from tests.conftest import DATASETS
+from tests.conftest import DATASETS, requires_datasets
 
 PER_SET = 6
 
@@ -56,6 +56,7 @@ def assert_same_boxes(found, expected):
         np.testing.assert_array_equal(got.class_id, want.class_id)
 
 
+@requires_datasets
 def test_ray_gives_the_in_process_predictions_in_image_order(in_process, on_ray):
     expected, found = in_process.models[0], on_ray.models[0]
     assert sum(len(dets) for dets in expected.predictions) > 0
@@ -64,6 +65,7 @@ def test_ray_gives_the_in_process_predictions_in_image_order(in_process, on_ray)
         assert_same_boxes(found.detections[point], expected.detections[point])
 
 
+@requires_datasets
 def test_ray_gives_the_in_process_figures(in_process, on_ray):
     expected, found = in_process.models[0], on_ray.models[0]
     assert found.model_id == expected.model_id
@@ -82,6 +84,7 @@ def eval_args(*argv: str) -> argparse.Namespace:
     return build_parser().parse_args(["eval", *argv])
 
 
+@requires_datasets
 def test_cli_with_ray_writes_the_report(tmp_path, local_ray, capsys):
     out = tmp_path / "out"
     args = eval_args(

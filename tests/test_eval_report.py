@@ -20,7 +20,7 @@ from eval.datasets import SHARED_DATASETS, load_dataset, load_split, split_datas
 from eval.evaluate import at_thresholds, best_of_groups, read_pixels, run_evaluation
 from eval.report import write_report
 from jobs.cli import build_parser
-from tests.conftest import DATASETS, SAMPLES
+from tests.conftest import DATASETS, SAMPLES, requires_datasets
 
 FACES = DATASETS / "faces-crowd"
 SUBSET = 12
@@ -50,6 +50,7 @@ def report_dir(evaluation, tmp_path_factory):
     return out
 
 
+@requires_datasets
 def test_report_files_are_written(report_dir):
     names = {"report.md", "report.html", "report.json", "predictions.json", "ground_truth.json"}
     assert {p.name for p in report_dir.iterdir()} == names
@@ -70,6 +71,7 @@ class Tags(HTMLParser):
         self.tags.append((tag, dict(attrs)))
 
 
+@requires_datasets
 def test_html_is_self_contained_with_embedded_pngs(report_dir, evaluation):
     parser = Tags()
     parser.feed((report_dir / "report.html").read_text())
@@ -85,6 +87,7 @@ def test_html_is_self_contained_with_embedded_pngs(report_dir, evaluation):
     assert all(link.startswith("data:") for link in links)
 
 
+@requires_datasets
 def test_json_has_the_documented_keys(report_dir, subset, detector):
     report = json.loads((report_dir / "report.json").read_text())
     assert set(report) == {"created", "wall_time_s", "dataset", "settings", "examples", "models"}
@@ -126,6 +129,7 @@ def test_json_has_the_documented_keys(report_dir, subset, detector):
     assert model["pr_curve"]["plate"] is None
 
 
+@requires_datasets
 def test_predictions_are_coco_results_that_reproduce_the_reported_ap(report_dir, subset):
     gt = COCO(str(report_dir / "ground_truth.json"))
     results = json.loads((report_dir / "predictions.json").read_text())
@@ -143,6 +147,7 @@ def test_predictions_are_coco_results_that_reproduce_the_reported_ap(report_dir,
     assert evaluator.stats[1] == pytest.approx(reported["AP50"], abs=1e-3)
 
 
+@requires_datasets
 def test_deployed_figures_are_those_of_the_deployed_detector(detector, evaluation, subset):
     model = evaluation.models[0]
     for i in range(3):
@@ -191,6 +196,7 @@ def eval_args(*argv: str) -> argparse.Namespace:
     return build_parser().parse_args(["eval", *argv])
 
 
+@requires_datasets
 def test_cli_writes_one_side_by_side_report_for_two_models(tmp_path, capsys):
     args = eval_args(
         "--data", str(DATASETS / "plates-roboflow"), "--split", "val", "--limit", "2",
@@ -234,6 +240,7 @@ def test_cli_refuses_bad_options_before_loading_a_model(tmp_path, argv, message)
         args.run(args)
 
 
+@requires_datasets
 def test_corrected_labels_are_reported_beside_the_raw_ones(tmp_path):
     """plates-roboflow val with its audit's added plate: the report shows both label sets, and the raw
     figures are those of an evaluation on the raw labels alone."""

@@ -11,7 +11,7 @@ import pytest
 from detection.detector import DEFAULT_MODEL, Detector, DetectorConfig
 from detection.runtime import INT8_SOURCE_FILE, int8_weights, weights_digest
 from jobs.cli import main
-from tests.conftest import DATASETS, SAMPLES
+from tests.conftest import DATASETS, SAMPLES, requires_datasets
 
 
 def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -27,6 +27,7 @@ def fp32_detector() -> Detector:
     return Detector(DetectorConfig(runtime="openvino", precision="fp32"))
 
 
+@requires_datasets
 def test_quantize_writes_an_int8_model_beside_the_weights_that_finds_what_fp32_finds(tmp_path, fp32_detector):
     weights = tmp_path / "mine.pt"
     shutil.copyfile(DEFAULT_MODEL, weights)

@@ -25,7 +25,7 @@ from detection.detections import Detections
 from eval.datasets import load_split
 from jobs.manifest import AUDIT_DIR, read_manifest_rows
 from jobs.storage import Storage
-from tests.conftest import DATASETS
+from tests.conftest import DATASETS, requires_datasets
 from tests.s3_fault_proxy import FaultProxy
 
 # The job's faults, per request. An attempt fails outright for a PUT with odds 0.04 * 3 + 0.08 + 0.04
@@ -95,6 +95,7 @@ def decode_whole(data: bytes) -> np.ndarray:
     return pixels
 
 
+@requires_datasets
 def test_the_job_rides_out_s3_faults_and_publishes_only_whole_blurred_images(faulty_run, inputs, s3_endpoint):
     summary, counts, output, rates = faulty_run
     missing = [fault for fault in rates if not counts[fault]]

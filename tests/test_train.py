@@ -14,7 +14,9 @@ from detection.tiling import View, plan_views
 from eval.datasets import SHARED_DATASETS, load_dataset, split_dataset
 from jobs.cli import main
 from jobs.train import DEFAULT_PSEUDO_LABELS, TILE_MIN_VISIBLE, load_pseudo_labels, write_tile_example
-from tests.conftest import DATASETS
+from tests.conftest import DATASETS, requires_datasets
+
+pytestmark = requires_datasets
 
 
 @pytest.fixture(scope="module")
