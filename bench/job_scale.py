@@ -3,13 +3,13 @@
     python bench/job_scale.py [--keys 10000 100000 1000000] [--work /tmp/streetblur-scale]
 
 Inputs: a local folder of N empty `.jpg` files (1000 a subfolder), the same storage interface as S3,
-plus the 8 sample photos under `000-samples/`, which come first in key order. Two runs each:
+plus the sample photos of `samples/` under `000-samples/`, which come first in key order. Two runs each:
 
 - fresh: nothing done before. Measures the time from starting `streetblur run` to the first blurred
   output, and the driver's peak memory meanwhile; the run is then killed (blurring N empty files,
   each a failed row, is not the point).
 - resume: a manifest state holding a row for every empty file, as a run of this model would have left
-  it, built with the job's own `compact` (timed). Only the 8 photos are new. The run lists every key,
+  it, built with the job's own `compact` (timed). Only the sample photos are new. The run lists every key,
   walks the state beside the listing, writes the skipped rows and compacts: it measures driver peak
   memory and wall time for the whole run, at N keys.
 
@@ -39,7 +39,7 @@ from detection.detector import DetectorConfig, model_id, plan_models  # noqa: E4
 from jobs.manifest import MANIFEST_SCHEMA, compact, read_index, run_part_key, write_rows  # noqa: E402
 from jobs.storage import Storage  # noqa: E402
 
-SAMPLES = REPO.parent / "shared" / "samples"
+SAMPLES = REPO / "samples"
 PER_FOLDER = 1000
 PLANTED_AT = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -55,7 +55,9 @@ def make_inputs(folder: Path, keys: int) -> None:
         sub.mkdir(parents=True)
         for i in range(start, min(keys, start + PER_FOLDER)):
             os.close(os.open(sub / f"{i:07d}.jpg", os.O_CREAT | os.O_WRONLY, 0o644))
-    shutil.copytree(SAMPLES, folder / "000-samples")
+    (folder / "000-samples").mkdir(parents=True)
+    for photo in SAMPLES.glob("*.jpg"):
+        shutil.copyfile(photo, folder / "000-samples" / photo.name)
     done_marker.touch()
 
 

@@ -1,6 +1,7 @@
 """Images/s of the whole Ray job against the detector alone in one process (the floor), and peak memory.
 
-Both run on the same real photos from ../shared/datasets (dashcam frames and crowd photos):
+Both run on the same real photos of the labelled sets (dashcam frames and crowd photos) in `--data`
+($STREETBLUR_DATASETS, else ../shared/datasets beside the repository):
 - floor: one process, default `Detector`, `detect` on photos decoded beforehand (no I/O, no blur,
   no encode: the least work any job must do);
 - job: `run_job` from a local folder to a local folder, local Ray started in-process; its rate is
@@ -14,7 +15,8 @@ Peak memory is the largest resident set summed over this process and all its chi
 sampled every 0.2 s; pages of Ray's shared object store count once per process that maps them, so
 the job's figure overstates its real use. Not a test: numbers depend on the machine.
 
-    python bench/job_throughput.py [--images 40] [--actors N] [--actor-cpus C] [--set KEY=VALUE ...]
+    python bench/job_throughput.py [--data DIR] [--images 40] [--actors N] [--actor-cpus C]
+        [--set KEY=VALUE ...]
     python bench/job_throughput.py --actor-gpus 1 --actor-cpus 2 --set detect.precision=fp16  # a GPU
 """
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import tempfile
 import threading
@@ -37,7 +40,8 @@ from jobs.blur_job import JobOptions, run_job
 from jobs.manifest import TIMING_COLUMNS, read_manifest_rows
 from jobs.storage import Storage
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"  # beside the repository
+DATASETS = Path(os.environ.get("STREETBLUR_DATASETS") or SHARED_DATASETS)
 
 
 class PeakMemory:
@@ -69,10 +73,10 @@ class PeakMemory:
         self._thread.join()
 
 
-def photos(count: int) -> list[Path]:
-    """Half dashcam frames (1280x720), half crowd photos, spread over each set."""
-    dashcam = sorted((DATASETS / "plates-dashcam" / "images").glob("*.jpg"))
-    crowd = sorted((DATASETS / "faces-crowd" / "images").glob("*.jpg"))
+def photos(data: Path, count: int) -> list[Path]:
+    """Half dashcam frames (1280x720), half crowd photos, spread over each set in `data`."""
+    dashcam = sorted((data / "plates-dashcam" / "images").glob("*.jpg"))
+    crowd = sorted((data / "faces-crowd" / "images").glob("*.jpg"))
     half = count // 2
     return dashcam[:: len(dashcam) // half][:half] + crowd[:: len(crowd) // (count - half)][: count - half]
 
@@ -131,16 +135,19 @@ def whole_job(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DATASETS, help="folder of the labelled sets")
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--actors", type=int, help="detector actors (default: the job's own default)")
     parser.add_argument("--actor-cpus", type=float, default=JobOptions.actor_cpus)
     parser.add_argument("--actor-gpus", type=float, default=0.0)
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config option")
     args = parser.parse_args()
+    if not (args.data / "plates-dashcam").is_dir() or not (args.data / "faces-crowd").is_dir():
+        parser.error(f"--data {args.data}: no plates-dashcam/ and faces-crowd/ there")
     config = load_config(overrides=parse_overrides(args.set))
     if args.actor_gpus and config.detect.device is None:
         config = load_config(overrides={**parse_overrides(args.set), "detect.device": "cuda:0"})
-    paths = photos(args.images)
+    paths = photos(args.data, args.images)
     floor = detector_alone(paths, config)
     job = whole_job(paths, config, args.actors, args.actor_cpus, args.actor_gpus)
     print(

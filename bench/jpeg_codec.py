@@ -1,6 +1,7 @@
 """Milliseconds to decode and encode a JPEG: the pipeline's own functions, Pillow, simplejpeg, OpenCV.
 
-On real 1280x720 dashcam frames and on 8-megapixel JPEGs (3264x2448, made once from those frames,
+On real 1280x720 dashcam frames (`plates-dashcam` of `--data`: $STREETBLUR_DATASETS, else
+../shared/datasets beside the repository) and on 8-megapixel JPEGs (3264x2448, made once from those frames,
 upscaled, at quality 95). Medians over `--images` files, each coded `--repeat` times.
 
 - decode: `blurring.image_io.decode_image` (simplejpeg pixels, Pillow's header for size, EXIF and
@@ -13,7 +14,7 @@ Pillow's wheels already bundle libjpeg-turbo, so this measures the bindings' ove
 colour conversions), not two JPEG libraries. PyTurboJPEG needs the system's libturbojpeg, which this
 machine lacks; it is not measured. Not a test: numbers depend on the machine. Usage:
 
-    python bench/jpeg_codec.py [--images 20] [--repeat 3]
+    python bench/jpeg_codec.py [--data DIR] [--images 20] [--repeat 3]
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import statistics
 import time
 from collections.abc import Callable
@@ -33,7 +35,8 @@ from PIL import Image
 
 from blurring.image_io import decode_image, encode_image
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"  # beside the repository
+DATASETS = Path(os.environ.get("STREETBLUR_DATASETS") or SHARED_DATASETS)
 MAX_PIXELS = 250_000_000
 
 
@@ -56,11 +59,14 @@ def median_ms(run: Callable[[bytes | np.ndarray], object], inputs: list, repeat:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, default=DATASETS, help="folder of the labelled sets")
     parser.add_argument("--images", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
+    if not (args.data / "plates-dashcam").is_dir():
+        parser.error(f"--data {args.data}: no plates-dashcam/ there")
 
-    frames = sorted((DATASETS / "plates-dashcam" / "images").glob("*.jpg"))
+    frames = sorted((args.data / "plates-dashcam" / "images").glob("*.jpg"))
     frames = frames[:: max(1, len(frames) // args.images)][: args.images]
     small = [path.read_bytes() for path in frames]
     large = [
