@@ -6,11 +6,18 @@ and config files (so an instance role, `AWS_PROFILE` or MinIO keys all work), pl
 mode (backoff, throttling errors included); a read whose body is cut midway is tried again too.
 A `Storage` holds only its URI and endpoint, so it pickles cheaply into Ray tasks; each process
 makes its own client on first use and keeps it.
+
+`read_versioned`, `write_if` and `delete_if` are compare-and-swap on one object, for what one run at a
+time may change (`jobs.lease`, `jobs.manifest`): on S3 conditional requests (`If-Match`,
+`If-None-Match: *`); in a folder a check and an atomic replace under an exclusive lock (`_locked`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,10 +51,18 @@ def printable_key(raw: str) -> tuple[str, str]:
 
 _S3_CLIENTS: dict[str | None, object] = {}  # one client per endpoint, per process
 DOWNLOAD_ATTEMPTS = 4  # reads whose body is cut midway are tried again (botocore retries only the call)
+# S3's codes for a failed condition: another version (412), a racing conditional write (409), no object
+# for `If-Match` (404)
+CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey")
+LOCK_WAIT_S = 30.0  # a folder's conditional write waits this long for another writer's lock
 
 
 class NotFound(Exception):
     """The object does not exist."""
+
+
+class ConditionFailed(Exception):
+    """A conditional write or delete found another version of the object, or none, or one."""
 
 
 class InvalidKey(ValueError):
@@ -205,6 +220,130 @@ class Storage:
             self.client().put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
         else:
             write_file_atomically(self.root / key, data)
+
+    def read_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object's bytes and version, for `write_if`/`delete_if` (S3: its ETag as S3 gives it; a
+        folder: the SHA-256 of the bytes); `NotFound` if it does not exist."""
+        check_key(key)
+        if not self.is_s3:
+            data = self.read(key)
+            return data, _digest(data)
+        from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
+        from urllib3.exceptions import ProtocolError
+
+        client, attempt = self.client(), 1
+        while True:
+            try:
+                reply = client.get_object(Bucket=self.bucket, Key=self.prefix + key)
+                return reply["Body"].read(), reply["ETag"]
+            except client.exceptions.NoSuchKey:
+                raise NotFound(key) from None
+            except (IncompleteReadError, ReadTimeoutError, ResponseStreamingError, ProtocolError):
+                if attempt == DOWNLOAD_ATTEMPTS:  # cut while streaming the body, as in `read`
+                    raise
+                attempt += 1
+
+    def write_if(self, key: str, data: bytes, version: str | None) -> str:
+        """Store `data` under `key` only if the object is still at `version` (None: only if there is
+        none); return the new version, or raise `ConditionFailed`.
+
+        `data` must differ from every earlier content of the key (hold a unique token): on S3 a retried
+        write whose first try took effect (its reply was lost) fails its own condition, and is then
+        recognised by its bytes.
+        """
+        check_key(key)
+        if not self.is_s3:
+            _swap_file(self.root / key, data, version)
+            return _digest(data)
+        from botocore.exceptions import ClientError
+
+        condition = {"IfNoneMatch": "*"} if version is None else {"IfMatch": version}
+        try:
+            reply = self.client().put_object(
+                Bucket=self.bucket, Key=self.prefix + key, Body=data, **condition
+            )
+        except ClientError as error:
+            if error.response["Error"]["Code"] not in CONDITION_FAILED:
+                raise
+            try:
+                stored, stored_version = self.read_versioned(key)
+            except NotFound:
+                raise ConditionFailed(key) from None
+            if stored != data:
+                raise ConditionFailed(key) from None
+            return stored_version
+        return reply["ETag"]
+
+    def delete_if(self, key: str, version: str) -> None:
+        """Delete the object only if it is still at `version`, else `ConditionFailed` (also when it does
+        not exist)."""
+        check_key(key)
+        if self.is_s3:
+            from botocore.exceptions import ClientError
+
+            try:
+                self.client().delete_object(Bucket=self.bucket, Key=self.prefix + key, IfMatch=version)
+            except ClientError as error:
+                if error.response["Error"]["Code"] in CONDITION_FAILED:
+                    raise ConditionFailed(key) from None
+                raise
+            return
+        path = self.root / key
+        with _locked(path):
+            if _file_version(path) != version:
+                raise ConditionFailed(key)
+            path.unlink()
+
+
+def _digest(data: bytes) -> str:
+    """The version of a file in a folder: the SHA-256 of its bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_version(path: Path) -> str | None:
+    """The version of the file at `path`, None if there is none."""
+    try:
+        return _digest(path.read_bytes())
+    except FileNotFoundError:
+        return None
+
+
+def _swap_file(path: Path, data: bytes, version: str | None) -> None:
+    """Compare-and-swap of a file: write `data` to `path` only if the file is at `version` (None: only if
+    there is none), else `ConditionFailed`. The check and the write hold the file's lock (`_locked`), so
+    no other conditional write comes between; readers, who take no lock, see the old file or the new
+    one, whole (`write_file_atomically`)."""
+    with _locked(path):
+        if _file_version(path) != version:
+            raise ConditionFailed(str(path))
+        write_file_atomically(path, data)
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """Hold an exclusive `flock` of `.NAME.lock` beside `path` (made if need be, and kept: a lock file
+    removed while another writer has it open would let two writers each lock one). The kernel releases
+    the lock of a killed process. `TimeoutError` after `LOCK_WAIT_S` (a writer stopped while holding it).
+    """
+    import fcntl  # POSIX only
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lock = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o666)  # RDWR: NFS locks too
+    try:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(
+                        f"{path}: another writer has held its lock for {LOCK_WAIT_S:.0f} s"
+                    ) from None
+                time.sleep(0.01)
+        yield
+    finally:
+        os.close(lock)  # and with it the lock
 
 
 def _walk_in_key_order(folder: Path) -> Iterator[Path]:
