@@ -45,7 +45,7 @@ from tqdm import tqdm
 from blurring.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format
 from blurring.pipeline import Config, Outcome, blur_images, output_settings, settings_digest
 from detection.detector import Detector, model_id, plan_models
-from jobs.lease import Lease
+from jobs.lease import LEASE_WAIT_S, Lease
 from jobs.listing import InputListing, ListingTally, ResumeRule
 from jobs.manifest import (
     AUDIT_DIR,
@@ -83,6 +83,9 @@ class JobOptions:
     io_cpus: float = IO_CPUS  # CPUs per read/write task: small, so actors do not starve them
     batch_size: int = BATCH_SIZE  # images per actor call; their tiles share model batches
     flush_rows: int = 64  # inputs to do per listing block: one manifest part of the run each
+    # how long to wait on another host's unexpired lease of the output (a retry of this job on a new
+    # host: the dead try's lease is not renewed, and is taken over once expired); 0: refuse at once
+    lease_wait_s: float = LEASE_WAIT_S
     max_input_bytes: int = 1 << 30  # larger inputs fail from their listed size, unread
     # memory Ray reserves per detector actor: measured peaks 1.0 GB with 4 1280x720 frames a batch, 2.2 GB
     # with 4 8192x4096 panoramas (OpenVINO INT8, 2026-12); raise it for larger images or batches
@@ -113,12 +116,12 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
     settings = output_settings(options.config, model_id(weights), runtime, precision)
     rule = ResumeRule(settings_digest(settings), options.overwrite, options.retry_failed)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-    with Lease(target, run_id) as lease:
+    with Lease(target, run_id, wait_s=options.lease_wait_s) as lease:
         index = read_index(target)
         leftover = uncompacted_runs(target, index)
         if leftover:
             log.info("compacting the manifest parts of %d earlier runs that did not finish", len(leftover))
-            index = compact(target, index, leftover)
+            index = compact(target, index, leftover, lease)
         log.info("run %s: settings %s; %d inputs done before", run_id, rule.settings_digest, index["rows"])
         start_ray(address, verbose=options.verbose)
         parts = RunParts(target, run_id)
@@ -126,8 +129,7 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
             tally = run_pipeline(source, target, options, rule, parts, run_id)
         finally:
             parts.flush()  # even if the pipeline raised: the rows it finished are kept, and skipped next time
-        lease.check()
-        compact(target, index, [run_id])
+        compact(target, index, [run_id], lease)  # renews the lease first: `LeaseLost` if taken over
     wall = time.perf_counter() - started
     processed = parts.counts["blurred"] + parts.counts["failed"]
     failed_fraction = parts.counts["failed"] / processed if processed else 0.0

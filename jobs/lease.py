@@ -3,17 +3,28 @@
 A run takes the lease before it reads the manifest and gives it back after compacting it; a thread
 renews it every third of its time to live. A second run on the same output refuses to start
 (`LeaseHeld`, naming the holder and when its lease expires) unless the lease has expired, or its
-holder ran on this host and its process is gone (a killed run): then it takes the lease over. A run
-that loses its lease (it stalled past the expiry and another run took over) does not compact the
-manifest (`LeaseLost`); its parts stay, and the holder's next run compacts them.
+holder ran on this host and its process is gone (a killed run): then it takes the lease over. The
+lease of a run on another host that is not expired yet is waited on, up to `wait_s` (by default just
+past its time to live): a live run renews it (`LeaseHeld` at once), a dead one does not (taken over
+once expired). So a retry of a job on a new host (KubeRay, `ray job submit`) takes over the lease its
+dead first try left, instead of failing.
 
-Taking, renewing and taking over are compare-and-swap: on S3 conditional writes (`If-None-Match: *`
-to create, `If-Match: ETAG` to replace); in a folder a hard link of the written lease (which fails
-if one exists), and a rename of the stale file, which only one of two racing runs can win.
+A thread's renewals are not enough to fence off a run: one paused past the expiry (SIGSTOP, a long GC
+pause, a suspended VM) resumes before its renewer notices. So before each write only the holder may do
+(`jobs.manifest.compact`), the run renews the lease itself (`verify`): `LeaseLost` if another run took
+it over. A run whose lease expired while nobody took it over still holds it: its renewal succeeds and
+it goes on (no other run can have started on the output meanwhile). A run that loses its lease does not
+compact the manifest; its parts stay, and the holder's next run compacts them.
+
+Taking, renewing, taking over and giving back are compare-and-swap (`Storage.write_if`/`delete_if`):
+on S3 conditional requests (`If-None-Match: *` to create, `If-Match: ETAG` to replace or delete); in a
+folder a check and an atomic replace under an exclusive lock of `_streetblur/.lease.json.lock`, so of
+racing runs exactly one wins, and no run ever reads a half-written lease.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -23,14 +34,16 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from blurring.image_io import write_file_atomically
-from jobs.storage import NotFound, Storage
+from jobs.storage import ConditionFailed, NotFound, Storage
 
 log = logging.getLogger("streetblur.lease")
 
 LEASE_KEY = "_streetblur/lease.json"
 LEASE_TTL_S = 120.0
-CONDITION_FAILED = ("PreconditionFailed", "ConditionalRequestConflict")  # S3's codes for a failed condition
+# How long `take` waits on the unexpired lease of another host: a dead run's lease expires within its
+# time to live; 30 s more for the polling and clocks that differ between hosts.
+LEASE_WAIT_S = LEASE_TTL_S + 30.0
+TAKE_RACES = 3  # lost races with other runs taking the lease before `take` gives up
 
 
 class LeaseHeld(RuntimeError):
@@ -44,10 +57,13 @@ class LeaseLost(RuntimeError):
 class Lease:
     """This run's hold on `target`; a context manager that takes, renews and gives back the lease."""
 
-    def __init__(self, target: Storage, run_id: str, ttl_s: float = LEASE_TTL_S) -> None:
-        self.target, self.run_id, self.ttl_s = target, run_id, ttl_s
-        self.version = ""  # the S3 ETag, or the token of a local lease file, of what this run wrote
+    def __init__(
+        self, target: Storage, run_id: str, ttl_s: float = LEASE_TTL_S, wait_s: float = LEASE_WAIT_S
+    ) -> None:
+        self.target, self.run_id, self.ttl_s, self.wait_s = target, run_id, ttl_s, wait_s
+        self.version = ""  # the version (`Storage.read_versioned`) of the lease this run last wrote
         self.lost: str = ""  # why the lease was lost, if it was
+        self._renewing = threading.Lock()  # the renewer thread and `verify` renew in turn
         self._stop = threading.Event()
         self._renewer = threading.Thread(target=self._renew_until_stopped, daemon=True)
 
@@ -62,138 +78,96 @@ class Lease:
         if not self.lost:
             self.give_back()
 
-    def check(self) -> None:
-        """`LeaseLost` if the lease was lost: the run must not write the shared manifest."""
+    def verify(self) -> None:
+        """Renew the lease now with a conditional write: `LeaseLost` if another run took it over. Call it
+        right before each write only the holder may do; storage errors propagate (unverified)."""
+        self._renew()
         if self.lost:
             raise LeaseLost(f"run {self.run_id} lost the lease of {self.target.uri}: {self.lost}")
 
     def take(self) -> None:
-        """Take the lease: create it, or take over a stale one; `LeaseHeld` if a live run holds it."""
-        for _ in range(3):  # a racing run may change the lease between our read and our write
-            if self._write(if_version=None):
+        """Take the lease: create it, or take over a stale one; wait up to `wait_s` on the unexpired
+        lease of another host; `LeaseHeld` if a live run holds it."""
+        deadline = time.monotonic() + self.wait_s
+        seen, races = None, 0  # the version of the other run's lease last read; races lost
+        while races < TAKE_RACES:
+            try:
+                self.version = self.target.write_if(LEASE_KEY, self._body(), None)
                 return
+            except ConditionFailed:
+                pass
             try:
                 holder, version = self._read()
-            except NotFound:
-                continue  # given back meanwhile: try to create it again
-            if not _is_stale(holder):
+            except NotFound:  # given back meanwhile: try to create it again
+                races += 1
+                continue
+            if _is_stale(holder):
+                log.warning("taking over the stale lease of run %s", holder["run_id"])
+                try:
+                    self.version = self.target.write_if(LEASE_KEY, self._body(), version)
+                    return
+                except ConditionFailed:  # another run took it over first, or its holder renewed it
+                    seen, races = version, races + 1
+                    continue
+            renewed = seen is not None and version != seen
+            if renewed or holder["host"] == socket.gethostname() or time.monotonic() >= deadline:
                 raise LeaseHeld(
                     f"{self.target.uri} is being written by run {holder['run_id']} (host {holder['host']}, "
                     f"pid {holder['pid']}); its lease expires at {_iso(holder['expires_at'])} unless "
                     "renewed. Wait for it to finish, or write to another output."
                 )
-            log.warning("taking over the stale lease of run %s", holder["run_id"])
-            if self._take_over(version):
-                return
+            if seen is None:
+                log.warning(
+                    "run %s (host %s) holds the lease of %s: waiting up to %.0f s for it to be renewed "
+                    "(a live run) or to expire (a dead one)",
+                    holder["run_id"],
+                    holder["host"],
+                    self.target.uri,
+                    self.wait_s,
+                )
+            seen = version
+            time.sleep(max(0.0, min(self.ttl_s / 12, deadline - time.monotonic())))
         raise LeaseHeld(f"could not take the lease of {self.target.uri}: other runs keep changing it")
 
     def give_back(self) -> None:
         """Delete the lease if this run still holds it."""
-        try:
-            _, version = self._read()
-        except NotFound:
-            return
-        if version == self.version:
-            self.target.delete(LEASE_KEY)
+        with contextlib.suppress(ConditionFailed):
+            self.target.delete_if(LEASE_KEY, self.version)
 
     def _renew_until_stopped(self) -> None:
-        while not self._stop.wait(self.ttl_s / 3):
+        while not self._stop.wait(self.ttl_s / 3) and not self.lost:
             try:
-                if not self._write(if_version=self.version):
-                    self.lost = "another run replaced it"
-                    log.error("run %s lost the lease of %s", self.run_id, self.target.uri)
-                    return
+                self._renew()
             except Exception as error:  # noqa: BLE001 -- a passing storage error: try again next time
                 log.warning("could not renew the lease: %s", error)
 
-    def _body(self) -> dict:
-        return {
+    def _renew(self) -> None:
+        """Replace the lease this run wrote last with a later expiry; set `lost` if another run's is
+        there instead."""
+        with self._renewing:
+            if self.lost:
+                return
+            try:
+                self.version = self.target.write_if(LEASE_KEY, self._body(), self.version)
+            except ConditionFailed:
+                self.lost = "another run took it over"
+                log.error("run %s lost the lease of %s", self.run_id, self.target.uri)
+
+    def _body(self) -> bytes:
+        """A new lease of this run; its token makes every lease written unique."""
+        body = {
             "run_id": self.run_id,
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "expires_at": time.time() + self.ttl_s,
             "token": uuid.uuid4().hex,
         }
-
-    def _write(self, if_version: str | None) -> bool:
-        """Write the lease: create it (`if_version` None) or replace the version this run holds. False
-        if the condition fails (it exists; another version is there)."""
-        body = self._body()
-        data = (json.dumps(body) + "\n").encode()
-        if self.target.is_s3:
-            from botocore.exceptions import ClientError
-
-            condition = {"IfNoneMatch": "*"} if if_version is None else {"IfMatch": if_version}
-            try:
-                reply = self.target.client().put_object(
-                    Bucket=self.target.bucket, Key=self.target.prefix + LEASE_KEY, Body=data, **condition
-                )
-            except ClientError as error:
-                if error.response["Error"]["Code"] not in CONDITION_FAILED:
-                    raise
-                # A retry of a write that took effect (its reply was lost) fails its own condition.
-                try:
-                    holder, version = self._read()
-                except NotFound:
-                    return False
-                if holder["token"] != body["token"]:
-                    return False
-                self.version = version
-                return True
-            self.version = reply["ETag"].strip('"')
-            return True
-        path = self.target.root / LEASE_KEY
-        if if_version is None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            written = path.with_name(f"lease.new-{body['token']}.json")
-            written.write_bytes(data)
-            try:  # a hard link is created whole or not at all: no run ever reads a half-written lease
-                os.link(written, path)
-            except FileExistsError:
-                return False
-            finally:
-                written.unlink()
-        else:
-            try:
-                _, version = self._read()
-            except NotFound:
-                return False
-            if version != if_version:
-                return False
-            write_file_atomically(path, data)
-        self.version = body["token"]
-        return True
+        return (json.dumps(body) + "\n").encode()
 
     def _read(self) -> tuple[dict, str]:
         """The lease's content and version; `NotFound` if there is none."""
-        if self.target.is_s3:
-            client = self.target.client()
-            try:
-                reply = client.get_object(Bucket=self.target.bucket, Key=self.target.prefix + LEASE_KEY)
-            except client.exceptions.NoSuchKey:
-                raise NotFound(LEASE_KEY) from None
-            return json.loads(reply["Body"].read()), reply["ETag"].strip('"')
-        holder = json.loads(self.target.read(LEASE_KEY))
-        return holder, holder["token"]
-
-    def _take_over(self, stale_version: str) -> bool:
-        """Replace the stale lease of version `stale_version`; False if another run got there first."""
-        if self.target.is_s3:
-            return self._write(if_version=stale_version)
-        path = self.target.root / LEASE_KEY
-        aside = path.with_name(f"lease.stale-{uuid.uuid4().hex}.json")
-        try:
-            os.rename(path, aside)  # atomic: of two racing runs, only one moves the stale file
-        except FileNotFoundError:
-            return False
-        renewed = json.loads(aside.read_text(encoding="utf-8"))["token"] != stale_version
-        if renewed:  # its holder renewed it between our read and our rename: put it back, unless replaced
-            try:
-                os.link(aside, path)
-            except FileExistsError:
-                pass
-        aside.unlink()
-        return not renewed and self._write(if_version=None)
+        data, version = self.target.read_versioned(LEASE_KEY)
+        return json.loads(data), version
 
 
 def _is_stale(holder: dict) -> bool:

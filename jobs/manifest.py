@@ -17,7 +17,11 @@ A run checks what it can skip by walking its sorted listing and the sorted state
 (`StateCursor`), holding one state part at a time. At its end, `compact` merges the run's parts into a
 new generation of the state (a streaming merge of sorted parts), switches `manifest.json` to it, then
 deletes the old generation. Parts of a run that was killed before compacting are compacted by the
-next run before it starts (`uncompacted_runs`). One run at a time writes an output (`jobs.lease`).
+next run before it starts (`uncompacted_runs`). One run at a time writes an output (`jobs.lease`):
+`compact` renews the run's lease with a conditional write before it merges, before the switch and
+before it deletes, and the switch is itself a conditional write on the version of `manifest.json` the
+run read (S3: `If-Match`; a folder: under the lock `.manifest.json.lock`), so a run that lost its lease
+(or raced another) switches and deletes nothing.
 
 Columns: `MANIFEST_SCHEMA`. The state is a Parquet dataset: `pq.read_table` reads a generation's
 folder, and `read_manifest_rows` gives every latest row, including those of uncompacted runs.
@@ -40,7 +44,8 @@ from operator import itemgetter
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.storage import NotFound, Storage, StoredObject
+from jobs.lease import Lease
+from jobs.storage import ConditionFailed, NotFound, Storage, StoredObject
 
 AUDIT_DIR = "_streetblur"
 INDEX_KEY = f"{AUDIT_DIR}/manifest.json"
@@ -107,12 +112,18 @@ def read_rows(target: Storage, key: str) -> list[dict]:
     return pq.read_table(io.BytesIO(target.read(key)), schema=MANIFEST_SCHEMA).to_pylist()
 
 
+class IndexChanged(RuntimeError):
+    """`manifest.json` is no longer the version a run read: another run switched it meanwhile."""
+
+
 def read_index(target: Storage) -> dict:
-    """The state's index (`manifest.json`); an empty state if there is none yet."""
+    """The state's index (`manifest.json`), with its `version` (`Storage.read_versioned`; not stored),
+    on which `compact` switches it; an empty state, version None, if there is none yet."""
     try:
-        return json.loads(target.read(INDEX_KEY))
+        data, version = target.read_versioned(INDEX_KEY)
     except NotFound:
-        return {"generation": "", "rows": 0, "parts": [], "runs": []}
+        return {"generation": "", "rows": 0, "parts": [], "runs": [], "version": None}
+    return json.loads(data) | {"version": version}
 
 
 def uncompacted_runs(target: Storage, index: dict) -> list[str]:
@@ -144,19 +155,26 @@ class StateCursor:
         return row if row["key"] == key else None
 
 
-def compact(target: Storage, index: dict, run_ids: list[str]) -> dict:
+def compact(target: Storage, index: dict, run_ids: list[str], lease: Lease | None = None) -> dict:
     """Merge the done rows of `run_ids` into the state of `index`; return the new index, now current.
 
     A streaming merge: each source (the state, and each run's parts in order) is sorted by key, and
     only a few parts of each are in memory at once. The latest row of a key wins (`_order`).
+
+    `lease` (the run's; None only where nothing else can write the output, as in a test) is renewed
+    before the merge, before the switch and before the old generation is deleted: `LeaseLost` if
+    another run took it over. The switch of `manifest.json` is conditional on the version of `index`:
+    `IndexChanged` if another run switched it since. Either leaves everything in place: raised before
+    the switch, the state as the other run left it; after it (the lease lost since), the old generation
+    too. A generation this call wrote and did not switch to stays, unused.
     """
     if not run_ids:
         return index
+    if lease:
+        lease.verify()
     run_parts = {run_id: _done_parts(target, run_id) for run_id in run_ids}
     if not any(run_parts.values()):  # nothing done (all skipped): the state stays as it is
-        new_index = {**index, "runs": index["runs"] + run_ids}
-        target.write(INDEX_KEY, (json.dumps(new_index, indent=1) + "\n").encode())
-        return new_index
+        return _switch(target, index, {**index, "runs": index["runs"] + run_ids}, lease)
     generation = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     sources = [_rows_of_parts(target, [p["key"] for p in index["parts"]])]
     sources += [_run_rows(target, run_id, parts) for run_id, parts in run_parts.items()]
@@ -175,10 +193,28 @@ def compact(target: Storage, index: dict, run_ids: list[str]) -> dict:
         "parts": parts,
         "runs": index["runs"] + run_ids,
     }
-    target.write(INDEX_KEY, (json.dumps(new_index, indent=1) + "\n").encode())  # the switch
+    new_index = _switch(target, index, new_index, lease)
+    if lease:
+        lease.verify()
     for part in index["parts"]:
         target.delete(part["key"])
     return new_index
+
+
+def _switch(target: Storage, index: dict, new_index: dict, lease: Lease | None) -> dict:
+    """Make `new_index` the current index, if `index` still is and `lease` is still this run's: a
+    conditional write of `manifest.json` right after renewing the lease. Returns it with its version."""
+    if lease:
+        lease.verify()
+    stored = {name: value for name, value in new_index.items() if name != "version"}
+    try:
+        version = target.write_if(INDEX_KEY, (json.dumps(stored, indent=1) + "\n").encode(), index["version"])
+    except ConditionFailed:
+        raise IndexChanged(
+            f"{target.uri}: {INDEX_KEY} changed since this run read it (another run compacted meanwhile); "
+            "nothing switched or deleted: the parts being compacted stay for the next run"
+        ) from None
+    return stored | {"version": version}
 
 
 def read_manifest_rows(target: Storage) -> list[dict]:

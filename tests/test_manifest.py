@@ -1,4 +1,5 @@
-"""The manifest's sorted, partitioned state: resume lookups part by part, and streaming compaction."""
+"""The manifest's sorted, partitioned state: resume lookups part by part, streaming compaction, and the
+conditional switch of `manifest.json` (in a folder and on S3)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import pytest
 
 from jobs import manifest
 from jobs.manifest import (
+    INDEX_KEY,
     MANIFEST_SCHEMA,
+    IndexChanged,
     StateCursor,
     compact,
     read_index,
@@ -19,6 +22,13 @@ from jobs.manifest import (
     write_rows,
 )
 from jobs.storage import Storage
+
+
+@pytest.fixture(params=["folder", "s3"])
+def target(request, tmp_path) -> Storage:
+    if request.param == "folder":
+        return Storage(str(tmp_path / "out"))
+    return Storage(f"s3://photos/manifest-{tmp_path.name}", request.getfixturevalue("s3_endpoint"))
 
 
 def row(key: str, run_id: str, status: str = "blurred") -> dict:
@@ -99,3 +109,39 @@ def test_parts_out_of_key_order_are_refused_not_merged_wrongly(tmp_path):
     with pytest.raises(RuntimeError, match="not in key order"):
         compact(target, read_index(target), ["r"])
     assert not read_index(target)["runs"]  # nothing switched
+
+
+def test_an_index_switched_by_another_run_since_it_was_read_is_not_switched_again(target):
+    """`manifest.json` is replaced only if it is still the version the run read (S3: `If-Match` its
+    ETag): else `IndexChanged`, and the other run's state stays whole."""
+    write_run(target, "20260101T000000Z-aaaaaa", ["a.jpg"], block_rows=1)
+    read_by_both = read_index(target)
+    write_run(target, "20260101T000001Z-bbbbbb", ["b.jpg"], block_rows=1)
+    current = compact(target, read_by_both, ["20260101T000000Z-aaaaaa", "20260101T000001Z-bbbbbb"])
+    switched = target.read(INDEX_KEY)
+    write_run(target, "20260102T000000Z-cccccc", ["c.jpg"], block_rows=1)
+    with pytest.raises(IndexChanged, match="changed since this run read it"):
+        compact(target, read_by_both, ["20260102T000000Z-cccccc"])  # it did not see the switch
+    assert target.read(INDEX_KEY) == switched
+    for part in current["parts"]:  # nothing deleted
+        target.read(part["key"])
+
+    write_run(target, "20260101T000000Z-dddddd", ["d.jpg"], block_rows=1)
+    stale = read_index(target)
+    compact(target, current, ["20260101T000000Z-dddddd"])  # the index as it is: switched
+    write_rows(target, run_part_key("20260102T000000Z-eeeeee", "skipped", 0), [row("a.jpg", "x", "skipped")])
+    with pytest.raises(IndexChanged):  # a run with nothing done switches conditionally too
+        compact(target, stale, ["20260102T000000Z-eeeeee"])
+
+
+def test_a_first_index_is_created_only_if_no_other_run_created_one_meanwhile(target):
+    """With no `manifest.json` read, the switch creates it only if there is still none (S3:
+    `If-None-Match: *`)."""
+    write_run(target, "20260101T000000Z-aaaaaa", ["a.jpg"], block_rows=1)
+    empty = read_index(target)
+    assert empty["version"] is None
+    created = compact(target, empty, ["20260101T000000Z-aaaaaa"])
+    write_run(target, "20260102T000000Z-bbbbbb", ["b.jpg"], block_rows=1)
+    with pytest.raises(IndexChanged):
+        compact(target, empty, ["20260102T000000Z-bbbbbb"])
+    assert read_index(target) == created
