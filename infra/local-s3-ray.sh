@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Run the job end to end on this machine as it runs on a cluster: a local S3 server (moto),
 # a Ray head on loopback, and `ray job submit`. Needs the test extras (`pip install -e '.[test]'`).
-#   bash infra/local-s3-ray.sh [IMAGES_DIR]     (default: ../shared/samples)
+#   bash infra/local-s3-ray.sh [IMAGES_DIR]     (default: samples/, the photos shipped in the repository)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-images=${1:-../shared/samples}
+images=${1:-samples}
 export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_DEFAULT_REGION=us-east-1
 export RAY_AUTH_MODE=disabled  # loopback only: nothing off this machine can reach the head
 s3_port=${S3_PORT:-9000} gcs_port=${GCS_PORT:-6379} dashboard_port=${DASHBOARD_PORT:-8265}
