@@ -3,7 +3,7 @@
 The shared sets leave real faces and plates unlabelled, and each one the detector finds counts as a
 false blur. `streetblur audit --data SET --split dev --out DIR` runs the deployed pipeline with every
 threshold lowered to `AUDIT_THRESHOLD` over the images and keeps each detection that overlaps no
-label: a false blur by `eval.metrics.overlaps_nothing`, or a label the set is missing. It writes
+label: a false blur by `eval.metrics.false_blurs`, or a label the set is missing. It writes
 
   DIR/candidates.json  the candidates, most confident first: number, image (relative to the set),
                        class, score, box; and the set, split, model and threshold
@@ -17,7 +17,8 @@ plates, each with a one-line reason, and a summary of what the rest are:
    "left_out": "tail lights, road signs"}
 
 `streetblur audit --data SET --out DIR --record DIR/verdicts.json` records them in the set's label
-overlay (`eval/label_fixes/SET.json`, read by `eval.datasets.with_label_fixes`): the audit's counts,
+overlay (`eval/label_fixes/SET.json`, read by `eval.datasets.with_label_fixes`; only the shared sets,
+recognised by `eval.datasets.shared_set`, have one): the audit's counts,
 the real ones as added boxes, and every other candidate as `rejected`. An audit with another model
 then skips what earlier audits judged (`JUDGED_IOU`), so each audit shows a person only new crops.
 """
@@ -39,9 +40,9 @@ from blurring.image_io import write_file_atomically
 from blurring.pipeline import Config
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import Detector, model_id, plan_models
-from eval.datasets import LABEL_FIXES_DIR, LabelledImage
+from eval.datasets import LABEL_FIXES_DIR, SHARED_DATASETS, LabelledImage, shared_set
 from eval.evaluate import read_pixels
-from eval.metrics import overlaps_nothing
+from eval.metrics import false_blurs
 
 AUDIT_THRESHOLD = 0.1
 JUDGED_IOU = 0.3  # a candidate of the same class overlapping a rejected box this much was judged before
@@ -70,7 +71,7 @@ def find_candidates(
     candidates = []
     for image in tqdm(images, desc="audit", unit="image", disable=not progress, file=sys.stderr):
         found = detector.detect(read_pixels(image, config.max_pixels))
-        unlabelled = found[overlaps_nothing(found, image.boxes)]
+        unlabelled = found[false_blurs(found, image)]
         if below is not None:
             unlabelled = unlabelled[unlabelled.scores < below]
         if rejected and image.path in rejected:
@@ -89,15 +90,17 @@ def judged_before(found: Detections, rejected: Detections) -> np.ndarray:
     return ((iou >= JUDGED_IOU) & same_class).any(axis=1)
 
 
-def overlay_path(root: Path, fixes_dir: Path | None = None) -> Path:
-    """Where the label overlay of the set at `root` lives (`fixes_dir`: default `LABEL_FIXES_DIR`)."""
-    return (fixes_dir or LABEL_FIXES_DIR) / f"{root.name}.json"
+def overlay_path(root: Path, fixes_dir: Path | None = None) -> Path | None:
+    """Where the label overlay of the shared set at `root` lives (`fixes_dir`: default
+    `LABEL_FIXES_DIR`); None for a folder that holds none of the shared sets."""
+    name = shared_set(root)
+    return None if name is None else (fixes_dir or LABEL_FIXES_DIR) / f"{name}.json"
 
 
 def read_overlay(root: Path, fixes_dir: Path | None = None) -> dict:
     """The label overlay of the set at `root`, with empty lists for the parts it lacks."""
     path = overlay_path(root, fixes_dir)
-    overlay = json.loads(path.read_text()) if path.exists() else {}
+    overlay = json.loads(path.read_text()) if path is not None and path.exists() else {}
     return overlay | {key: overlay.get(key, []) for key in ("audits", "added", "rejected")}
 
 
@@ -115,11 +118,18 @@ def record_verdicts(root: Path, listing: dict, verdicts: dict, fixes_dir: Path |
 
     `listing` is the audit's `candidates.json`; `verdicts` names the real ones (`{"real": [{"number",
     "reason", optional "class"}], "left_out": "..."}`). Real ones become added boxes with their reason,
-    the rest `rejected` boxes that point at the audit's entry. `ValueError` for a listing of another
-    set, a verdict naming no candidate, one twice, or a class other than `CLASS_NAMES`, and for an
-    audit whose candidates the overlay already holds (recorded before).
+    the rest `rejected` boxes that point at the audit's entry. `ValueError` for a folder that holds
+    none of the shared sets, a listing of another set, a verdict naming no candidate, one twice, or a
+    class other than `CLASS_NAMES`, and for an audit whose candidates the overlay already holds
+    (recorded before).
     """
-    if Path(listing["dataset"]["root"]).name != root.name:
+    path = overlay_path(root, fixes_dir)
+    if path is None:
+        raise ValueError(
+            f"{root} is not one of the shared sets ({', '.join(SHARED_DATASETS)}), recognised by their "
+            "files: only they have a label overlay; add the real boxes to the folder's own labels"
+        )
+    if listing["dataset"].get("set") != path.stem:
         raise ValueError(f"the audit ran on {listing['dataset']['root']}, not {root}")
     candidates = {c["number"]: c for c in listing["candidates"]}
     numbers = [verdict["number"] for verdict in verdicts["real"]]
@@ -162,7 +172,6 @@ def record_verdicts(root: Path, listing: dict, verdicts: dict, fixes_dir: Path |
         if n not in real
     ]
     overlay["audits"].append(entry)
-    path = overlay_path(root, fixes_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_file_atomically(path, overlay_text(overlay).encode())
     return entry

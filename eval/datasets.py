@@ -2,6 +2,12 @@
 
 Ground-truth boxes are a `Detections` (score 1.0), the same type the detector returns. Dataset
 class names become `face`/`plate` through a class map; classes that map to neither are dropped.
+COCO annotations marked `iscrowd` are regions of many objects, kept apart as `LabelledImage.crowd`:
+as in COCO's evaluation, they are neither objects to find nor places where a detection is false.
+
+The shared sets (`SHARED_DATASETS`) are recognised by what they hold, their `fingerprint`, wherever
+they are and whatever their folder is called; any other folder is a plain labelled folder: format
+detected, class names through the built-in aliases or a class map, no split rule, no label overlay.
 
 `write_yolo_example` writes the YOLO format that `load_dataset` reads (for training).
 
@@ -22,11 +28,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import shutil
 import xml.etree.ElementTree as ET
 from collections import Counter, defaultdict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import yaml
@@ -35,6 +42,7 @@ from PIL import Image
 from detection.detections import CLASS_NAMES, Detections, canonical_class
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+LABEL_SUFFIXES = (".json", ".xml", ".txt", ".yaml", ".yml")
 LABEL_FIXES_DIR = Path(__file__).with_name("label_fixes")  # label overlays of the shared sets: SET.json
 VAL_FRACTION = 0.15
 
@@ -48,27 +56,73 @@ class LabelledImage:
     height: int
     boxes: Detections
     image_id: int
+    crowd: Detections = field(default_factory=Detections)  # COCO `iscrowd` regions: ignored, not objects
 
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    """How to read one of the shared sets: format, class map and held-out split rule."""
+    """How to read one of the shared sets: format, class map, held-out split rule, and the
+    `fingerprint` of its files by which it is recognised."""
 
     format: str
     class_map: dict[str, str]
     split: str
+    fingerprint: str
 
 
 SHARED_DATASETS: dict[str, DatasetSpec] = {
     "faces-crowd": DatasetSpec(
-        "coco", {"with_mask": "face", "without_mask": "face", "mask_weared_incorrect": "face"}, "random"
+        "coco",
+        {"with_mask": "face", "without_mask": "face", "mask_weared_incorrect": "face"},
+        "random",
+        "a43cad9f242c118bd7d0e6f85e7146a573e6aeb3d4c057f3fb75ea3f532ca583",
     ),
-    "plates-dashcam": DatasetSpec("voc", {"license-plate": "plate"}, "time"),
-    "plates-roboflow": DatasetSpec("yolo", {"license_plate": "plate"}, "group"),
+    "plates-dashcam": DatasetSpec(
+        "voc",
+        {"license-plate": "plate"},
+        "time",
+        "bb4ec923eaa5e90260648d165efbb7628acb83d0ed50481906ea16ec73302319",
+    ),
+    "plates-roboflow": DatasetSpec(
+        "yolo",
+        {"license_plate": "plate"},
+        "group",
+        "b8702869d4bd5b17fa233375d7cc55f64637bcdef5330faa6be4d7464d88eebf",
+    ),
     # Frames of the same videos are in train/ and valid/: its dev and val figures are in-distribution.
-    "street-faces-plates": DatasetSpec("yolo", {"face": "face", "plate": "plate"}, "folder"),
+    "street-faces-plates": DatasetSpec(
+        "yolo",
+        {"face": "face", "plate": "plate"},
+        "folder",
+        "82380f00e6f12815fc1c58d49d663eb43b1ed67642b3a8f793ae6cf9d7a5d902",
+    ),
 }
-"""Defaults for the sets in `../shared/datasets`, keyed by folder name."""
+"""The sets of `../shared/datasets` (see its README), by name; recognised by `shared_set`."""
+
+
+def fingerprint(root: str | Path) -> str:
+    """A digest of the labelled set in `root`: the path and size of each image file and the path and
+    contents of each label file (json, xml, txt, yaml) under it. Reads the label files only."""
+    root = Path(root)
+    entries = []
+    for folder, _, names in os.walk(root):
+        for name in names:
+            path = Path(folder, name)
+            if path.suffix.lower() in LABEL_SUFFIXES:
+                content = hashlib.sha256(path.read_bytes()).hexdigest()
+            elif path.suffix.lower() in IMAGE_SUFFIXES:
+                content = str(path.stat().st_size)
+            else:
+                continue
+            entries.append(f"{path.relative_to(root).as_posix()}\0{content}\n")
+    return hashlib.sha256("".join(sorted(entries)).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def shared_set(root: str | Path) -> str | None:
+    """The name of the shared set that `root` holds, by its `fingerprint` (not by the folder's name), or
+    None: a folder with an image or label file more or less, or any label changed, is not that set."""
+    digest = fingerprint(root)
+    return next((name for name, spec in SHARED_DATASETS.items() if spec.fingerprint == digest), None)
 
 
 def parse_class_map(text: str) -> dict[str, str]:
@@ -96,9 +150,9 @@ def detect_format(root: Path) -> str:
 def dataset_settings(
     root: str | Path, format: str | None = None, class_map: dict[str, str] | None = None
 ) -> tuple[str, dict[str, str] | None]:
-    """`(format, class_map)` for `root`: those given, else the shared set's, else detected / None
-    (None: class names go through the default aliases)."""
-    spec = SHARED_DATASETS.get(Path(root).name)
+    """`(format, class_map)` for `root`: those given, else the shared set's if `root` holds one, else
+    detected / None (None: class names go through the default aliases)."""
+    spec = SHARED_DATASETS.get(shared_set(root) or "")
     format = format or (spec.format if spec else detect_format(Path(root)))
     return format, class_map if class_map is not None else (spec.class_map if spec else None)
 
@@ -112,10 +166,10 @@ def load_dataset(
     """Every labelled image under `root`, sorted by file name, with the boxes of its label overlay
     (`with_label_fixes`) unless `raw_labels`.
 
-    `format` and `class_map` default to the shared set's spec when `root` is one of them, else
-    the format is detected and class names go through the default aliases. Boxes are clipped to
-    the image, as the detector clips its own (faces-crowd draws some a pixel past the border);
-    a box left without area inside the image is dropped.
+    `format` and `class_map` default to the shared set's spec when `root` holds one of them, else
+    the format is detected and class names go through the default aliases. Boxes and crowd regions
+    are clipped to the image, as the detector clips its own boxes (faces-crowd draws some a pixel
+    past the border); a box left without area inside the image is dropped.
     """
     root = Path(root)
     format, class_map = dataset_settings(root, format, class_map)
@@ -123,14 +177,18 @@ def load_dataset(
     images = loader(root, lambda name: canonical_class(name, class_map))
     if not raw_labels:
         images = with_label_fixes(images, root)
-    images = [replace(im, boxes=im.boxes.clipped(im.width, im.height)) for im in images]
+    images = [
+        replace(im, boxes=im.boxes.clipped(im.width, im.height), crowd=im.crowd.clipped(im.width, im.height))
+        for im in images
+    ]
     return sorted(images, key=lambda im: im.path.name)
 
 
 def with_label_fixes(
     images: list[LabelledImage], root: Path, fixes_dir: Path = LABEL_FIXES_DIR
 ) -> list[LabelledImage]:
-    """`images` of the set at `root` with the boxes its overlay `fixes_dir/NAME.json` adds, if any.
+    """`images` of the set at `root` with the boxes its overlay `fixes_dir/NAME.json` adds, if any:
+    NAME is the shared set `root` holds (`shared_set`); other folders have no overlay.
 
     The overlay, written after a label audit (`eval.audit`): `{"added": [{"image": PATH relative to
     root, "class": "face" or "plate", "box": [x1, y1, x2, y2], "reason": "..."}]}`, beside the audits'
@@ -138,8 +196,9 @@ def with_label_fixes(
     read). Original labels are never removed. `ValueError` for an entry whose image is not in the set
     (a stale overlay).
     """
-    path = fixes_dir / f"{root.name}.json"
-    if not path.exists():
+    name = shared_set(root)
+    path = fixes_dir / f"{name}.json"
+    if name is None or not path.exists():
         return images
     added: dict[str, list] = defaultdict(list)
     for entry in json.loads(path.read_text())["added"]:
@@ -160,19 +219,32 @@ def _boxes(rows: list[tuple[str | None, list[float]]]) -> Detections:
 
 
 def _load_coco(root: Path, to_class) -> list[LabelledImage]:
+    """`annotations.json` in `root`, else its first `*.json`; `iscrowd` annotations as crowd regions."""
     json_path = root / "annotations.json"
     if not json_path.exists():
-        json_path = sorted(root.glob("*.json"))[0]
+        found = sorted(root.glob("*.json"))
+        if not found:
+            raise FileNotFoundError(
+                f"{root}: no COCO json (annotations.json or another *.json) in the folder"
+            )
+        json_path = found[0]
     coco = json.loads(json_path.read_text())
     category = {c["id"]: to_class(c["name"]) for c in coco["categories"]}
-    rows = defaultdict(list)
+    rows, crowds = defaultdict(list), defaultdict(list)
     for a in coco["annotations"]:
         x, y, w, h = a["bbox"]
-        rows[a["image_id"]].append((category[a["category_id"]], [x, y, x + w, y + h]))
+        (crowds if a.get("iscrowd") else rows)[a["image_id"]].append(
+            (category[a["category_id"]], [x, y, x + w, y + h])
+        )
     image_dir = root / "images" if (root / "images").is_dir() else root
     return [
         LabelledImage(
-            image_dir / im["file_name"], im["width"], im["height"], _boxes(rows[im["id"]]), im["id"]
+            image_dir / im["file_name"],
+            im["width"],
+            im["height"],
+            _boxes(rows[im["id"]]),
+            im["id"],
+            _boxes(crowds[im["id"]]),
         )
         for im in coco["images"]
     ]
@@ -318,42 +390,48 @@ def split_dataset(images: list[LabelledImage], rule: str) -> dict[str, list[Labe
 
 
 def load_split(root: str | Path, part: str) -> list[LabelledImage]:
-    """The `train`, `dev` or `val` part of one of the shared sets, by its spec's split rule."""
-    root = Path(root)
-    if root.name not in SHARED_DATASETS:
-        raise ValueError(f"{root.name}: no split rule known; one of {sorted(SHARED_DATASETS)}")
-    return split_dataset(load_dataset(root), SHARED_DATASETS[root.name].split)[part]
+    """The `train`, `dev` or `val` part of the shared set `root` holds, by its spec's split rule."""
+    name = shared_set(root)
+    if name is None:
+        raise ValueError(_no_split_rule(Path(root)))
+    return split_dataset(load_dataset(root), SHARED_DATASETS[name].split)[part]
+
+
+def _no_split_rule(root: Path) -> str:
+    return (
+        f"{root} has no split rule: it does not hold one of the shared sets ({', '.join(SHARED_DATASETS)}),"
+        " which are recognised by their files, not by the folder's name"
+    )
 
 
 def select_images(
     data: Path,
     format: str | None,
     class_map: str | None,
-    split: str,
+    split: str | None,
     limit: int | None,
     raw_labels: bool = False,
 ) -> tuple[list[LabelledImage], dict[str, object]]:
     """The labelled images of `data` that the options select (`split`: all, or a part of a shared set;
-    the first `limit` by file name; `raw_labels`: without the label overlay), and their description
-    for a report."""
+    None: `dev` of a shared set, else all; the first `limit` by file name; `raw_labels`: without the
+    label overlay), and their description for a report (`set`: the shared set `data` holds, or None)."""
     if not data.is_dir():
         raise FileNotFoundError(f"{data}: no such folder")
-    spec = SHARED_DATASETS.get(data.name)
+    name = shared_set(data)
     label_format, class_map_used = dataset_settings(
         data, format, parse_class_map(class_map) if class_map else None
     )
     images = load_dataset(data, label_format, class_map_used, raw_labels)
+    split = split or ("all" if name is None else "dev")
     if split != "all":
-        if spec is None:
-            raise ValueError(
-                f"--split {split}: {data.name} has no split rule; one of {sorted(SHARED_DATASETS)}"
-            )
-        images = split_dataset(images, spec.split)[split]
+        if name is None:
+            raise ValueError(f"--split {split}: {_no_split_rule(data)}")
+        images = split_dataset(images, SHARED_DATASETS[name].split)[split]
     if limit is not None:
         if limit < 1:
             raise ValueError(f"--limit must be at least 1, got {limit}")
         images = images[:limit]
-    corrected = not raw_labels and (LABEL_FIXES_DIR / f"{data.name}.json").exists()
-    dataset = {"root": str(data), "format": label_format, "split": split, "class_map": class_map_used}
-    dataset["labels"] = "corrected (eval/label_fixes)" if corrected else "raw"
+    corrected = not raw_labels and name is not None and (LABEL_FIXES_DIR / f"{name}.json").exists()
+    dataset = {"root": str(data), "set": name, "format": label_format, "split": split}
+    dataset |= {"class_map": class_map_used, "labels": "corrected (eval/label_fixes)" if corrected else "raw"}
     return images, dataset

@@ -15,7 +15,9 @@ Privacy figures (`privacy_metrics`) take the detections the deployed detector re
 - *blurred*: a ground-truth box with at least `BLURRED_COVERAGE` (90%) of its area under the mask.
   Each pixel counts by the area of its overlap with the box, so float boxes are measured exactly.
   Boxes of every class hide each other: a face under a plate's blur is blurred;
-- *false blur*: a detection whose box shares no area with any ground-truth box, of any class;
+- *false blur*: a detection whose box shares no area with any ground-truth box, of any class, nor with
+  a crowd region (COCO's `iscrowd`, which COCO's matching ignores too; crowd regions are never boxes
+  to blur);
 - *size*: COCO's ranges on the ground-truth box area as half-open bins, small < 32², medium < 96²,
   large >= 96² (COCO counts a box of exactly 32² or 96² in both neighbouring bins);
 - *recall50*: COCO recall at IoU 0.5 (the share of ground-truth boxes matched by a detection).
@@ -46,7 +48,8 @@ SIZE_RANGES = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (
 
 
 def ground_truth_coco(images: list[LabelledImage]) -> dict:
-    """The labelled images as a COCO ground-truth dict (categories `face`=1, `plate`=2).
+    """The labelled images as a COCO ground-truth dict (categories `face`=1, `plate`=2), crowd regions
+    with `iscrowd` 1.
 
     `ValueError` when two images share an id: COCO would score them as one image, a detection in
     one matching a label of the other.
@@ -56,8 +59,8 @@ def ground_truth_coco(images: list[LabelledImage]) -> dict:
         repeated = next(i for i in ids if ids.count(i) > 1)
         raise ValueError(f"image id {repeated} is given to several images; ids must be unique")
     annotations = []
-    for image in images:
-        for (x1, y1, x2, y2), cls in zip(image.boxes.xyxy.tolist(), image.boxes.class_id, strict=True):
+    for image, boxes, crowd in ((im, b, c) for im in images for b, c in ((im.boxes, 0), (im.crowd, 1))):
+        for (x1, y1, x2, y2), cls in zip(boxes.xyxy.tolist(), boxes.class_id, strict=True):
             annotations.append(
                 {
                     "id": len(annotations) + 1,
@@ -65,7 +68,7 @@ def ground_truth_coco(images: list[LabelledImage]) -> dict:
                     "category_id": int(cls) + 1,
                     "bbox": [x1, y1, x2 - x1, y2 - y1],
                     "area": (x2 - x1) * (y2 - y1),
-                    "iscrowd": 0,
+                    "iscrowd": crowd,
                 }
             )
     return {
@@ -202,13 +205,20 @@ def overlaps_nothing(detections: Detections, ground_truth: Detections) -> np.nda
     return ~(overlap.prod(axis=-1) > 0).any(axis=1)
 
 
+def false_blurs(detections: Detections, image: LabelledImage) -> np.ndarray:
+    """Per detection: True when it is a false blur, sharing no area with any ground-truth box of `image`
+    (of any class) nor with any of its crowd regions."""
+    return overlaps_nothing(detections, Detections.concat([image.boxes, image.crowd]))
+
+
 def blur_outcome(
     image: LabelledImage, detections: Detections, blur: BlurConfig
 ) -> tuple[np.ndarray, np.ndarray]:
-    """For one image: which ground-truth boxes are blurred, and which detections are false blurs."""
+    """For one image: which ground-truth boxes are blurred by the mask of all `detections`, and which
+    detections are false blurs."""
     mask = blur_mask(image.height, image.width, detections, blur)
     blurred = covered_fraction(image.boxes.xyxy, mask) >= BLURRED_COVERAGE - 1e-9  # float64 round-off
-    return blurred, overlaps_nothing(detections, image.boxes)
+    return blurred, false_blurs(detections, image)
 
 
 def size_names(areas: np.ndarray) -> np.ndarray:

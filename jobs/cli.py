@@ -467,7 +467,7 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     config = config_from_args(args)
     sets = []
     for root in args.data:
-        split = args.split or ("dev" if root.name in SHARED_DATASETS else "all")
+        split = args.split  # None: dev of a shared set (recognised by its files), else all
         images, _ = select_images(root, None, None, split, None, args.raw_labels)
         sets.append(images)
     results = calibrate(sets, config, args.max_false_blurs, parse_overrides(args.target))

@@ -24,6 +24,7 @@ from eval.datasets import load_dataset, load_split, split_dataset, with_label_fi
 from eval.metrics import overlaps_nothing
 from jobs.cli import main
 from tests.conftest import DATASETS, requires_datasets
+from tests.test_eval_datasets import other_photos_named
 
 pytestmark = requires_datasets
 
@@ -125,7 +126,8 @@ def test_recorded_verdicts_add_the_real_boxes_and_a_later_audit_shows_nothing_ju
 def test_verdicts_that_name_no_candidate_change_nothing(tmp_path):
     root = DATASETS / "plates-roboflow"
     candidate = {"number": 1, "image": "x.jpg", "class": "plate", "score": 0.5, "box": [0, 0, 9, 9]}
-    listing = {"dataset": {"root": str(root), "split": "val"}, "model_id": "m", "threshold": 0.1}
+    listing = {"dataset": {"root": str(root), "split": "val", "set": root.name}, "model_id": "m"}
+    listing["threshold"] = 0.1
     listing["candidates"] = [candidate]
     unknown = [{"number": 2, "reason": "plate"}]
     twice = [{"number": 1, "reason": "a"}, {"number": 1, "reason": "b"}]
@@ -142,3 +144,17 @@ def test_verdicts_that_name_no_candidate_change_nothing(tmp_path):
     with pytest.raises(ValueError, match=r"not .*faces-crowd"):
         record_verdicts(DATASETS / "faces-crowd", listing, {"real": [], "left_out": ""}, tmp_path)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_named_like_a_shared_set_neither_reads_nor_writes_that_sets_overlay(tmp_path):
+    root = other_photos_named(tmp_path / "plates-roboflow")
+    assert rejected_boxes(DATASETS / "plates-roboflow")  # the real set's overlay rejects some boxes
+    assert rejected_boxes(root) == {} and read_overlay(root)["added"] == []
+    image = sorted((root / "images").iterdir())[0].relative_to(root).as_posix()
+    candidate = {"number": 1, "image": image, "class": "plate", "score": 0.5, "box": [0, 0, 9, 9]}
+    listing = {"dataset": {"root": str(root), "split": "all", "set": None}, "model_id": "m", "threshold": 0.1}
+    listing["candidates"] = [candidate]
+    fixes = tmp_path / "fixes"
+    with pytest.raises(ValueError, match="not one of the shared sets"):
+        record_verdicts(root, listing, {"real": [{"number": 1, "reason": "plate"}], "left_out": ""}, fixes)
+    assert not fixes.exists()

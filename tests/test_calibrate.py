@@ -12,6 +12,7 @@ from eval.datasets import LabelledImage, load_split
 from eval.evaluate import run_evaluation
 from jobs.cli import main
 from tests.conftest import DATASETS, requires_datasets
+from tests.test_eval_datasets import other_photos_named
 
 pytestmark = requires_datasets
 
@@ -89,3 +90,10 @@ def test_pooled_sets_whose_image_ids_collide_are_scored_image_by_image(tmp_path,
     assert plates.boxes == 1 + len(labelled.boxes)
     for row in plates.rows:
         assert row["recall50"] * plates.boxes <= len(labelled.boxes) + 1e-6, row
+
+
+def test_cli_calibrates_on_the_whole_of_a_folder_named_like_a_shared_set(tmp_path, capsys):
+    root = other_photos_named(tmp_path / "street-faces-plates")
+    out = tmp_path / "calibration.md"
+    assert main(["calibrate", "--data", str(root), "--out", str(out)]) == 0
+    assert "## plate: 3 images" in out.read_text()  # all of them, not a split

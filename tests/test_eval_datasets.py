@@ -1,20 +1,27 @@
 """Dataset loaders on the shared sets and on small hand-made sets with the quirks found in the wild."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
+from faster_coco_eval import COCO, COCOeval_faster
 from PIL import Image
 
+from blurring import BlurConfig
 from detection.detections import Detections
 from eval.datasets import (
     SHARED_DATASETS,
     load_dataset,
     load_split,
     parse_class_map,
+    select_images,
+    shared_set,
     with_label_fixes,
     write_yolo_example,
 )
+from eval.metrics import coco_metrics, privacy_metrics
 from tests.conftest import DATASETS, requires_datasets
 
 # Images and boxes per set, from its README (street-faces-plates: 2572 + 1531 + 665 + 267 boxes)
@@ -172,9 +179,7 @@ def test_written_yolo_labels_read_back_as_the_same_boxes(tmp_path, name):
 
 @requires_datasets
 def test_a_label_overlay_adds_its_boxes_and_raw_labels_leave_them_out(tmp_path):
-    root = tmp_path / "faces-crowd"  # its labels; the overlay names images by their path in the set
-    (root / "images").mkdir(parents=True)
-    (root / "annotations.json").write_bytes((DATASETS / "faces-crowd" / "annotations.json").read_bytes())
+    root = DATASETS / "faces-crowd"  # the overlay names images by their path in the set
     raw = {im.path.name: im for im in load_dataset(root, raw_labels=True)}
     name = sorted(raw)[0]
     fixes = tmp_path / "fixes"
@@ -190,3 +195,105 @@ def test_a_label_overlay_adds_its_boxes_and_raw_labels_leave_them_out(tmp_path):
     (fixes / "faces-crowd.json").write_text(json.dumps({"added": added}))
     with pytest.raises(ValueError, match="not in"):
         with_label_fixes(list(raw.values()), root, fixes)
+
+
+def other_photos_named(root: Path, count: int = 3) -> Path:
+    """A folder `root` holding `count` photos that are not the set its name suggests: plates-roboflow's
+    first ones with their labels, in YOLO layout (`data.yaml` names class 0 `license_plate`)."""
+    source = DATASETS / "plates-roboflow"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for image in sorted((source / "images").iterdir())[:count]:
+        shutil.copyfile(image, root / "images" / image.name)
+        shutil.copyfile(source / "labels" / f"{image.stem}.txt", root / "labels" / f"{image.stem}.txt")
+    shutil.copyfile(source / "data.yaml", root / "data.yaml")
+    return root
+
+
+@requires_datasets
+def test_a_folder_named_like_a_shared_set_is_read_as_a_plain_labelled_folder(tmp_path):
+    """Not street-faces-plates: no label overlay, no split rule, and its own class names (the set's map
+    knows only `face` and `plate`, the built-in aliases also `license_plate`)."""
+    root = other_photos_named(tmp_path / "street-faces-plates")
+    published = load_dataset(DATASETS / "plates-roboflow", raw_labels=True)[:3]
+    images = load_dataset(root)
+    assert [im.path.name for im in images] == [im.path.name for im in published]
+    for image, expected in zip(images, published, strict=True):
+        assert image.boxes.class_names == expected.boxes.class_names == ["plate"] * len(expected.boxes)
+        np.testing.assert_allclose(image.boxes.xyxy, expected.boxes.xyxy)
+    selected, dataset = select_images(root, None, None, "all", None)
+    assert len(selected) == 3 and sum(len(im.boxes) for im in selected) > 0
+    assert (dataset["labels"], dataset["class_map"], dataset["set"]) == ("raw", None, None)
+    with pytest.raises(ValueError, match="no split rule"):
+        select_images(root, None, None, "dev", None)
+
+
+@requires_datasets
+@pytest.mark.parametrize("name", sorted(SHARED_COUNTS))
+def test_shared_sets_are_recognised_by_their_files(name):
+    assert shared_set(DATASETS / name) == name
+
+
+@requires_datasets
+def test_a_renamed_copy_of_a_shared_set_is_that_set_and_an_edited_copy_is_not(tmp_path):
+    copy = tmp_path / "my-plates"
+    shutil.copytree(DATASETS / "plates-roboflow", copy, copy_function=shutil.copyfile)  # writable
+    assert shared_set(copy) == "plates-roboflow"
+    original, copied = load_split(DATASETS / "plates-roboflow", "val"), load_split(copy, "val")
+    assert [im.path.name for im in copied] == [im.path.name for im in original]
+    assert [len(im.boxes) for im in copied] == [len(im.boxes) for im in original]  # the overlay too
+    label = sorted((copy / "labels").iterdir())[0]
+    label.write_text(label.read_text().replace("0 ", "1 ", 1))  # same size, another class
+    assert shared_set(copy) is None
+    with pytest.raises(ValueError, match="no split rule"):
+        load_split(copy, "val")
+
+
+def test_coco_crowd_annotations_are_regions_to_ignore(tmp_path):
+    """`iscrowd` 1 marks a region of many faces, as in COCO: no object to find, and a detection there is
+    neither a hit nor a false one. The figures agree with faster-coco-eval reading the same json."""
+    save_image(tmp_path / "images" / "a.jpg", 400, 300, "JPEG")
+    coco = {
+        "images": [{"id": 1, "file_name": "a.jpg", "width": 400, "height": 300}],
+        "categories": [{"id": 1, "name": "face"}],
+        "annotations": [
+            {"id": 1, "image_id": 1, "category_id": 1, "bbox": [10, 10, 40, 40], "area": 1600, "iscrowd": 0},
+            {
+                "id": 2,
+                "image_id": 1,
+                "category_id": 1,
+                "bbox": [200, 100, 150, 100],
+                "area": 1.5e4,
+                "iscrowd": 1,
+            },
+        ],
+    }
+    (tmp_path / "annotations.json").write_text(json.dumps(coco))
+    [image] = load_dataset(tmp_path)
+    np.testing.assert_array_equal(image.boxes.xyxy, [[10, 10, 50, 50]])
+    np.testing.assert_array_equal(image.crowd.xyxy, [[200, 100, 350, 200]])
+    found = Detections(
+        [[10, 10, 50, 50], [220, 120, 260, 160], [300, 20, 340, 60]], [0.9, 0.8, 0.7], [0, 0, 0]
+    )
+    figures = privacy_metrics([image], [found], BlurConfig())["face"]
+    assert figures["boxes"]["all"] == 1 and figures["recall50"] == 1.0 and figures["blurred"]["all"] == 1.0
+    assert figures["false_blurs_per_image"] == 1.0  # the box at (300, 20) only: the one in the crowd is not
+
+    reference = COCO(str(tmp_path / "annotations.json"))
+    results = [
+        {"image_id": 1, "category_id": 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(s)}
+        for (x1, y1, x2, y2), s in zip(found.xyxy.tolist(), found.scores, strict=True)
+    ]
+    evaluator = COCOeval_faster(reference, reference.loadRes(results), iouType="bbox")
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    ours = coco_metrics([image], [found])["face"]
+    assert ours["AP50"] == evaluator.stats[1] == 1.0  # the false one ranks below the hit
+    assert ours["AP"] == pytest.approx(evaluator.stats[0])
+
+
+def test_a_coco_folder_without_json_is_a_clear_error(tmp_path):
+    save_image(tmp_path / "images" / "a.jpg", 40, 30, "JPEG")
+    with pytest.raises(FileNotFoundError, match=f"{tmp_path}.*no COCO json"):
+        load_dataset(tmp_path, "coco")

@@ -21,6 +21,7 @@ from eval.evaluate import at_thresholds, best_of_groups, read_pixels, run_evalua
 from eval.report import write_report
 from jobs.cli import build_parser
 from tests.conftest import DATASETS, SAMPLES, requires_datasets
+from tests.test_eval_datasets import other_photos_named
 
 FACES = DATASETS / "faces-crowd"
 SUBSET = 12
@@ -238,6 +239,23 @@ def test_cli_refuses_bad_options_before_loading_a_model(tmp_path, argv, message)
     args = eval_args("--data", str(tmp_path), "--out", str(tmp_path / "out"), *argv)
     with pytest.raises(ValueError, match=message):
         args.run(args)
+
+
+@requires_datasets
+def test_cli_evaluates_a_folder_named_like_a_shared_set_as_the_folder_it_is(tmp_path):
+    root = other_photos_named(tmp_path / "street-faces-plates")
+    args = eval_args("--data", str(root), "--out", str(tmp_path / "out"))
+    assert args.run(args) == 0
+    dataset = json.loads((tmp_path / "out" / "report.json").read_text())["dataset"]
+    assert (dataset["set"], dataset["split"], dataset["labels"], dataset["class_map"]) == (
+        None,
+        "all",
+        "raw",
+        None,
+    )
+    assert dataset["images"] == 3 and dataset["boxes"]["plate"] == sum(
+        len(im.boxes) for im in load_dataset(root)
+    )
 
 
 @requires_datasets
