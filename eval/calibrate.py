@@ -7,6 +7,9 @@
 - A privacy target (`targets`, e.g. face 0.95): the *highest* swept threshold whose blurred fraction
   still reaches the target, so the target is met with the fewest false blurs the model allows.
 
+The figures are those of `streetblur eval` (`eval.metrics.privacy_sweep`): while one class's threshold
+is swept, the other classes stay at their configured thresholds, and every box blurs.
+
 Calibrate on the `dev` splits (held out from training, and not the `val` splits the figures are
 reported on), or on labelled photos of your own fleet.
 """
@@ -14,16 +17,13 @@ reported on), or on labelled photos of your own fleet.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import partial
 
 from blurring.pipeline import Config
 from detection.detections import CLASS_NAMES, Detections
 from eval.datasets import LabelledImage
 from eval.evaluate import at_thresholds, scan_config, scan_in_process
-from eval.metrics import privacy_metrics
-
-CALIBRATION_SWEEP = tuple(
-    round(t, 2) for t in [0.01, 0.02, 0.03, 0.05, 0.07, *[k / 20 for k in range(2, 19)]]
-)
+from eval.metrics import privacy_sweep, threshold_for_blurred
 
 
 @dataclass(frozen=True)
@@ -64,28 +64,15 @@ def calibrate(
         picked = [(im, dets) for im, dets, s in zip(images, unmerged, set_of, strict=True) if s in labelling]
         if not picked:
             continue
-        rows = []
-        for threshold in CALIBRATION_SWEEP:
-            found = [
-                _only(
-                    at_thresholds(dets, dict.fromkeys(CLASS_NAMES, threshold), config.detect.merge_overlap), k
-                )
-                for _, dets in picked
-            ]
-            row = privacy_metrics([im for im, _ in picked], found, config.blur)[name]
-            rows.append(
-                {
-                    "threshold": threshold,
-                    "blurred": row["blurred"]["all"],
-                    "recall50": row["recall50"],
-                    "false_blurs_per_image": row["false_blurs_per_image"],
-                }
-            )
+        found = [dets for _, dets in picked]
+        detections_at = partial(_at_thresholds, found, merge_overlap=config.detect.merge_overlap)
+        rows = privacy_sweep(
+            [im for im, _ in picked], detections_at, config.detect.thresholds, name, config.blur
+        )
         boxes = sum(int((im.boxes.class_id == k).sum()) for im, _ in picked)
         if name in targets:
             rule = f"blurred >= {targets[name]}"
-            meeting = [r["threshold"] for r in rows if r["blurred"] >= targets[name] - 1e-9]
-            chosen = max(meeting) if meeting else None
+            chosen = threshold_for_blurred(rows, targets[name])
         else:
             rule = f"false blurs/image <= {max_false_blurs}"
             meeting = [r["threshold"] for r in rows if r["false_blurs_per_image"] <= max_false_blurs + 1e-9]
@@ -94,8 +81,11 @@ def calibrate(
     return results
 
 
-def _only(detections: Detections, class_id: int) -> Detections:
-    return detections[detections.class_id == class_id]
+def _at_thresholds(
+    unmerged: list[Detections], thresholds: dict[str, float], merge_overlap: float
+) -> list[Detections]:
+    """Per image, what the detector returns at `thresholds` (see `eval.evaluate.at_thresholds`)."""
+    return [at_thresholds(dets, thresholds, merge_overlap) for dets in unmerged]
 
 
 def markdown(results: list[ClassCalibration]) -> str:

@@ -8,9 +8,11 @@ with the low-score boxes it absorbs, and at a low threshold so much that few box
 IoU 0.5.) So:
 - COCO metrics and the predictions file: every box, as `best_of_groups` (see there);
 - PR curves: the detector at each threshold of `SWEEP` and at the deployed thresholds;
-- privacy figures: the detector at the deployed thresholds, and again at the highest swept
-  thresholds that reach the target recall (the deployed one stands in for a class whose target is
-  not reached or that has no ground truth).
+- privacy figures: the detector at the deployed thresholds, and again at the target thresholds: per
+  class, the highest threshold whose blurred fraction reaches the target, by the rule and figures
+  of `streetblur calibrate --target` (`eval.metrics.privacy_sweep`, the other classes at their
+  deployed thresholds); the deployed one stands in for a class whose target is not reached or that
+  has no ground truth.
 
 The inference pass is a `Scan`: `scan_in_process` here, or any other that returns the same boxes
 (`jobs.ray_pool.ray_scan` runs it on the batch job's Ray actor pool). `eval.report` writes the
@@ -38,7 +40,14 @@ from detection.detections import CLASS_NAMES, Detections
 from detection.detector import Detector, DetectorConfig, model_id, plan_models
 from detection.tiling import merge_boxes
 from eval.datasets import LabelledImage
-from eval.metrics import PRCurve, coco_metrics, precision_recall, privacy_metrics
+from eval.metrics import (
+    PRCurve,
+    coco_metrics,
+    precision_recall,
+    privacy_metrics,
+    privacy_sweep,
+    threshold_for_blurred,
+)
 
 SCAN_THRESHOLD = 0.01  # score threshold of the inference pass (lower where a deployed one is lower)
 SWEEP = tuple(np.round(np.r_[np.arange(0.01, 0.3, 0.01), np.arange(0.3, 0.96, 0.05)], 2).tolist())
@@ -59,6 +68,7 @@ class ModelResult:
     coco: dict[str, dict[str, float | None]]
     curves: dict[str, PRCurve | None]
     privacy: dict[str, dict[str, dict]]  # "deployed" / "target" -> `privacy_metrics`
+    sweeps: dict[str, list[dict[str, float]] | None]  # per class: `privacy_sweep`, None without ground truth
     # On the labels as published, where the evaluated ones are corrected: "coco" and "privacy" (at
     # the deployed thresholds); None otherwise.
     raw: dict[str, dict] | None = None
@@ -70,7 +80,7 @@ class Evaluation:
 
     images: list[LabelledImage]
     dataset: dict[str, object]
-    target_recall: float
+    target_blurred: float
     models: list[ModelResult]
     created: str
     wall_time_s: float
@@ -125,14 +135,15 @@ def best_of_groups(unmerged: Detections, merge_overlap: float) -> Detections:
 def run_evaluation(
     images: list[LabelledImage],
     configs: Sequence[Config],
-    target_recall: float = 0.95,
+    target_blurred: float = 0.95,
     dataset: dict[str, object] | None = None,
     progress: bool = True,
     scan: Scan | None = None,
     inference: str = "in-process",
     raw_images: list[LabelledImage] | None = None,
 ) -> Evaluation:
-    """Run each config's models once over `images` and compute every figure.
+    """Run each config's models once over `images` and compute every figure, the target thresholds for
+    the blurred fraction `target_blurred`.
 
     `dataset` describes the images for the report (root, format, split, class_map). `scan` runs the
     inference pass (default: `scan_in_process`); `inference` says where, for the report
@@ -144,19 +155,19 @@ def run_evaluation(
         raise ValueError("no labelled images to evaluate")
     if raw_images is not None and [im.path for im in raw_images] != [im.path for im in images]:
         raise ValueError("raw_images must be the evaluated images, in the same order")
-    if not 0 < target_recall <= 1:
-        raise ValueError(f"target recall must be in (0, 1], got {target_recall}")
+    if not 0 < target_blurred <= 1:
+        raise ValueError(f"the target blurred fraction must be in (0, 1], got {target_blurred}")
     start = time.perf_counter()
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     labels = _labels(configs)
     scan = scan or scan_in_process
     models = [
-        _evaluate_model(images, config, label, target_recall, progress, scan, raw_images)
+        _evaluate_model(images, config, label, target_blurred, progress, scan, raw_images)
         for config, label in zip(configs, labels, strict=True)
     ]
     described = {**(dataset or {}), "images": len(images), "boxes": _box_counts(images)}
     wall = time.perf_counter() - start
-    return Evaluation(images, described, target_recall, models, created, wall, inference)
+    return Evaluation(images, described, target_blurred, models, created, wall, inference)
 
 
 def _labels(configs: Sequence[Config]) -> list[str]:
@@ -191,7 +202,7 @@ def _evaluate_model(
     images: list[LabelledImage],
     config: Config,
     label: str,
-    target_recall: float,
+    target_blurred: float,
     progress: bool,
     scan: Scan = scan_in_process,
     raw_images: list[LabelledImage] | None = None,
@@ -205,7 +216,13 @@ def _evaluate_model(
     predictions = [best_of_groups(dets, config.detect.merge_overlap) for dets in unmerged]
     sweep = sorted(set(SWEEP) | set(deployed.values()))
     curves = precision_recall(images, lambda t: detections_at(dict.fromkeys(CLASS_NAMES, t)), sweep)
-    target = {name: c.threshold_for_recall(target_recall) if c else None for name, c in curves.items()}
+    sweeps = {
+        name: privacy_sweep(images, detections_at, deployed, name, config.blur) if curve else None
+        for name, curve in curves.items()
+    }
+    target = {
+        name: threshold_for_blurred(rows, target_blurred) if rows else None for name, rows in sweeps.items()
+    }
     detections = {
         "deployed": detections_at(deployed),
         "target": detections_at({n: deployed[n] if target[n] is None else target[n] for n in CLASS_NAMES}),
@@ -221,6 +238,7 @@ def _evaluate_model(
         coco=coco_metrics(images, predictions),
         curves=curves,
         privacy={point: privacy_metrics(images, dets, config.blur) for point, dets in detections.items()},
+        sweeps=sweeps,
         raw=None
         if raw_images is None
         else {

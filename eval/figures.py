@@ -37,7 +37,6 @@ def pr_curves_png(evaluation: Evaluation) -> bytes | None:
                     xy = (curve.recall[i], curve.precision[i])
                     ax.plot(*xy, "o" if point == "deployed" else "s", color=line.get_color())
                     ax.annotate(f"{threshold:.2f}", xy, textcoords="offset points", xytext=(4, 4), fontsize=7)
-        ax.axvline(evaluation.target_recall, color="grey", linestyle="--", linewidth=1)
         ax.set(xlim=(0, 1.01), ylim=(0, 1.01), xlabel="recall", ylabel="precision", title=name)
         ax.legend(loc="lower left", fontsize=8)
     return _png(figure)

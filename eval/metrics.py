@@ -8,7 +8,8 @@ class, size ranges on the ground-truth box area (small up to 32², medium 32² t
 merge widens high-score boxes with the low-score ones it absorbs, so the boxes at a threshold are not
 a subset of the boxes at a lower one, and each point is scored on its own.
 
-Privacy figures (`privacy_metrics`) take the detections the deployed detector returns and define:
+Privacy figures (`privacy_metrics`) take the detections the deployed detector returns, of every class
+(`eval.evaluate` and `eval.calibrate` both score them here), and define:
 - *under the mask*: a pixel whose `blurring.blur_mask` value is at least `MASK_LEVEL` (0.5), i.e.
   where the anonymised pixel weighs at least as much as the original in the blend. The mask is the
   one `anonymize` applies, dilation, face ellipse and soft edge included;
@@ -23,6 +24,10 @@ Privacy figures (`privacy_metrics`) take the detections the deployed detector re
 - *recall50*: COCO recall at IoU 0.5 (the share of ground-truth boxes matched by a detection).
 Classes without ground truth in the images (the shared sets label one class each) get None for
 every figure but `detections_per_image`: their detections cannot be judged.
+
+A class's threshold for a blurred-fraction target (`threshold_for_blurred`) is the highest threshold of
+`CALIBRATION_SWEEP` whose blurred fraction reaches it (`privacy_sweep`), for `streetblur calibrate
+--target` and the target thresholds of `streetblur eval` alike.
 """
 
 from __future__ import annotations
@@ -45,6 +50,10 @@ MASK_LEVEL = 0.5  # a pixel is under the blur mask at this mask value or more
 BLURRED_COVERAGE = 0.9  # share of a ground-truth box's area that must be under the mask
 SIZE_RANGES = {"small": (0.0, 32.0**2), "medium": (32.0**2, 96.0**2), "large": (96.0**2, math.inf)}
 """Half-open [low, high) ranges of box area in square pixels, COCO's sizes."""
+CALIBRATION_SWEEP = tuple(
+    round(t, 2) for t in [0.01, 0.02, 0.03, 0.05, 0.07, *[k / 20 for k in range(2, 19)]]
+)
+"""Score thresholds among which a class's threshold is chosen (`privacy_sweep`)."""
 
 
 def ground_truth_coco(images: list[LabelledImage]) -> dict:
@@ -144,11 +153,6 @@ class PRCurve:
     threshold: np.ndarray
     recall: np.ndarray
     precision: np.ndarray
-
-    def threshold_for_recall(self, target: float) -> float | None:
-        """The highest swept threshold whose recall reaches `target`, or None."""
-        reached = self.threshold[self.recall >= target - 1e-9]
-        return float(reached.max()) if reached.size else None
 
 
 def precision_recall(
@@ -265,3 +269,36 @@ def privacy_metrics(
 
     per_class = {name: figures([k]) for k, name in enumerate(CLASS_NAMES)}
     return per_class | {"all": figures(labelled)}
+
+
+def privacy_sweep(
+    images: list[LabelledImage],
+    detections_at: Callable[[dict[str, float]], list[Detections]],
+    thresholds: dict[str, float],
+    name: str,
+    blur: BlurConfig,
+) -> list[dict[str, float]]:
+    """Class `name`'s figures with its threshold at each of `CALIBRATION_SWEEP` and the other classes at
+    their `thresholds`: `threshold`, `blurred`, `recall50` and `false_blurs_per_image` per point.
+
+    `detections_at(thresholds)` gives the detections per image at per-class thresholds; they are scored
+    by `privacy_metrics`, so every class's boxes blur, as in `streetblur eval`.
+    """
+    rows = []
+    for threshold in CALIBRATION_SWEEP:
+        figures = privacy_metrics(images, detections_at(thresholds | {name: threshold}), blur)[name]
+        rows.append(
+            {
+                "threshold": threshold,
+                "blurred": figures["blurred"]["all"],
+                "recall50": figures["recall50"],
+                "false_blurs_per_image": figures["false_blurs_per_image"],
+            }
+        )
+    return rows
+
+
+def threshold_for_blurred(rows: list[dict[str, float]], target: float) -> float | None:
+    """The highest threshold of a `privacy_sweep` whose blurred fraction reaches `target`, or None."""
+    reaching = [row["threshold"] for row in rows if row["blurred"] >= target - 1e-9]
+    return max(reaching) if reaching else None

@@ -11,12 +11,15 @@
 - `ground_truth.json`: the labels in COCO format with the same image ids, for COCO tools.
 
 `report.json`: `created` (UTC), `wall_time_s` (inference and metrics), `dataset` (root, format,
-split, class_map, images, boxes per class), `settings` (target_recall, scan_threshold, mask_level,
-blurred_coverage, inference: `in-process` or `ray, N actors`), `examples` (image files shown in the
-HTML) and `models`, one entry per model with `label`, `model_id`, `model_files`, `predictions_file`,
-`inference_s`, `blur` (options), `thresholds` {`deployed`, `target`} per class (`target` null where
-not reached), `coco` per class (AP, AP50, AP75, AP_small, AP_medium, AP_large, AR100, recall50),
-`privacy` {`deployed`, `target`} per class and `all` (see `eval.metrics.privacy_metrics`),
+set: the shared set it holds or null, split, class_map, labels, images, boxes per class), `settings`
+(target_blurred, scan_threshold, mask_level, blurred_coverage, inference: `in-process` or `ray, N
+actors`), `examples` (image files shown in the HTML) and `models`, one entry per model with `label`,
+`model_id`, `model_files`, `predictions_file`, `inference_s`, `blur` (options), `thresholds`
+{`deployed`, `target`} per class (`target`: the highest swept threshold whose blurred fraction reaches
+target_blurred, as `streetblur calibrate --target` chooses; null where not reached), `coco` per class
+(AP, AP50, AP75, AP_small, AP_medium, AP_large, AR100, recall50), `privacy` {`deployed`, `target`} per
+class and `all` (see `eval.metrics.privacy_metrics`), `blurred_sweep` per class (the sweep the target
+thresholds come from: {threshold, blurred, recall50, false_blurs_per_image} rows, or null),
 `raw_labels` ({`coco`, `privacy`} at the deployed thresholds on the labels as published, where the
 evaluated labels were corrected by a label audit; else null) and `pr_curve` per class ({threshold,
 recall, precision} lists, or null). Figures that cannot be computed (no ground truth) are null.
@@ -37,7 +40,14 @@ from blurring.image_io import write_file_atomically
 from detection.detections import CLASS_NAMES
 from eval.evaluate import SCAN_THRESHOLD, SWEEP, Evaluation, ModelResult
 from eval.figures import example_png, pick_examples, pr_curves_png
-from eval.metrics import BLURRED_COVERAGE, MASK_LEVEL, PRCurve, ground_truth_coco, predictions_coco
+from eval.metrics import (
+    BLURRED_COVERAGE,
+    CALIBRATION_SWEEP,
+    MASK_LEVEL,
+    PRCurve,
+    ground_truth_coco,
+    predictions_coco,
+)
 
 EXAMPLES = 4  # example images in report.html
 EXAMPLES_NOTE = (
@@ -89,7 +99,7 @@ def _summary(evaluation: Evaluation, examples: list[int]) -> dict:
         "wall_time_s": round(evaluation.wall_time_s, 2),
         "dataset": evaluation.dataset,
         "settings": {
-            "target_recall": evaluation.target_recall,
+            "target_blurred": evaluation.target_blurred,
             "scan_threshold": SCAN_THRESHOLD,
             "mask_level": MASK_LEVEL,
             "blurred_coverage": BLURRED_COVERAGE,
@@ -108,6 +118,7 @@ def _summary(evaluation: Evaluation, examples: list[int]) -> dict:
                 "coco": model.coco,
                 "privacy": model.privacy,
                 "raw_labels": model.raw,
+                "blurred_sweep": model.sweeps,
                 "pr_curve": {name: _curve_json(curve) for name, curve in model.curves.items()},
             }
             for model in evaluation.models
@@ -131,7 +142,7 @@ def _number(value: float | None, digits: int = 3) -> str:
 
 def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table, shared by report.md and report.html."""
-    target = summary["settings"]["target_recall"]
+    target = summary["settings"]["target_blurred"]
     models = summary["models"]
     n_images = summary["dataset"]["images"]
     overview = [
@@ -160,7 +171,7 @@ def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
             for name, row in m["privacy"][point].items():
                 threshold = m["thresholds"][point].get(name)
                 if point == "target" and name in CLASS_NAMES and threshold is None:
-                    reason = "no ground truth" if m["pr_curve"][name] is None else "not reached"
+                    reason = "no ground truth" if m["blurred_sweep"][name] is None else "not reached"
                     cell = f"{reason}: deployed {m['thresholds']['deployed'][name]:.2f}"
                 else:
                     cell = _number(threshold)
@@ -185,7 +196,8 @@ def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         ),
         ("Privacy at the deployed thresholds", privacy_header, privacy_rows("deployed")),
         (
-            f"Privacy at the highest thresholds that reach recall {target}",
+            f"Privacy at the highest thresholds whose blurred fraction reaches {target} "
+            "(the rule of `calibrate --target`)",
             privacy_header,
             privacy_rows("target"),
         ),
@@ -239,14 +251,18 @@ DEFINITIONS = [
     f"blur mask (`blurring.blur_mask` >= {MASK_LEVEL}: dilation, face ellipse and soft edge included), "
     "from detections of any class; in brackets the number of boxes.",
     "small / medium / large: ground-truth box area below 32², below 96², from 96² square pixels (COCO).",
-    "false blurs/image: detections sharing no area with any ground-truth box, per image.",
+    "false blurs/image: detections sharing no area with any ground-truth box (of any class) nor with a "
+    "crowd region (COCO's iscrowd, which is not a box to find either), per image.",
     "all: the classes that have ground truth here, together. A class without ground truth (the shared "
     "sets label one class each) is not scored: its detections cannot be judged.",
     "corrected / raw labels: with the boxes a label audit added (eval/label_fixes), the figures above, "
     "and as the set was published (`--raw-labels` evaluates on those alone).",
     "PR curves: recall@0.5 and precision (matched detections / detections) at score thresholds "
-    f"{SWEEP[0]}, {SWEEP[1]}, ... {SWEEP[-1]} (hundredths up to 0.3) and the deployed ones. The "
-    "threshold for the target recall is the highest of these whose recall reaches it.",
+    f"{SWEEP[0]}, {SWEEP[1]}, ... {SWEEP[-1]} (hundredths up to 0.3) and the deployed ones.",
+    "Target thresholds: per class, the highest of "
+    f"{', '.join(map(str, CALIBRATION_SWEEP[:3]))}, ... {CALIBRATION_SWEEP[-1]} whose blurred fraction "
+    "reaches the target, the other classes at their deployed thresholds (as `streetblur calibrate "
+    "--target` chooses); the figures are then those with every class at its target threshold.",
 ]
 
 
@@ -259,7 +275,7 @@ def _header_lines(summary: dict) -> list[str]:
         f"class map {class_map}): {data['images']} images, boxes {boxes}",
         f"created {summary['created']}; wall time {summary['wall_time_s']:.1f} s; "
         f"inference {summary['settings'].get('inference', 'in-process')}; "
-        f"target recall {summary['settings']['target_recall']}",
+        f"target blurred fraction {summary['settings']['target_blurred']}",
     ]
 
 
@@ -291,7 +307,7 @@ def _html(evaluation: Evaluation, summary: dict, examples: list[int]) -> str:
         body += ["<h2>Precision-recall at IoU 0.5</h2>", _img(curves, "precision-recall curves")]
         body.append(
             f"<p>One point per score threshold. Dot: deployed threshold; square: highest threshold "
-            f"reaching the target recall {evaluation.target_recall} (dashed).</p>"
+            f"whose blurred fraction reaches the target {evaluation.target_blurred}.</p>"
         )
     body.append(f"<h2>Examples</h2><p>{html.escape(EXAMPLES_NOTE)}</p>")
     for index in examples:

@@ -1,15 +1,18 @@
 """`streetblur calibrate`: thresholds within a false-blur budget, consistent with `streetblur eval`."""
 
 from dataclasses import replace
+from pathlib import Path
 
 import cv2
+import numpy as np
 import pytest
 
-from blurring.pipeline import load_config
+from blurring.pipeline import Config, load_config
 from detection.detections import Detections
 from eval.calibrate import calibrate
 from eval.datasets import LabelledImage, load_split
-from eval.evaluate import run_evaluation
+from eval.evaluate import Scan, run_evaluation
+from eval.report import write_report
 from jobs.cli import main
 from tests.conftest import DATASETS, requires_datasets
 from tests.test_eval_datasets import other_photos_named
@@ -90,6 +93,66 @@ def test_pooled_sets_whose_image_ids_collide_are_scored_image_by_image(tmp_path,
     assert plates.boxes == 1 + len(labelled.boxes)
     for row in plates.rows:
         assert row["recall50"] * plates.boxes <= len(labelled.boxes) + 1e-6, row
+
+
+@pytest.fixture(scope="module")
+def street() -> tuple[list[LabelledImage], dict[Path, Detections]]:
+    """Street photos labelling faces and plates, and boxes a detector could give them, made from the
+    labels: each face found loosely (1.6 times its size: IoU 0.39, never a hit at IoU 0.5, but its
+    blur covers the face) at scores from 0.02 to 0.9; each plate exactly, at 0.5; and the first face
+    of each photo also as a plate at 0.9, so that a plate's blur hides that face."""
+    images = [im for im in load_split(DATASETS / "street-faces-plates", "dev") if len(im.boxes)][:20]
+    levels = np.array([0.02, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9])
+    unmerged = {}
+    for n, image in enumerate(images):
+        faces, plates = image.boxes[image.boxes.class_id == 0], image.boxes[image.boxes.class_id == 1]
+        centre, half = (
+            (faces.xyxy[:, :2] + faces.xyxy[:, 2:]) / 2,
+            (faces.xyxy[:, 2:] - faces.xyxy[:, :2]) * 0.8,
+        )
+        scores = levels[(n + np.arange(len(faces))) % len(levels)]
+        loose = Detections(np.hstack([centre - half, centre + half]), scores, [0] * len(faces))
+        exact = Detections(plates.xyxy, [0.5] * len(plates), [1] * len(plates))
+        cover = Detections(faces.xyxy[:1], [0.9] * len(faces[:1]), [1] * len(faces[:1]))
+        unmerged[image.path] = Detections.concat([loose, exact, cover])
+    return images, unmerged
+
+
+def fake_scan(unmerged: dict[Path, Detections]) -> Scan:
+    """A `Scan` that returns the given boxes of each image instead of running a detector."""
+    return lambda images, config, max_pixels, label, progress: ([unmerged[im.path] for im in images], 0.0)
+
+
+def test_calibrate_and_eval_give_the_same_figures_for_the_same_detections(monkeypatch, street):
+    """Both blur with the mask of every detection (here a plate's box over a face), as `anonymize` does."""
+    images, unmerged = street
+    monkeypatch.setattr("eval.calibrate.scan_in_process", fake_scan(unmerged))
+    face = next(r for r in calibrate([images], Config(), progress=False) if r.name == "face")
+    for row in (r for r in face.rows if r["threshold"] in (0.05, 0.3, 0.7)):
+        config = load_config(None, {"detect.thresholds": {"face": row["threshold"]}})
+        evaluation = run_evaluation(images, [config], progress=False, scan=fake_scan(unmerged))
+        evaluated = evaluation.models[0].privacy["deployed"]["face"]
+        assert row["blurred"] == evaluated["blurred"]["all"], row
+        assert row["recall50"] == evaluated["recall50"] == 0  # no loose box is a hit
+        assert row["false_blurs_per_image"] == evaluated["false_blurs_per_image"]
+
+
+def test_the_reported_target_thresholds_are_those_calibrate_chooses(monkeypatch, street, tmp_path):
+    """The same rule on the same figure: the highest swept threshold whose blurred fraction reaches the
+    target, though the loose faces never reach any recall at IoU 0.5."""
+    images, unmerged = street
+    monkeypatch.setattr("eval.calibrate.scan_in_process", fake_scan(unmerged))
+    targets = {"face": 0.9, "plate": 0.95}
+    chosen = {r.name: r.chosen for r in calibrate([images], Config(), targets=targets, progress=False)}
+    assert chosen["face"] is not None and chosen["plate"] == 0.5
+    evaluation = run_evaluation(images, [Config()], 0.9, progress=False, scan=fake_scan(unmerged))
+    assert evaluation.models[0].thresholds["target"]["face"] == chosen["face"]
+    write_report(evaluation, tmp_path)
+    report = (tmp_path / "report.md").read_text()
+    title = "## Privacy at the highest thresholds whose blurred fraction reaches 0.9"
+    assert title in report
+    face_row = next(line for line in report.split(title)[1].splitlines() if "| face |" in line)
+    assert f"| face | {chosen['face']:.3f} |" in face_row
 
 
 def test_cli_calibrates_on_the_whole_of_a_folder_named_like_a_shared_set(tmp_path, capsys):

@@ -205,12 +205,9 @@ def test_swept_curve_scores_each_threshold_on_its_own_boxes():
     face = curves["face"]
     np.testing.assert_allclose(face.recall, [0.5, 1.0, 0.5])
     np.testing.assert_allclose(face.precision, [1 / 3, 1.0, 1.0])
-    assert face.threshold_for_recall(1.0) == 0.2
-    assert face.threshold_for_recall(0.5) == 0.3
-    assert face.threshold_for_recall(0.4) == 0.3
     assert curves["plate"] is None
     empty = precision_recall([image(gt)], lambda t: [Detections()], [0.5])["face"]
-    assert empty.recall[0] == 0 and np.isnan(empty.precision[0]) and empty.threshold_for_recall(0.1) is None
+    assert empty.recall[0] == 0 and np.isnan(empty.precision[0])
 
 
 # --- blurred share, false blurs, sizes ------------------------------------------------------

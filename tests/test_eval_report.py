@@ -95,11 +95,11 @@ def test_json_has_the_documented_keys(report_dir, subset, detector):
     assert report["wall_time_s"] > 0
     assert report["dataset"]["images"] == SUBSET
     assert report["dataset"]["boxes"]["face"] == sum(len(im.boxes) for im in subset)
-    assert report["settings"]["target_recall"] == 0.95
+    assert report["settings"]["target_blurred"] == 0.95
     [model] = report["models"]
     assert set(model) == {
         "label", "model_id", "model_files", "predictions_file", "inference_s", "blur", "thresholds",
-        "coco", "privacy", "raw_labels", "pr_curve",
+        "coco", "privacy", "raw_labels", "blurred_sweep", "pr_curve",
     }  # fmt: skip
     assert model["predictions_file"] == "predictions.json"
     assert model["model_id"] == detector.model_id  # the weights that ran (INT8 on CPU)
@@ -217,7 +217,7 @@ def test_cli_writes_one_side_by_side_report_for_two_models(tmp_path, capsys):
     dataset = report["dataset"]
     assert (dataset["format"], dataset["split"], dataset["images"]) == ("yolo", "val", 2)
     assert dataset["class_map"] == {"license_plate": "plate"}
-    assert report["settings"]["target_recall"] == 0.5
+    assert report["settings"]["target_blurred"] == 0.5
     assert "streetblur-n.pt-2 plate: AP50" in capsys.readouterr().out
     assert "| streetblur-n.pt-2 | plate |" in (out / "report.md").read_text()
 
@@ -229,7 +229,7 @@ def test_cli_writes_one_side_by_side_report_for_two_models(tmp_path, capsys):
         (["--threshold", "car=0.3"], "thresholds for unknown classes"),
         (["--class-map", "x=car"], "bad class map clause"),
         (["--limit", "0"], "--limit"),
-        (["--target-recall", "1.5"], "target recall"),
+        (["--target-recall", "1.5"], "target blurred fraction"),
     ],
 )
 def test_cli_refuses_bad_options_before_loading_a_model(tmp_path, argv, message):
