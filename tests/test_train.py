@@ -1,7 +1,11 @@
-"""`streetblur train` end to end: one-epoch, 64 px runs on the shared sets (about 20 s each on CPU)."""
+"""`streetblur train` end to end: one-epoch, 64 px runs on the shared sets (about 20 s each on CPU);
+its defaults and how it publishes a checkpoint, without them."""
 
 import json
+import logging
+import os
 import shutil
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -9,41 +13,29 @@ import pytest
 from PIL import Image
 
 from detection.detections import CLASS_NAMES
-from detection.detector import Detector, DetectorConfig
+from detection.detector import DEFAULT_MODEL, Detector, DetectorConfig
+from detection.runtime import weights_digest
 from detection.tiling import View, plan_views
 from eval.datasets import SHARED_DATASETS, load_dataset, split_dataset
-from jobs.cli import main
-from jobs.train import DEFAULT_PSEUDO_LABELS, TILE_MIN_VISIBLE, load_pseudo_labels, write_tile_example
-from tests.conftest import DATASETS, requires_datasets
-
-pytestmark = requires_datasets
+from jobs.cli import build_parser, main
+from jobs.defaults import DEFAULT_PSEUDO_LABELS
+from jobs.train import TILE_MIN_VISIBLE, load_pseudo_labels, write_tile_example
+from tests.conftest import DATASETS, requires_datasets, skip_without_datasets
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
+    """A one-epoch run with the default `--out`, from a working folder of its own."""
+    skip_without_datasets()
     work = tmp_path_factory.mktemp("train")
-    out = work / "model.pt"
-    code = main(
-        [
-            "train",
-            "--data",
-            str(DATASETS),
-            "--init",
-            "yolov8n.yaml",
-            "--epochs",
-            "1",
-            "--imgsz",
-            "64",
-            "--batch",
-            "32",
-            "--out",
-            str(out),
-            "--workdir",
-            str(work / "runs"),
-        ]
-    )
+    shipped = weights_digest(DEFAULT_MODEL)
+    args = ["--init", "yolov8n.yaml", "--epochs", "1", "--imgsz", "64", "--batch", "32"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(work)
+        code = main(["train", "--data", str(DATASETS), *args, "--workdir", str(work / "runs")])
     assert code == 0
-    return out, work / "runs" / "data"
+    assert weights_digest(DEFAULT_MODEL) == shipped  # the shipped weights are never the default output
+    return work / "runs" / "train" / "streetblur-n.pt", work / "runs" / "data"
 
 
 def test_training_data_is_the_splits_with_pseudo_labels_on_train_only(trained):
@@ -119,6 +111,7 @@ def test_a_written_dataset_travels_and_trains_with_ultralytics_overrides(trained
     assert record["datasets"]["counts"] == json.loads((linked / "sources.json").read_text())["counts"]
 
 
+@requires_datasets
 def test_self_labels_add_the_models_unmatched_boxes_of_the_labelled_classes(tmp_path):
     """Self-labels on street-faces-plates (both classes) and dashcam (plates only) training images:
     the model's boxes at the threshold that overlap no label, added beside the teachers' labels."""
@@ -151,6 +144,7 @@ def test_self_labels_add_the_models_unmatched_boxes_of_the_labelled_classes(tmp_
     assert main(refused) == 2 and not (tmp_path / "ds").exists()
 
 
+@requires_datasets
 @pytest.mark.parametrize("name", ["faces-crowd", "plates-dashcam", "street-faces-plates"])
 def test_a_training_tile_holds_the_labels_inside_it_at_the_detectors_scale(tmp_path, name):
     images = split_dataset(load_dataset(DATASETS / name), SHARED_DATASETS[name].split)["train"][:6]
@@ -181,3 +175,50 @@ def test_a_training_tile_holds_the_labels_inside_it_at_the_detectors_scale(tmp_p
         np.testing.assert_allclose(tile.boxes.xyxy, inside[keep], atol=0.5)
         np.testing.assert_array_equal(tile.boxes.class_id, image.boxes.class_id[keep])
     assert sum(len(tile.boxes) for tile in tiles) > 0
+
+
+# ---------------------------------------------------------------- defaults, and the checkpoint's publication
+
+
+def test_train_and_quantize_default_to_the_working_folder_and_to_no_data(monkeypatch, tmp_path):
+    """Nothing outside the project by default: the model goes to runs/train/ (never over the shipped
+    weights), and the labelled sets come from --data or STREETBLUR_DATASETS."""
+    monkeypatch.delenv("STREETBLUR_DATASETS", raising=False)
+    train = build_parser().parse_args(["train"])
+    assert train.out == Path("runs/train/streetblur-n.pt")  # relative: in the working folder
+    quantize = build_parser().parse_args(["quantize"])
+    assert quantize.model == train.out  # `streetblur train`, then `streetblur quantize`
+    assert train.data is None and quantize.data is None
+    monkeypatch.setenv("STREETBLUR_DATASETS", str(tmp_path))
+    assert build_parser().parse_args(["train"]).data == tmp_path
+    assert build_parser().parse_args(["quantize"]).data == tmp_path
+
+    monkeypatch.delenv("STREETBLUR_DATASETS")
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--epochs", "1"]) == 2  # a usage error, before anything is written
+    assert main(["quantize", "--model", str(DEFAULT_MODEL)]) == 2
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_checkpoint_is_published_whole_or_not_at_all(monkeypatch, tmp_path, caplog):
+    from jobs.train import publish_checkpoint
+
+    best, out = tmp_path / "best.pt", tmp_path / "model.pt"
+    best.write_bytes(b"new weights")
+    out.write_bytes(b"old weights")
+
+    def disk_full(fd: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "fsync", disk_full)
+        with pytest.raises(OSError, match="No space left"):
+            publish_checkpoint(best, out)
+    assert out.read_bytes() == b"old weights"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "model.pt"]  # no partial file
+
+    (tmp_path / "model_int8_openvino_model").mkdir()  # quantised from the old weights
+    with caplog.at_level(logging.WARNING):
+        publish_checkpoint(best, out)
+    assert out.read_bytes() == b"new weights"
+    assert "streetblur quantize --model" in caplog.text

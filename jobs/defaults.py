@@ -1,0 +1,32 @@
+"""Defaults that `streetblur --help` shows, in a module that imports nothing heavy.
+
+`jobs/cli.py` builds its parser from these and imports the packages that do the work (and torch,
+Ray and OpenCV with them) only inside the commands, so that `--help` and usage errors answer at once.
+Values owned by a heavy module are copied here; tests/test_cli.py checks that each copy agrees.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+PROJECT = Path(__file__).resolve().parents[1]
+WEIGHTS = PROJECT / "detection" / "weights"
+DEFAULT_MODEL = WEIGHTS / "streetblur-n.pt"  # the shipped weights: detection.detector.DEFAULT_MODEL
+DEFAULT_PSEUDO_LABELS = WEIGHTS / "pseudo-labels.json"  # the teachers' labels the shipped model trained on
+SELF_LABEL_THRESHOLD = 0.6  # score a self-label needs (jobs/train.py)
+AUDIT_THRESHOLD = 0.1  # eval.audit.AUDIT_THRESHOLD
+
+# `streetblur train` writes here by default (relative to the working folder), and `quantize` reads it
+TRAINED_MODEL = Path("runs") / "train" / "streetblur-n.pt"
+DATASETS_ENV = "STREETBLUR_DATASETS"  # the folder holding the labelled sets, for train and quantize
+
+# The batch job (jobs.blur_job.JobOptions and jobs.ray_pool)
+INPUT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # the formats blurring.image_io writes
+ACTOR_CPUS = 0.75  # CPUs reserved per detector actor: below 1 on purpose, room for read/write tasks
+IO_CPUS = 0.25  # CPUs per read/write task
+BATCH_SIZE = 4  # images per actor call
+FLUSH_ROWS = 64
+LEASE_WAIT_S = 150.0  # jobs.lease.LEASE_WAIT_S
+MAX_INPUT_BYTES = 1 << 30
+ACTOR_MEMORY_GB = 2.0
+MAX_FAILED_FRACTION = 0.5
