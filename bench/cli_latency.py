@@ -13,14 +13,25 @@ per photo and the median per stage. Not a test: numbers depend on the machine. U
 
 With `--quality SPLIT`, each configuration is also evaluated as `streetblur eval --split SPLIT` does
 (`eval.evaluate.run_evaluation`) on every shared set: blurred fraction and false blurs per image per
-set, so speed and privacy are compared in the same run.
+set, so speed and privacy are compared in the same run. The photos come from the labelled sets in
+$STREETBLUR_DATASETS, else ../shared/datasets beside the repository.
+
+Start-up instead, the wait before the first output of a one-photo `streetblur blur` (imports, model
+load and compile, one photo), with an empty model cache (cold) and with the one a first run left
+(warm); the default photo is samples/crowd_0.jpg:
+
+    python bench/cli_latency.py --startup 5 [--photo PHOTO] [--set detect.runtime=torch ...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -29,7 +40,8 @@ from detection.detector import Detector
 from eval.datasets import SHARED_DATASETS, select_images
 from eval.evaluate import run_evaluation
 
-DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"
+REPO = Path(__file__).resolve().parents[1]
+DATASETS = Path(os.environ.get("STREETBLUR_DATASETS") or REPO.parent / "shared" / "datasets")
 PHOTOS = {
     "1280x720": sorted((DATASETS / "plates-dashcam" / "images").glob("*.jpg")),
     "small": sorted((DATASETS / "faces-crowd" / "images").glob("*.jpg")),
@@ -59,6 +71,45 @@ def measure(paths: list[Path], detector: Detector, config) -> dict:
     }
 
 
+def blur_once(photo: Path, output: Path, cache: Path, options: list[str]) -> tuple[float, float]:
+    """Seconds from starting `streetblur blur PHOTO -o OUTPUT` (a new process running this repository's
+    code, with `cache` as STREETBLUR_CACHE) to its output file, and to its exit."""
+    env = {**os.environ, "STREETBLUR_CACHE": str(cache)}
+    command = [sys.executable, "-m", "jobs.cli", "blur", str(photo), "-o", str(output), *options]
+    with tempfile.TemporaryFile() as errors:
+        start = time.perf_counter()
+        process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=errors)
+        first = None
+        while process.poll() is None:
+            if first is None and output.exists():  # written in one rename: there whole, or not at all
+                first = time.perf_counter() - start
+            time.sleep(0.005)
+        end = time.perf_counter() - start
+        if process.returncode:
+            errors.seek(0)
+            raise RuntimeError(f"{' '.join(command)} failed: {errors.read().decode()}")
+    return (end if first is None else first), end
+
+
+def startup(photo: Path, runs: int, options: list[str]) -> dict:
+    """Median seconds to the first output and to the exit of `blur_once`, `runs` times each with an
+    empty cache (cold: exports built, OpenVINO compiling the model) and with the one a first run left."""
+    figures = {}
+    with tempfile.TemporaryDirectory(prefix="streetblur-startup-") as folder:
+        work = Path(folder)
+        blur_once(photo, work / "first.jpg", work / "warm", options)  # fills the warm cache
+        for label in ("cold", "warm"):
+            times = []
+            for i in range(runs):
+                cache = work / "warm" if label == "warm" else work / f"cold-{i}"
+                times.append(blur_once(photo, work / f"{label}-{i}.jpg", cache, options))
+            figures[label] = {
+                "first_output_s": round(statistics.median(t[0] for t in times), 2),
+                "exit_s": round(statistics.median(t[1] for t in times), 2),
+            }
+    return {"photo": str(photo), "runs": runs, "options": options, **figures}
+
+
 def quality(config, split: str) -> dict:
     """Blurred fraction and false blurs per image of each shared set's labelled class on `split`."""
     figures = {}
@@ -82,7 +133,15 @@ def main() -> None:
     parser.add_argument("--plan", nargs="+", default=list(PLANS), choices=list(PLANS))
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every config")
     parser.add_argument("--quality", choices=["dev", "val"], help="also evaluate each config on this split")
+    parser.add_argument(
+        "--startup", type=int, metavar="RUNS", help="measure the start-up instead, RUNS times"
+    )
+    parser.add_argument("--photo", type=Path, default=REPO / "samples" / "crowd_0.jpg", help="for --startup")
     args = parser.parse_args()
+    if args.startup:
+        options = [f"--set={setting}" for setting in args.set]
+        print(json.dumps(startup(args.photo, args.startup, options)))
+        return
     rows = []
     combinations = [
         (runtime, precision, plan)

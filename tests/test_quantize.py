@@ -77,3 +77,21 @@ def test_the_shipped_weights_come_with_their_own_int8_model(detector):
     """The default on CPU. Retraining without `streetblur quantize` fails here, not silently in FP32."""
     assert detector.runtime == "openvino" and detector.precision == "int8"
     assert detector.model_id.startswith("streetblur-n_int8_openvino_model@")
+
+
+def test_the_compiled_model_is_kept_for_the_next_process(tmp_path, monkeypatch):
+    """OpenVINO compiles the model for this CPU on load; the next process loads that from the cache."""
+    monkeypatch.setenv("STREETBLUR_CACHE", str(tmp_path))
+
+    def compiled(detector: Detector):
+        return detector.loaded_models[0][0].predictor.model.backend.ov_compiled_model
+
+    first = Detector()
+    assert not compiled(first).get_property("LOADED_FROM_CACHE")
+    assert list((tmp_path / "openvino").glob("*.blob"))
+    second = Detector()  # as in a new process: a new OpenVINO core
+    assert second.precision == "int8" and compiled(second).get_property("LOADED_FROM_CACHE")
+    image = cv2.imread(str(SAMPLES / "dashcam_0.jpg"))
+    found, expected = second.detect(image), first.detect(image)
+    np.testing.assert_array_equal(found.xyxy, expected.xyxy)
+    np.testing.assert_array_equal(found.class_id, expected.class_id)
