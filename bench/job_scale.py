@@ -35,7 +35,8 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from detection.detector import DetectorConfig, model_id, plan_models  # noqa: E402
+from blurring.pipeline import Config, output_settings, settings_digest  # noqa: E402
+from detection.detector import model_id, plan_models  # noqa: E402
 from jobs.manifest import MANIFEST_SCHEMA, compact, read_index, run_part_key, write_rows  # noqa: E402
 from jobs.storage import Storage  # noqa: E402
 
@@ -62,9 +63,13 @@ def make_inputs(folder: Path, keys: int) -> None:
 
 
 def plant_state(source: Path, output: Path) -> float:
-    """A manifest state with a failed row for every empty file, made by this model; seconds to compact."""
+    """A manifest state with a failed row for every empty file, made by this model with the default
+    settings (the run skips them all); seconds to compact."""
     target = Storage(str(output))
-    model = model_id(plan_models(DetectorConfig(), "cpu")[2])
+    config = Config()
+    runtime, precision, weights = plan_models(config.detect, "cpu")
+    model = model_id(weights)
+    digest = settings_digest(output_settings(config, model, runtime, precision))
     run_id = "20260101T000000Z-planted"
     blank = dict.fromkeys(MANIFEST_SCHEMA.names)
     block, number = [], 0
@@ -74,6 +79,7 @@ def plant_state(source: Path, output: Path) -> float:
         block.append(
             blank
             | {"key": item.key, "status": "failed", "error": "undecodable image", "model_id": model}
+            | {"settings_digest": digest}
             | {"etag": item.etag, "size": item.size, "run_id": run_id, "finished_at": PLANTED_AT}
         )
         if len(block) == 10_000:
