@@ -435,7 +435,10 @@ def _add_run_parser(p: argparse.ArgumentParser) -> None:
         "try) before exiting 75; 0: exit at once",
     )
     p.add_argument(
-        "--verbose", action="store_true", help="Ray's own progress and logs instead of one progress line"
+        "--verbose",
+        action="store_true",
+        help="Ray's own progress, logs and warnings (its C++ core's too) instead of one progress line; "
+        "without it they go to Ray's log folder only (/tmp/ray/session_latest/logs on a local Ray)",
     )
     add_config_options(p, MODELS_HELP)
     p.set_defaults(run=_run_job)

@@ -262,6 +262,9 @@ def test_the_run_command_prints_progress_lines_and_a_summary_not_rays_own_output
     assert "progress: 2/2 done, 0 failed" in done.stderr  # no terminal here: log lines, not a bar
     for ray_output in ("Started a local Ray instance", "Execution plan", "logging_progress", "Progress bars"):
         assert ray_output not in done.stderr
+    # Ray's C++ core in the driver, and its notice that a new local Ray turned token authentication on
+    for ray_output in ("has constructor arguments in the object store", "Token authentication"):
+        assert ray_output not in done.stderr
 
 
 def test_without_actors_the_job_waits_on_an_empty_cluster_and_runs_once_a_node_joins(tmp_path):

@@ -6,10 +6,13 @@ installed `streetblur` console script.
 
 import io
 import json
+import os
 import re
+import select
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -772,3 +775,31 @@ def test_the_defaults_that_help_shows_are_the_ones_that_apply(capsys):
         assert help_default(capsys, "blur", option) == str(value), option
     [model] = config.detect.models
     assert help_default(capsys, "blur", "--model").endswith(str(Path(model).relative_to(defaults.PROJECT)))
+
+
+def test_rays_core_lines_stay_off_the_console_and_the_rest_passes_as_it_comes():
+    """`streetblur run` without --verbose: the lines Ray's C++ core writes to the driver's stderr (they
+    are in Ray's log folder) are dropped; all else goes through, a progress bar's partial line at once."""
+    code = """
+import os, sys
+from jobs.ray_pool import quiet_ray_core
+quiet_ray_core()
+os.write(2, b"[2026-12-07 04:32:58,956 E 8505 8505] core_worker.cc:2465: Actor ... max_restarts > 0.\\n")
+print("a log line", file=sys.stderr, flush=True)
+os.write(2, b"\\r 50%|#####")
+sys.stdin.readline()  # the test reads the partial line first
+os.write(2, b"[2026-12-07 04:32:59,001 W 8505 8512] task_manager.cc:1: retry\\n[2026-12-07 04:33:00,001 F")
+os.write(2, b" 8505 8505] raylet_client.cc:1: fatal\\n\\r100%|##########\\n")
+"""
+    repo = Path(__file__).resolve().parents[1]
+    command = [sys.executable, "-c", code]
+    process = subprocess.Popen(command, cwd=repo, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    seen, deadline = b"", time.monotonic() + 120
+    while b"50%|#####" not in seen:  # before the process goes on: a progress bar is not held back
+        assert time.monotonic() < deadline and process.poll() is None, seen
+        if select.select([process.stderr], [], [], 1)[0]:
+            seen += os.read(process.stderr.fileno(), 4096)
+    seen += process.communicate(b"\n", timeout=120)[1]
+    assert process.returncode == 0, seen
+    fatal = b"[2026-12-07 04:33:00,001 F 8505 8505] raylet_client.cc:1: fatal\n"
+    assert seen == b"a log line\n\r 50%|#####" + fatal + b"\r100%|##########\n"
