@@ -397,6 +397,20 @@ def load_split(root: str | Path, part: str) -> list[LabelledImage]:
     return split_dataset(load_dataset(root), SHARED_DATASETS[name].split)[part]
 
 
+def shared_set_parts(datasets_root: str | Path, name: str) -> dict[str, list[LabelledImage]]:
+    """The `train`, `dev` and `val` parts of the shared set `name`, in `datasets_root/name`;
+    `ValueError` if that folder does not hold it (training must not take another folder for it)."""
+    root = Path(datasets_root) / name
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: no such folder (the shared set {name} is expected there)")
+    if shared_set(root) != name:
+        raise ValueError(
+            f"{root} does not hold the shared set {name}: its files differ from the recorded ones, so its "
+            "split rule and label overlay do not apply"
+        )
+    return split_dataset(load_dataset(root), SHARED_DATASETS[name].split)
+
+
 def _no_split_rule(root: Path) -> str:
     return (
         f"{root} has no split rule: it does not hold one of the shared sets ({', '.join(SHARED_DATASETS)}),"

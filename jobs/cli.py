@@ -449,7 +449,8 @@ def _run_job(args: argparse.Namespace) -> int:
     done, even if some inputs failed (they are in the manifest, with their reasons), 1 above
     `--max-failed-fraction` or with no input, `EXIT_OUTPUT_BUSY` if another run holds the output."""
     from jobs.blur_job import JobOptions, run_job
-    from jobs.lease import LeaseHeld
+    from jobs.lease import LeaseHeld, LeaseLost
+    from jobs.manifest import IndexChanged
 
     suffixes = tuple(f".{s.strip().lstrip('.').lower()}" for s in args.extensions.split(",") if s.strip())
     unsupported = set(suffixes) - set(defaults.INPUT_SUFFIXES)
@@ -478,7 +479,7 @@ def _run_job(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     try:
         summary = run_job(options, address=args.address)
-    except LeaseHeld as error:
+    except (LeaseHeld, LeaseLost, IndexChanged) as error:  # the parts of a lost run stay for the next
         print(f"streetblur: {error}", file=sys.stderr)
         return EXIT_OUTPUT_BUSY
     print(json.dumps(summary))
@@ -514,10 +515,11 @@ def _add_eval_parser(p: argparse.ArgumentParser) -> None:
         "side-by-side report (default: the configured model)",
     )
     p.add_argument(
-        "--target-recall",
+        "--target-blurred",
         type=float,
         default=0.95,
-        help="report the per-class thresholds that reach this recall at IoU 0.5 (default: 0.95)",
+        help="report per class the highest threshold whose blurred fraction reaches this "
+        "(the rule of `calibrate --target`; default: 0.95)",
     )
     p.add_argument("--out", type=Path, required=True, help="folder for report.md/.html/.json and predictions")
     ray = p.add_argument_group("Ray", "the inference pass on a pool of detector actors, as `streetblur run`")
@@ -556,7 +558,7 @@ def _run_eval(args: argparse.Namespace) -> int:
     evaluation = run_evaluation(
         images,
         configs or [config],
-        args.target_recall,
+        args.target_blurred,
         dataset,
         scan=scan,
         inference=inference,
@@ -815,7 +817,7 @@ def _run_train(args: argparse.Namespace) -> int:
         raise ValueError("--make-self-labels needs a new --pseudo-labels file to write")
     data = None if args.dataset else _datasets(args)  # a written dataset needs no sets
     from blurring.pipeline import Config, parse_overrides
-    from eval.datasets import SHARED_DATASETS, load_dataset, split_dataset
+    from eval.datasets import SHARED_DATASETS, shared_set_parts
     from jobs.train import add_self_labels, make_pseudo_labels, train, write_yolo_dataset
 
     if args.make_pseudo_labels:
@@ -825,10 +827,7 @@ def _run_train(args: argparse.Namespace) -> int:
         config = dataclasses.replace(
             config, detect=dataclasses.replace(config.detect, models=(args.make_self_labels,))
         )
-        training_images = {
-            name: split_dataset(load_dataset(_datasets(args) / name), spec.split)["train"]
-            for name, spec in SHARED_DATASETS.items()
-        }
+        training_images = {name: shared_set_parts(_datasets(args), name)["train"] for name in SHARED_DATASETS}
         record = add_self_labels(
             defaults.DEFAULT_PSEUDO_LABELS,
             args.pseudo_labels,

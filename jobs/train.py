@@ -68,8 +68,7 @@ from eval.audit import find_candidates
 from eval.datasets import (
     SHARED_DATASETS,
     LabelledImage,
-    load_dataset,
-    split_dataset,
+    shared_set_parts,
     write_yolo_example,
     write_yolo_labels,
 )
@@ -131,8 +130,8 @@ def write_yolo_dataset(
         shutil.rmtree(out_dir)
     extra = load_pseudo_labels(pseudo_labels) if pseudo_labels else {}
     counts: dict[str, int] = {}
-    for name, spec in SHARED_DATASETS.items():
-        parts = split_dataset(load_dataset(datasets_root / name), spec.split)
+    for name in SHARED_DATASETS:
+        parts = shared_set_parts(datasets_root, name)
         for part, images in parts.items():
             counts[f"{name}/{part}"] = len(images)
             if part == "val":
@@ -390,8 +389,8 @@ def make_pseudo_labels(datasets_root: Path, out: Path) -> dict:
     """Run the teachers on every shared set's training images for its missing class; write `out`."""
     teachers: dict[str, Teacher] = {}
     labels: dict[str, dict[str, list[list[float]]]] = {}
-    for name, spec in SHARED_DATASETS.items():
-        images = split_dataset(load_dataset(datasets_root / name), spec.split)["train"]
+    for name in SHARED_DATASETS:
+        images = shared_set_parts(datasets_root, name)["train"]
         labelled = {CLASS_NAMES[c] for im in images for c in im.boxes.class_id}
         for missing in sorted(set(CLASS_NAMES) - labelled):
             if missing not in teachers:

@@ -202,7 +202,7 @@ def test_cli_writes_one_side_by_side_report_for_two_models(tmp_path, capsys):
     args = eval_args(
         "--data", str(DATASETS / "plates-roboflow"), "--split", "val", "--limit", "2",
         "--model", str(DEFAULT_MODEL), str(DEFAULT_MODEL), "--threshold", "plate=0.4",
-        "--target-recall", "0.5", "--out", str(tmp_path / "out"),
+        "--target-blurred", "0.5", "--out", str(tmp_path / "out"),
     )  # fmt: skip
     assert args.run(args) == 0
     out = tmp_path / "out"
@@ -229,7 +229,7 @@ def test_cli_writes_one_side_by_side_report_for_two_models(tmp_path, capsys):
         (["--threshold", "car=0.3"], "thresholds for unknown classes"),
         (["--class-map", "x=car"], "bad class map clause"),
         (["--limit", "0"], "--limit"),
-        (["--target-recall", "1.5"], "target blurred fraction"),
+        (["--target-blurred", "1.5"], "target blurred fraction"),
     ],
 )
 def test_cli_refuses_bad_options_before_loading_a_model(tmp_path, argv, message):

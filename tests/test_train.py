@@ -20,7 +20,7 @@ from eval.datasets import SHARED_DATASETS, load_dataset, split_dataset
 from jobs.cli import build_parser, main
 from jobs.defaults import DEFAULT_PSEUDO_LABELS
 from jobs.train import TILE_MIN_VISIBLE, load_pseudo_labels, write_tile_example
-from tests.conftest import DATASETS, requires_datasets, skip_without_datasets
+from tests.conftest import DATASETS, SAMPLES, requires_datasets, skip_without_datasets
 
 
 @pytest.fixture(scope="module")
@@ -222,3 +222,18 @@ def test_a_checkpoint_is_published_whole_or_not_at_all(monkeypatch, tmp_path, ca
         publish_checkpoint(best, out)
     assert out.read_bytes() == b"new weights"
     assert "streetblur quantize --model" in caplog.text
+
+
+def test_training_refuses_a_folder_that_only_bears_a_shared_sets_name(tmp_path, capsys):
+    """`--data DIR` must hold the shared sets themselves: a folder of other photos named like one would
+    be trained on without its split rule (its dev and val photos among the training ones) and overlay."""
+    impostor = tmp_path / "faces-crowd" / "images"
+    impostor.mkdir(parents=True)
+    for photo in sorted(SAMPLES.glob("crowd_*.jpg")):
+        shutil.copy(photo, impostor / photo.name)
+
+    code = main(["train", "--data", str(tmp_path), "--write-dataset", str(tmp_path / "ds")])
+
+    assert code == 2
+    assert "does not hold the shared set faces-crowd" in capsys.readouterr().err
+    assert not (tmp_path / "ds").exists()
