@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
+import fcntl
 import hashlib
 import json
 import logging
@@ -158,6 +158,21 @@ def openvino_cache() -> dict[str, str]:
     return {"CACHE_DIR": str(folder)}
 
 
+@contextlib.contextmanager
+def _cache_lock(config: dict) -> Iterator[None]:
+    """Held while OpenVINO compiles with its cache folder (`config["CACHE_DIR"]`, if any): it writes
+    the folder's files with no regard for other processes, and two Ray actors compiling at once made
+    one fail ("cannot set permissions: No such file or directory"). The next one in loads the cached
+    model. The kernel lets go of the lock if its holder dies."""
+    folder = config.get("CACHE_DIR")
+    if not folder:
+        yield
+        return
+    with open(Path(folder) / ".lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def inference_threads(requested: int = 0) -> int:
     """CPU threads for inference in this process: `requested`, else `OMP_NUM_THREADS` (set by Ray, the
     user or `prepare_ultralytics`), else 0 (the runtime's own default)."""
@@ -191,10 +206,16 @@ def limit_threads(model, weights: Path, threads: int) -> None:
             "ENABLE_CPU_PINNING": False,
             **openvino_cache(),
         }
+        core = ov.Core()
+
+        def compile_model(model) -> object:
+            with _cache_lock(config):
+                return core.compile_model(model, device_name="CPU", config=config)
+
         backend = auto_backend.backend
         # Also for the models ultralytics compiles again per input shape (INT8 on CPUs with AMX).
-        backend.compile_model = functools.partial(ov.Core().compile_model, device_name="CPU", config=config)
-        backend.ov_compiled_model = backend.compile_model(str(xml))
+        backend.compile_model = compile_model
+        backend.ov_compiled_model = compile_model(str(xml))
     elif auto_backend.format == "onnx":
         import onnxruntime
 

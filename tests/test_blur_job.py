@@ -184,6 +184,12 @@ def ray_head():
             f"--dashboard-port={dashboard}",
             "--num-cpus=2",
             "--include-dashboard=true",
+            # Ports of its own, not Ray's fixed defaults, which another Ray on this machine may hold
+            # (its job agent then never starts, and no job is accepted).
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
             "--disable-usage-stats",
         ],
         env=env,

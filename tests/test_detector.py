@@ -1,6 +1,9 @@
 """The default detector on real labelled photos: recall floors, tile merge, panorama seam, models."""
 
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 
 import cv2
@@ -214,3 +217,17 @@ def test_upscaling_small_photos_finds_more_of_their_small_faces(detector):
     native = coco_metrics(images, [at_native.detect(p) for p in pixels])["face"]
     upscaled = coco_metrics(images, [upscaling.detect(p) for p in pixels])["face"]
     assert upscaled["recall50"] >= native["recall50"] + 0.02, (native, upscaled)  # measured 0.816 -> 0.860
+
+
+def test_detectors_loading_at_once_in_many_processes_share_the_compiled_model_cache(tmp_path):
+    """Ray starts its detector actors at once, and each compiles the OpenVINO model with the cache
+    folder: unguarded, one in three runs of 8 processes had one fail ("cannot set permissions")."""
+    code = "from detection.detector import Detector, DetectorConfig; Detector(DetectorConfig(threads=1))"
+    env = {**os.environ, "STREETBLUR_CACHE": str(tmp_path)}
+    processes = [
+        subprocess.Popen([sys.executable, "-c", code], env=env, stderr=subprocess.PIPE, text=True)
+        for _ in range(8)
+    ]
+    errors = [process.communicate(timeout=600)[1] for process in processes]
+    assert [p.returncode for p in processes] == [0] * 8, [e[-500:] for e in errors if "Error" in e]
+    assert list((tmp_path / "openvino").glob("*.blob"))  # the model was cached, once for all
