@@ -34,7 +34,7 @@ from pathlib import Path
 import cv2
 import psutil
 
-from blurring.pipeline import Config, load_config, parse_overrides
+from blurring.config import Config, load_config, parse_overrides
 from detection.detector import Detector
 from jobs.blur_job import JobOptions, run_job
 from jobs.manifest import TIMING_COLUMNS, read_manifest_rows

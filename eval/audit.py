@@ -36,8 +36,8 @@ import torch
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
+from blurring.config import Config
 from blurring.image_io import write_file_atomically
-from blurring.pipeline import Config
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import Detector, model_id, plan_models
 from eval.datasets import LABEL_FIXES_DIR, SHARED_DATASETS, LabelledImage, shared_set

@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from functools import partial
 
-from blurring.pipeline import Config
+from blurring.config import Config
 from detection.detections import CLASS_NAMES, Detections
 from eval.datasets import LabelledImage
 from eval.evaluate import at_thresholds, scan_config, scan_in_process

@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from blurring.config import Config
 from blurring.image_io import decode_image
-from blurring.pipeline import Config
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import Detector, DetectorConfig, model_id, plan_models
 from detection.tiling import merge_boxes

@@ -14,7 +14,7 @@ Under the output root, `_streetblur/` holds the audit trail (see `jobs.manifest`
 manifest rows as Parquet parts and `summary.json`; `manifest.json`, the index of the current state
 (the latest row of every input), which each run compacts its parts into at its end. One run at a
 time writes an output (`jobs.lease`). A re-run skips an input only when its manifest row has the
-same ETag and the same settings digest (`blurring.pipeline.settings_digest`: the weights' hashes,
+same ETag and the same settings digest (`blurring.config.settings_digest`: the weights' hashes,
 the runtime and precision they run in, and every detection, blur and output option that changes an
 output's pixels or bytes); other settings redo everything. `--retry-failed` redoes the inputs that
 failed. A run killed midway keeps the parts it wrote; the next run compacts them first, then does
@@ -42,8 +42,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from blurring.config import Config, output_settings, settings_digest
 from blurring.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format
-from blurring.pipeline import Config, Outcome, blur_images, output_settings, settings_digest
+from blurring.pipeline import Outcome, blur_images
 from detection.detector import Detector, model_id, plan_models
 from jobs.lease import LEASE_WAIT_S, Lease
 from jobs.listing import InputListing, ListingTally, ResumeRule

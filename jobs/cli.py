@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 from jobs import defaults
 
 if TYPE_CHECKING:
-    from blurring.pipeline import Config
+    from blurring.config import Config
 
 SPLITS = ["all", "val", "dev", "train"]
 MODELS_HELP = (
@@ -180,7 +180,7 @@ def config_from_args(args: argparse.Namespace, flags: dict | None = None) -> Con
     Defaults, then `--config`, then `flags`, `--model`, `--device` and `--threshold`, then `--set`.
     A `--threshold` sets its class only: the other classes keep the YAML's or the default thresholds.
     """
-    from blurring.pipeline import load_config, parse_overrides
+    from blurring.config import load_config, parse_overrides
 
     overrides = {key: value for key, value in (flags or {}).items() if value is not None}
     if args.models:
@@ -206,7 +206,7 @@ def _add_blur_parser(p: argparse.ArgumentParser) -> None:
         "folder given ending in / (created if missing); never the input or a folder around it",
     )
     add_config_options(p, MODELS_HELP)
-    # The defaults of `blurring.pipeline.Config`, which tests/test_cli.py checks against these.
+    # The defaults of `blurring.config.Config`, which tests/test_cli.py checks against these.
     p.add_argument("--tile-size", type=int, help="tile images larger than this (0: no tiling) (default: 640)")
     p.add_argument(
         "--tile-overlap", type=float, help="tile overlap as a fraction of the tile size (default: 0.2)"
@@ -625,8 +625,8 @@ def _add_calibrate_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _run_calibrate(args: argparse.Namespace) -> int:
+    from blurring.config import parse_overrides
     from blurring.image_io import write_file_atomically
-    from blurring.pipeline import parse_overrides
     from eval.calibrate import calibrate, markdown
     from eval.datasets import select_images
 
@@ -816,7 +816,7 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.make_self_labels and args.pseudo_labels in (None, defaults.DEFAULT_PSEUDO_LABELS):
         raise ValueError("--make-self-labels needs a new --pseudo-labels file to write")
     data = None if args.dataset else _datasets(args)  # a written dataset needs no sets
-    from blurring.pipeline import Config, parse_overrides
+    from blurring.config import Config, parse_overrides
     from eval.datasets import SHARED_DATASETS, shared_set_parts
     from jobs.train import add_self_labels, make_pseudo_labels, train, write_yolo_dataset
 

@@ -33,7 +33,7 @@ STAT_THREADS = 16  # keys of a keys file stat'ed at once
 class ResumeRule:
     """When an input with a row in the manifest is done again."""
 
-    settings_digest: str  # of this run (`blurring.pipeline.settings_digest`): rows made otherwise are redone
+    settings_digest: str  # of this run (`blurring.config.settings_digest`): rows made otherwise are redone
     overwrite: bool = False  # redo everything
     retry_failed: bool = False  # redo inputs that failed
 

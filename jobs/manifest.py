@@ -64,7 +64,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("plates", pa.int32()),
         ("boxes", pa.list_(BOX_TYPE)),
         ("model_id", pa.string()),
-        ("settings_digest", pa.string()),  # blurring.pipeline.settings_digest: what decides the pixels
+        ("settings_digest", pa.string()),  # blurring.config.settings_digest: what decides the pixels
         ("read_ms", pa.float32()),
         ("decode_ms", pa.float32()),
         ("detect_ms", pa.float32()),

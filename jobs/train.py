@@ -57,8 +57,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from blurring.config import Config
 from blurring.image_io import write_file_atomically
-from blurring.pipeline import Config
 from detection.baselines import MissingPackageError, load_baseline
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import DetectorConfig, model_id, plan_models, upscale_small

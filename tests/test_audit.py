@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from blurring.pipeline import Config
+from blurring.config import Config
 from detection.detections import Detections
 from eval.audit import (
     SHEET_COLUMNS,

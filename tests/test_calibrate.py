@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from blurring.pipeline import Config, load_config
+from blurring.config import Config, load_config
 from detection.detections import Detections
 from eval.calibrate import calibrate
 from eval.datasets import LabelledImage, load_split

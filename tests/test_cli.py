@@ -20,8 +20,9 @@ import pytest
 from PIL import Image
 
 from blurring import BlurConfig, anonymize
+from blurring.config import Config
 from blurring.image_io import decode_image
-from blurring.pipeline import Config, blur_image_bytes
+from blurring.pipeline import blur_image_bytes
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import DEFAULT_THRESHOLDS
 from jobs.cli import build_parser, config_from_args, main

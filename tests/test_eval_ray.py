@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from blurring.pipeline import Config
+from blurring.config import Config
 from eval.datasets import load_split
 from eval.evaluate import run_evaluation
 from jobs.cli import build_parser

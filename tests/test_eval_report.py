@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from faster_coco_eval import COCO, COCOeval_faster
 
-from blurring.pipeline import Config
+from blurring.config import Config
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import DEFAULT_MODEL, DEFAULT_THRESHOLDS, Detector
 from detection.tiling import merge_boxes

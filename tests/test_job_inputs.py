@@ -25,7 +25,7 @@ import pytest
 from PIL import Image
 
 import jobs.blur_job as blur_job
-from blurring.pipeline import Config
+from blurring.config import Config
 from detection.detector import DEFAULT_MODEL, model_id
 from jobs.blur_job import INPUT_SUFFIXES, BlurActor, JobOptions, check_locations, run_job
 from jobs.cli import main

@@ -27,8 +27,8 @@ import numpy as np
 import pytest
 
 from blurring import blur_mask
+from blurring.config import Config
 from blurring.image_io import decode_image, encode_image
-from blurring.pipeline import Config
 from detection.detections import Detections
 from jobs.blur_job import JobOptions, run_job
 from jobs.manifest import read_manifest_rows

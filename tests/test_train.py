@@ -115,7 +115,7 @@ def test_a_written_dataset_travels_and_trains_with_ultralytics_overrides(trained
 def test_self_labels_add_the_models_unmatched_boxes_of_the_labelled_classes(tmp_path):
     """Self-labels on street-faces-plates (both classes) and dashcam (plates only) training images:
     the model's boxes at the threshold that overlap no label, added beside the teachers' labels."""
-    from blurring.pipeline import Config
+    from blurring.config import Config
     from eval.metrics import overlaps_nothing
     from jobs.train import add_self_labels
 
