@@ -37,12 +37,12 @@ from torchvision.ops import box_iou
 from tqdm import tqdm
 
 from blurring.config import Config
-from blurring.image_io import write_file_atomically
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import Detector, model_id, plan_models
 from eval.datasets import LABEL_FIXES_DIR, SHARED_DATASETS, LabelledImage, shared_set
 from eval.evaluate import read_pixels
 from eval.metrics import false_blurs
+from storage.files import write_file_atomically
 
 AUDIT_THRESHOLD = 0.1
 JUDGED_IOU = 0.3  # a candidate of the same class overlapping a rejected box this much was judged before

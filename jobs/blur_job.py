@@ -58,7 +58,7 @@ from jobs.manifest import (
     write_rows,
 )
 from jobs.ray_pool import ACTOR_CPUS, BATCH_SIZE, IO_CPUS, start_ray, with_actor_pool
-from jobs.storage import InvalidKey, NotFound, Storage, check_key
+from storage.objects import InvalidKey, NotFound, Storage, check_key
 
 log = logging.getLogger("streetblur.job")
 

@@ -250,9 +250,10 @@ def _blur_flags(args: argparse.Namespace) -> dict:
 def _run_blur(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from blurring.image_io import BadImageError, output_format, write_file_atomically
+    from blurring.image_io import BadImageError, output_format
     from blurring.pipeline import Outcome, blur_image_bytes
     from detection.detector import Detector
+    from storage.files import write_file_atomically
 
     config = config_from_args(args, _blur_flags(args))
     pairs = plan_outputs(args.input, Path(args.output), into_folder=args.output.endswith(("/", os.sep)))
@@ -626,9 +627,9 @@ def _add_calibrate_parser(p: argparse.ArgumentParser) -> None:
 
 def _run_calibrate(args: argparse.Namespace) -> int:
     from blurring.config import parse_overrides
-    from blurring.image_io import write_file_atomically
     from eval.calibrate import calibrate, markdown
     from eval.datasets import select_images
+    from storage.files import write_file_atomically
 
     config = config_from_args(args)
     sets = []

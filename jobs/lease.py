@@ -34,7 +34,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from jobs.storage import ConditionFailed, NotFound, Storage
+from storage.objects import ConditionFailed, NotFound, Storage
 
 log = logging.getLogger("streetblur.lease")
 

@@ -21,7 +21,7 @@ from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
 from jobs.manifest import AUDIT_DIR, StateCursor, read_index, run_part_key, skipped_row, write_rows
-from jobs.storage import Storage, StoredObject, printable_key
+from storage.objects import Storage, StoredObject, printable_key
 
 log = logging.getLogger("streetblur.listing")
 

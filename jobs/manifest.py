@@ -45,7 +45,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.lease import Lease
-from jobs.storage import ConditionFailed, NotFound, Storage, StoredObject
+from storage.objects import ConditionFailed, NotFound, Storage, StoredObject
 
 AUDIT_DIR = "_streetblur"
 INDEX_KEY = f"{AUDIT_DIR}/manifest.json"

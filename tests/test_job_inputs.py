@@ -41,7 +41,7 @@ from jobs.manifest import (
     write_rows,
 )
 from jobs.ray_pool import pool_size
-from jobs.storage import InvalidKey, Storage, check_key
+from storage.objects import InvalidKey, Storage, check_key
 from tests.conftest import SAMPLES
 
 

@@ -32,7 +32,7 @@ from blurring.image_io import decode_image, encode_image
 from detection.detections import Detections
 from jobs.blur_job import JobOptions, run_job
 from jobs.manifest import read_manifest_rows
-from jobs.storage import Storage
+from storage.objects import Storage
 from tests.conftest import SAMPLES, sample_labels
 from tests.test_blurring import MAX_DETAIL, detail
 

@@ -15,7 +15,7 @@ import pytest
 
 from jobs.lease import LEASE_KEY, Lease, LeaseHeld, LeaseLost
 from jobs.manifest import INDEX_KEY, compact, read_index, read_manifest_rows, uncompacted_runs
-from jobs.storage import NotFound, Storage
+from storage.objects import NotFound, Storage
 from tests.conftest import SAMPLES
 from tests.test_manifest import write_run
 

@@ -21,7 +21,7 @@ from jobs.manifest import (
     uncompacted_runs,
     write_rows,
 )
-from jobs.storage import Storage
+from storage.objects import Storage
 
 
 @pytest.fixture(params=["folder", "s3"])
