@@ -15,7 +15,7 @@ IoU 0.5.) So:
   has no ground truth.
 
 The inference pass is a `Scan`: `scan_in_process` here, or any other that returns the same boxes
-(`jobs.ray_pool.ray_scan` runs it on the batch job's Ray actor pool). `eval.report` writes the
+(`jobs.eval_on_ray.ray_scan` runs it on the batch job's Ray actor pool). `eval.report` writes the
 results; `eval.calibrate` reuses the pass to choose thresholds.
 """
 
@@ -147,7 +147,7 @@ def run_evaluation(
 
     `dataset` describes the images for the report (root, format, split, class_map). `scan` runs the
     inference pass (default: `scan_in_process`); `inference` says where, for the report
-    (`jobs.ray_pool.ray_scan` gives both for the batch job's Ray actor pool). `raw_images`, the same
+    (`jobs.eval_on_ray.ray_scan` gives both for the batch job's Ray actor pool). `raw_images`, the same
     images with their labels as published where `images` carry a label audit's corrections, are
     scored too (`ModelResult.raw`), so that a report shows both.
     """

@@ -57,7 +57,7 @@ from jobs.manifest import (
     uncompacted_runs,
     write_rows,
 )
-from jobs.ray_pool import ACTOR_CPUS, BATCH_SIZE, IO_CPUS, start_ray, with_actor_pool
+from jobs.ray_cluster import ACTOR_CPUS, BATCH_SIZE, IO_CPUS, start_ray, with_actor_pool
 from storage.objects import InvalidKey, NotFound, Storage, check_key
 
 log = logging.getLogger("streetblur.job")

@@ -553,7 +553,7 @@ def _run_eval(args: argparse.Namespace) -> int:
         raw_images, _ = select_images(args.data, args.format, args.class_map, args.split, args.limit, True)
     scan, inference = (None, "in-process")
     if ray is not None:
-        from jobs.ray_pool import ray_scan
+        from jobs.eval_on_ray import ray_scan
 
         scan, inference = ray_scan(ray, len(images))
     evaluation = run_evaluation(
@@ -577,7 +577,7 @@ def _run_eval(args: argparse.Namespace) -> int:
 
 
 def _ray_inference(args: argparse.Namespace):
-    """The `--ray` options as a `jobs.ray_pool.RayInference`, or None; `ValueError` for bad ones or Ray
+    """The `--ray` options as a `jobs.eval_on_ray.RayInference`, or None; `ValueError` for bad ones or Ray
     options without `--ray`."""
     given = {"--address": args.address, "--actors": args.actors, "--actor-gpus": args.actor_gpus}
     if not args.ray:
@@ -589,7 +589,7 @@ def _ray_inference(args: argparse.Namespace):
         raise ValueError(f"--actors must be at least 1, got {args.actors}")
     if args.actor_gpus is not None and args.actor_gpus < 0:
         raise ValueError(f"--actor-gpus must be at least 0, got {args.actor_gpus}")
-    from jobs.ray_pool import RayInference
+    from jobs.eval_on_ray import RayInference
 
     gpus = {} if args.actor_gpus is None else {"actor_gpus": args.actor_gpus}
     return RayInference(address=args.address, actors=args.actors, **gpus)

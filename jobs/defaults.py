@@ -20,11 +20,10 @@ AUDIT_THRESHOLD = 0.1  # eval.audit.AUDIT_THRESHOLD
 TRAINED_MODEL = Path("runs") / "train" / "streetblur-n.pt"
 DATASETS_ENV = "STREETBLUR_DATASETS"  # the folder holding the labelled sets, for train and quantize
 
-# The batch job (jobs.blur_job.JobOptions and jobs.ray_pool)
+# The batch job (jobs.blur_job.JobOptions and jobs.ray_cluster)
 INPUT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # the formats blurring.image_io writes
-ACTOR_CPUS = 0.75  # CPUs reserved per detector actor: below 1 on purpose, room for read/write tasks
-IO_CPUS = 0.25  # CPUs per read/write task
-BATCH_SIZE = 4  # images per actor call
+ACTOR_CPUS = 0.75  # jobs.ray_cluster.ACTOR_CPUS
+BATCH_SIZE = 4  # jobs.ray_cluster.BATCH_SIZE
 FLUSH_ROWS = 64
 LEASE_WAIT_S = 150.0  # jobs.lease.LEASE_WAIT_S
 MAX_INPUT_BYTES = 1 << 30

@@ -783,7 +783,7 @@ def test_rays_core_lines_stay_off_the_console_and_the_rest_passes_as_it_comes():
     are in Ray's log folder) are dropped; all else goes through, a progress bar's partial line at once."""
     code = """
 import os, sys
-from jobs.ray_pool import quiet_ray_core
+from jobs.ray_cluster import quiet_ray_core
 quiet_ray_core()
 os.write(2, b"[2026-12-07 04:32:58,956 E 8505 8505] core_worker.cc:2465: Actor ... max_restarts > 0.\\n")
 print("a log line", file=sys.stderr, flush=True)

@@ -11,7 +11,7 @@ from blurring.config import Config
 from eval.datasets import load_split
 from eval.evaluate import run_evaluation
 from jobs.cli import build_parser
-from jobs.ray_pool import RayInference, ray_scan
+from jobs.eval_on_ray import RayInference, ray_scan
 from tests.conftest import DATASETS, requires_datasets
 
 PER_SET = 6

@@ -40,7 +40,7 @@ from jobs.manifest import (
     uncompacted_runs,
     write_rows,
 )
-from jobs.ray_pool import pool_size
+from jobs.ray_cluster import pool_size
 from storage.objects import InvalidKey, Storage, check_key
 from tests.conftest import SAMPLES
 
