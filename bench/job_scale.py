@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from blurring.config import Config, output_settings, settings_digest  # noqa: E402
 from detection.detector import model_id, plan_models  # noqa: E402
-from jobs.manifest import MANIFEST_SCHEMA, compact, read_index, run_part_key, write_rows  # noqa: E402
+from jobs.batch.manifest import MANIFEST_SCHEMA, compact, read_index, run_part_key, write_rows  # noqa: E402
 from storage.objects import Storage  # noqa: E402
 
 SAMPLES = REPO / "samples"

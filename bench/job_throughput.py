@@ -36,8 +36,8 @@ import psutil
 
 from blurring.config import Config, load_config, parse_overrides
 from detection.detector import Detector
-from jobs.blur_job import JobOptions, run_job
-from jobs.manifest import TIMING_COLUMNS, read_manifest_rows
+from jobs.batch.job import JobOptions, run_job
+from jobs.batch.manifest import TIMING_COLUMNS, read_manifest_rows
 from storage.objects import Storage
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"  # beside the repository

@@ -449,9 +449,9 @@ def _run_job(args: argparse.Namespace) -> int:
     """Run the batch job; print its summary as one JSON line. Exit status (`RUN_EXIT_STATUSES`) 0 when
     done, even if some inputs failed (they are in the manifest, with their reasons), 1 above
     `--max-failed-fraction` or with no input, `EXIT_OUTPUT_BUSY` if another run holds the output."""
-    from jobs.blur_job import JobOptions, run_job
-    from jobs.lease import LeaseHeld, LeaseLost
-    from jobs.manifest import IndexChanged
+    from jobs.batch.job import JobOptions, run_job
+    from jobs.batch.lease import LeaseHeld, LeaseLost
+    from jobs.batch.manifest import IndexChanged
 
     suffixes = tuple(f".{s.strip().lstrip('.').lower()}" for s in args.extensions.split(",") if s.strip())
     unsupported = set(suffixes) - set(defaults.INPUT_SUFFIXES)

@@ -20,12 +20,12 @@ AUDIT_THRESHOLD = 0.1  # eval.audit.AUDIT_THRESHOLD
 TRAINED_MODEL = Path("runs") / "train" / "streetblur-n.pt"
 DATASETS_ENV = "STREETBLUR_DATASETS"  # the folder holding the labelled sets, for train and quantize
 
-# The batch job (jobs.blur_job.JobOptions and jobs.ray_cluster)
+# The batch job (jobs.batch.job.JobOptions and jobs.ray_cluster)
 INPUT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # the formats blurring.image_io writes
 ACTOR_CPUS = 0.75  # jobs.ray_cluster.ACTOR_CPUS
 BATCH_SIZE = 4  # jobs.ray_cluster.BATCH_SIZE
 FLUSH_ROWS = 64
-LEASE_WAIT_S = 150.0  # jobs.lease.LEASE_WAIT_S
+LEASE_WAIT_S = 150.0  # jobs.batch.lease.LEASE_WAIT_S
 MAX_INPUT_BYTES = 1 << 30
 ACTOR_MEMORY_GB = 2.0
 MAX_FAILED_FRACTION = 0.5

@@ -720,7 +720,7 @@ def test_the_run_options_reach_the_job_and_its_exit_status(monkeypatch, capsys):
     fraction exits 1."""
     import dataclasses
 
-    from jobs.blur_job import JobOptions
+    from jobs.batch.job import JobOptions
 
     seen = []
 
@@ -728,7 +728,7 @@ def test_the_run_options_reach_the_job_and_its_exit_status(monkeypatch, capsys):
         seen.append(options)
         return {"failed": 3, "failed_fraction_exceeded": len(seen) > 1}
 
-    monkeypatch.setattr("jobs.blur_job.run_job", run_job)
+    monkeypatch.setattr("jobs.batch.job.run_job", run_job)
     base = ["run", "--input", "in", "--output", "out"]
     assert main(base) == 0
     defaults = {f.name: f.default for f in dataclasses.fields(JobOptions)}
@@ -758,7 +758,7 @@ def test_the_defaults_that_help_shows_are_the_ones_that_apply(capsys):
     from detection.detector import DEFAULT_MODEL
     from eval.audit import AUDIT_THRESHOLD
     from jobs import defaults
-    from jobs.blur_job import INPUT_SUFFIXES
+    from jobs.batch.job import INPUT_SUFFIXES
 
     assert (defaults.DEFAULT_MODEL, defaults.INPUT_SUFFIXES) == (DEFAULT_MODEL.resolve(), INPUT_SUFFIXES)
     assert help_default(capsys, "audit", "--audit-threshold") == str(AUDIT_THRESHOLD)

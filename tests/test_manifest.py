@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from jobs import manifest
-from jobs.manifest import (
+from jobs.batch import manifest
+from jobs.batch.manifest import (
     INDEX_KEY,
     MANIFEST_SCHEMA,
     IndexChanged,

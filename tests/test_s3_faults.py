@@ -23,7 +23,7 @@ from PIL import Image
 
 from detection.detections import Detections
 from eval.datasets import load_split
-from jobs.manifest import AUDIT_DIR, read_manifest_rows
+from jobs.batch.manifest import AUDIT_DIR, read_manifest_rows
 from storage.objects import Storage
 from tests.conftest import DATASETS, requires_datasets
 from tests.s3_fault_proxy import FaultProxy
@@ -72,7 +72,7 @@ def faulty_run(s3_endpoint, inputs):
     the faults injected, the output's URI and the rates."""
     import ray
 
-    from jobs.blur_job import JobOptions, run_job
+    from jobs.batch.job import JobOptions, run_job
 
     output = "s3://photos/out"
     with FaultProxy(s3_endpoint, JOB_RATES, seed=JOB_SEED) as proxy:

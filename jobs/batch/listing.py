@@ -20,7 +20,7 @@ import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from jobs.manifest import AUDIT_DIR, StateCursor, read_index, run_part_key, skipped_row, write_rows
+from jobs.batch.manifest import AUDIT_DIR, StateCursor, read_index, run_part_key, skipped_row, write_rows
 from storage.objects import Storage, StoredObject, printable_key
 
 log = logging.getLogger("streetblur.listing")

@@ -1,19 +1,19 @@
 """Ray batch job: blur every image under an input URI into an output URI, with an audit manifest.
 
-    python -m jobs.blur_job --input s3://bucket/raw --output s3://bucket/blurred   # ray job submit
-    streetblur run --input DIR_OR_URI --output DIR_OR_URI [--address ADDR]        # local Ray if none
+    streetblur run --input DIR_OR_URI --output DIR_OR_URI [--address ADDR]   # local Ray if none
+    ray job submit --address ADDR -- streetblur run --input s3://bucket/raw --output s3://bucket/blurred
 
 Stages (Ray Data, streaming in small blocks, so memory stays bounded whatever the bucket size and
 the first images start while the listing goes on):
-  listing (one Ray task, `jobs.listing`: key order, skips what is done)  ->  read bytes (an actor
-  pool, fractional CPU)  ->  decode, detect (tiled, batched), blur, encode (a pool of detector
-  actors, models loaded once each; without `actors`, it grows with the cluster)  ->  write output
-  (an actor pool)  ->  manifest rows, written by the driver as one Parquet part per listing block.
+  listing (one Ray task, `jobs.batch.listing`: key order, skips what is done)  ->  read bytes (an actor
+  pool, fractional CPU)  ->  decode, detect (tiled, batched), blur, encode (a pool of detector actors,
+  `jobs.batch.actor`, models loaded once each; without `actors`, it grows with the cluster)  ->  write
+  output (an actor pool)  ->  manifest rows, written by the driver as one Parquet part per listing block.
 
-Under the output root, `_streetblur/` holds the audit trail (see `jobs.manifest`): per run, its
+Under the output root, `_streetblur/` holds the audit trail (see `jobs.batch.manifest`): per run, its
 manifest rows as Parquet parts and `summary.json`; `manifest.json`, the index of the current state
 (the latest row of every input), which each run compacts its parts into at its end. One run at a
-time writes an output (`jobs.lease`). A re-run skips an input only when its manifest row has the
+time writes an output (`jobs.batch.lease`). A re-run skips an input only when its manifest row has the
 same ETag and the same settings digest (`blurring.config.settings_digest`: the weights' hashes,
 the runtime and precision they run in, and every detection, blur and output option that changes an
 output's pixels or bytes); other settings redo everything. `--retry-failed` redoes the inputs that
@@ -44,19 +44,11 @@ from tqdm import tqdm
 
 from blurring.config import Config, output_settings, settings_digest
 from blurring.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format
-from blurring.pipeline import Outcome, blur_images
-from detection.detector import Detector, model_id, plan_models
-from jobs.lease import LEASE_WAIT_S, Lease
-from jobs.listing import InputListing, ListingTally, ResumeRule
-from jobs.manifest import (
-    AUDIT_DIR,
-    TIMING_COLUMNS,
-    compact,
-    read_index,
-    run_part_key,
-    uncompacted_runs,
-    write_rows,
-)
+from detection.detector import model_id, plan_models
+from jobs.batch.actor import BlurActor
+from jobs.batch.lease import LEASE_WAIT_S, Lease
+from jobs.batch.listing import InputListing, ListingTally, ResumeRule
+from jobs.batch.manifest import AUDIT_DIR, TIMING_COLUMNS, RunParts, compact, read_index, uncompacted_runs
 from jobs.ray_cluster import ACTOR_CPUS, BATCH_SIZE, IO_CPUS, start_ray, with_actor_pool
 from storage.objects import InvalidKey, NotFound, Storage, check_key
 
@@ -200,42 +192,6 @@ def check_locations(source: Storage, target: Storage) -> None:
         )
 
 
-class RunParts:
-    """The run's done rows, gathered by listing block: a block's part is written once all its rows are
-    back, so each part is one stretch of the sorted listing (see `jobs.manifest`). A row of a block
-    already written or already held (a batch that Ray ran twice) is dropped: each part is written once,
-    and each input counted once."""
-
-    def __init__(self, target: Storage, run_id: str) -> None:
-        self.target, self.run_id = target, run_id
-        self.pending: dict[int, dict[str, dict]] = {}
-        self.written: set[int] = set()
-        self.counts = {"blurred": 0, "failed": 0}
-
-    def add(self, rows: list[dict]) -> None:
-        for row in rows:
-            block, todo = row.pop("block"), row.pop("block_todo")
-            if block in self.written:
-                continue  # a late copy of a batch that Ray ran twice
-            done = self.pending.setdefault(block, {})
-            if row["key"] in done:
-                continue  # a batch that Ray ran twice
-            done[row["key"]] = row
-            self.counts[row["status"]] += 1
-            if len(done) == todo:
-                self._write(block)
-
-    def flush(self) -> None:
-        """Write the blocks still missing rows (the run is ending early)."""
-        for block in sorted(self.pending):
-            self._write(block)
-
-    def _write(self, block: int) -> None:
-        rows = list(self.pending.pop(block).values())
-        write_rows(self.target, run_part_key(self.run_id, "part", block), rows)
-        self.written.add(block)
-
-
 def run_pipeline(
     source: Storage, target: Storage, options: JobOptions, rule: ResumeRule, parts: RunParts, run_id: str
 ) -> dict:
@@ -346,65 +302,6 @@ class _ReadStage:
         return row
 
 
-class BlurActor:
-    """A detector actor: loads the models once, then decodes, detects, blurs and encodes batches.
-
-    `detector`: one already loaded from `config.detect` (default: load it).
-    """
-
-    def __init__(self, config: Config, detector: Detector | None = None) -> None:
-        self.config = config
-        self.detector = detector or Detector(config.detect)
-        found = self.detector
-        self.settings_digest = settings_digest(
-            output_settings(config, found.model_id, found.runtime, found.precision)
-        )
-
-    def __call__(self, batch: dict) -> dict:
-        keys = list(batch["key"])
-        readable = [i for i, error in enumerate(batch["error"]) if not error]
-        outcomes = self._blur({i: (bytes(batch["data"][i]), str(batch["format"][i])) for i in readable})
-        columns: dict[str, list] = {name: [] for name in ("output", "status", "error", "width", "height")}
-        columns |= {"boxes": [], "model_id": [], "settings_digest": []}
-        columns |= {c: [] for c in TIMING_COLUMNS if c != "write_ms"}
-        for i in range(len(keys)):
-            outcome = outcomes.get(i) or Outcome("failed", error=batch["error"][i])  # unreadable input
-            columns["output"].append(outcome.output or b"")
-            columns["status"].append(outcome.status)
-            columns["error"].append(outcome.error)
-            columns["width"].append(outcome.width)
-            columns["height"].append(outcome.height)
-            columns["boxes"].append(json.dumps(outcome.detections.to_records()))
-            columns["model_id"].append(self.detector.model_id)
-            columns["settings_digest"].append(self.settings_digest)
-            columns["read_ms"].append(float(batch["read_ms"][i]))
-            for stage in ("decode", "detect", "blur", "encode"):
-                columns[f"{stage}_ms"].append(float(outcome.timings_ms.get(stage, 0.0)))
-        passed_on = {name: list(batch[name]) for name in ("key", "etag", "size", "block", "block_todo")}
-        return {**passed_on, **columns}
-
-    def _blur(self, inputs: dict[int, tuple[bytes, str]]) -> dict[int, Outcome]:
-        """`blur_images` of the batch. Should it raise, image by image: an image that raises fails alone
-        (closed: no output, the reason recorded) instead of failing the batch and so the job."""
-        try:
-            results = blur_images(list(inputs.values()), self.detector, self.config)
-            return dict(zip(inputs, results, strict=True))
-        except Exception as error:  # noqa: BLE001 -- retried image by image below
-            if len(inputs) == 1:
-                return {i: _crashed(error) for i in inputs}
-        outcomes = {}
-        for i, item in inputs.items():
-            try:
-                outcomes[i] = blur_images([item], self.detector, self.config)[0]
-            except Exception as error:  # noqa: BLE001 -- fails closed, with its reason
-                outcomes[i] = _crashed(error)
-        return outcomes
-
-
-def _crashed(error: Exception) -> Outcome:
-    return Outcome("failed", error=f"processing failed: {type(error).__name__}: {error}")
-
-
 class _WriteStage:
     """Writes a blurred output (only a blurred one) and turns the row into a manifest row."""
 
@@ -442,11 +339,3 @@ class _WriteStage:
             "block": row["block"],
             "block_todo": row["block_todo"],
         }
-
-
-if __name__ == "__main__":  # `ray job submit -- python -m jobs.blur_job ...`: as `streetblur run ...`
-    import sys
-
-    from jobs.cli import main
-
-    sys.exit(main(["run", *sys.argv[1:]]))
