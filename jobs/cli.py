@@ -800,7 +800,7 @@ def _add_train_parser(p: argparse.ArgumentParser) -> None:
         "--make-self-labels",
         metavar="MODEL",
         help="first write --pseudo-labels: the committed teachers' labels plus MODEL's detections that "
-        "overlap no label on the training images (see jobs/train.py)",
+        "overlap no label on the training images (see jobs/training/train.py)",
     )
     p.add_argument(
         "--self-label-threshold",
@@ -819,7 +819,7 @@ def _run_train(args: argparse.Namespace) -> int:
     data = None if args.dataset else _datasets(args)  # a written dataset needs no sets
     from blurring.config import Config, parse_overrides
     from eval.datasets import SHARED_DATASETS, shared_set_parts
-    from jobs.train import add_self_labels, make_pseudo_labels, train, write_yolo_dataset
+    from jobs.training.train import add_self_labels, make_pseudo_labels, train, write_yolo_dataset
 
     if args.make_pseudo_labels:
         print(json.dumps(make_pseudo_labels(_datasets(args), args.pseudo_labels)["counts"]))
@@ -889,7 +889,7 @@ def _run_quantize(args: argparse.Namespace) -> int:
     if args.model.suffix != ".pt" or not args.model.exists():
         raise ValueError(f"--model must be an existing .pt file, got {args.model}")
     data = _datasets(args)
-    from jobs.train import quantize
+    from jobs.training.train import quantize
 
     print(json.dumps(quantize(args.model, data, args.images, args.imgsz, args.workdir), indent=2))
     return 0

@@ -13,7 +13,7 @@ PROJECT = Path(__file__).resolve().parents[1]
 WEIGHTS = PROJECT / "detection" / "weights"
 DEFAULT_MODEL = WEIGHTS / "streetblur-n.pt"  # the shipped weights: detection.detector.DEFAULT_MODEL
 DEFAULT_PSEUDO_LABELS = WEIGHTS / "pseudo-labels.json"  # the teachers' labels the shipped model trained on
-SELF_LABEL_THRESHOLD = 0.6  # score a self-label needs (jobs/train.py)
+SELF_LABEL_THRESHOLD = 0.6  # score a self-label needs (jobs/training/train.py)
 AUDIT_THRESHOLD = 0.1  # eval.audit.AUDIT_THRESHOLD
 
 # `streetblur train` writes here by default (relative to the working folder), and `quantize` reads it

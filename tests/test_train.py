@@ -19,7 +19,7 @@ from detection.tiling import View, plan_views
 from eval.datasets import SHARED_DATASETS, load_dataset, split_dataset
 from jobs.cli import build_parser, main
 from jobs.defaults import DEFAULT_PSEUDO_LABELS
-from jobs.train import TILE_MIN_VISIBLE, load_pseudo_labels, write_tile_example
+from jobs.training.train import TILE_MIN_VISIBLE, load_pseudo_labels, write_tile_example
 from tests.conftest import DATASETS, SAMPLES, requires_datasets, skip_without_datasets
 
 
@@ -117,7 +117,7 @@ def test_self_labels_add_the_models_unmatched_boxes_of_the_labelled_classes(tmp_
     the model's boxes at the threshold that overlap no label, added beside the teachers' labels."""
     from blurring.config import Config
     from eval.metrics import overlaps_nothing
-    from jobs.train import add_self_labels
+    from jobs.training.train import add_self_labels
 
     images = {
         name: split_dataset(load_dataset(DATASETS / name), SHARED_DATASETS[name].split)["train"][:12]
@@ -201,7 +201,7 @@ def test_train_and_quantize_default_to_the_working_folder_and_to_no_data(monkeyp
 
 
 def test_a_checkpoint_is_published_whole_or_not_at_all(monkeypatch, tmp_path, caplog):
-    from jobs.train import publish_checkpoint
+    from jobs.training.train import publish_checkpoint
 
     best, out = tmp_path / "best.pt", tmp_path / "model.pt"
     best.write_bytes(b"new weights")

@@ -1,0 +1,1 @@
+"""Training the face+plate model (`streetblur train`, `streetblur quantize`)."""
