@@ -411,6 +411,11 @@ def shared_set_parts(datasets_root: str | Path, name: str) -> dict[str, list[Lab
     return split_dataset(load_dataset(root), SHARED_DATASETS[name].split)
 
 
+def shared_sets(datasets_root: str | Path) -> dict[str, dict[str, list[LabelledImage]]]:
+    """Every shared set's parts (`shared_set_parts`), by name, from the folder that holds them all."""
+    return {name: shared_set_parts(datasets_root, name) for name in SHARED_DATASETS}
+
+
 def _no_split_rule(root: Path) -> str:
     return (
         f"{root} has no split rule: it does not hold one of the shared sets ({', '.join(SHARED_DATASETS)}),"

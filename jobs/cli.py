@@ -800,7 +800,7 @@ def _add_train_parser(p: argparse.ArgumentParser) -> None:
         "--make-self-labels",
         metavar="MODEL",
         help="first write --pseudo-labels: the committed teachers' labels plus MODEL's detections that "
-        "overlap no label on the training images (see jobs/training/train.py)",
+        "overlap no label on the training images (see jobs/training/labels.py)",
     )
     p.add_argument(
         "--self-label-threshold",
@@ -816,37 +816,37 @@ def _run_train(args: argparse.Namespace) -> int:
         raise ValueError("--make-pseudo-labels needs a --pseudo-labels file to write")
     if args.make_self_labels and args.pseudo_labels in (None, defaults.DEFAULT_PSEUDO_LABELS):
         raise ValueError("--make-self-labels needs a new --pseudo-labels file to write")
-    data = None if args.dataset else _datasets(args)  # a written dataset needs no sets
+    # a written dataset (--dataset) needs no sets, unless labels are made first
+    data = _datasets(args) if args.make_pseudo_labels or args.make_self_labels or not args.dataset else None
     from blurring.config import Config, parse_overrides
-    from eval.datasets import SHARED_DATASETS, shared_set_parts
-    from jobs.training.train import add_self_labels, make_pseudo_labels, train, write_yolo_dataset
+    from eval.datasets import shared_sets
+    from jobs.training.dataset import write_yolo_dataset
+    from jobs.training.labels import SHIPPED_PSEUDO_LABELS, add_self_labels, make_pseudo_labels
+    from jobs.training.train import train
 
+    sets = shared_sets(data) if data is not None else {}
+    training_images = {name: parts["train"] for name, parts in sets.items()}
     if args.make_pseudo_labels:
-        print(json.dumps(make_pseudo_labels(_datasets(args), args.pseudo_labels)["counts"]))
+        print(json.dumps(make_pseudo_labels(training_images, args.pseudo_labels)["counts"]))
     if args.make_self_labels:
         config = Config()
         config = dataclasses.replace(
             config, detect=dataclasses.replace(config.detect, models=(args.make_self_labels,))
         )
-        training_images = {name: shared_set_parts(_datasets(args), name)["train"] for name in SHARED_DATASETS}
         record = add_self_labels(
-            defaults.DEFAULT_PSEUDO_LABELS,
-            args.pseudo_labels,
-            training_images,
-            config,
-            args.self_label_threshold,
+            SHIPPED_PSEUDO_LABELS, args.pseudo_labels, training_images, config, args.self_label_threshold
         )
         print(json.dumps(record["self_labels"]))
     if args.write_dataset:
         data_yaml, counts = write_yolo_dataset(
-            data, args.write_dataset, args.pseudo_labels, args.max_side, args.tiles
+            sets, args.write_dataset, args.pseudo_labels, args.max_side, args.tiles
         )
         print(json.dumps({"data": str(data_yaml), "counts": counts}, indent=2))
         return 0
     if args.dataset:
         data_yaml = args.dataset
     else:
-        data_yaml, _ = write_yolo_dataset(data, args.workdir / "data", args.pseudo_labels, tiles=args.tiles)
+        data_yaml, _ = write_yolo_dataset(sets, args.workdir / "data", args.pseudo_labels, tiles=args.tiles)
     record = train(
         data_yaml,
         args.out,
@@ -889,9 +889,11 @@ def _run_quantize(args: argparse.Namespace) -> int:
     if args.model.suffix != ".pt" or not args.model.exists():
         raise ValueError(f"--model must be an existing .pt file, got {args.model}")
     data = _datasets(args)
-    from jobs.training.train import quantize
+    from eval.datasets import shared_sets
+    from jobs.training.quantize import quantize
 
-    print(json.dumps(quantize(args.model, data, args.images, args.imgsz, args.workdir), indent=2))
+    record = quantize(args.model, shared_sets(data), args.images, args.imgsz, args.workdir)
+    print(json.dumps(record, indent=2))
     return 0
 
 

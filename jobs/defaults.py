@@ -12,8 +12,8 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 WEIGHTS = PROJECT / "detection" / "weights"
 DEFAULT_MODEL = WEIGHTS / "streetblur-n.pt"  # the shipped weights: detection.detector.DEFAULT_MODEL
-DEFAULT_PSEUDO_LABELS = WEIGHTS / "pseudo-labels.json"  # the teachers' labels the shipped model trained on
-SELF_LABEL_THRESHOLD = 0.6  # score a self-label needs (jobs/training/train.py)
+DEFAULT_PSEUDO_LABELS = WEIGHTS / "pseudo-labels.json"  # jobs.training.labels.SHIPPED_PSEUDO_LABELS
+SELF_LABEL_THRESHOLD = 0.6  # jobs.training.labels.SELF_LABEL_THRESHOLD
 AUDIT_THRESHOLD = 0.1  # eval.audit.AUDIT_THRESHOLD
 
 # `streetblur train` writes here by default (relative to the working folder), and `quantize` reads it

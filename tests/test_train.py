@@ -19,7 +19,8 @@ from detection.tiling import View, plan_views
 from eval.datasets import SHARED_DATASETS, load_dataset, split_dataset
 from jobs.cli import build_parser, main
 from jobs.defaults import DEFAULT_PSEUDO_LABELS
-from jobs.training.train import TILE_MIN_VISIBLE, load_pseudo_labels, write_tile_example
+from jobs.training.dataset import TILE_MIN_VISIBLE, write_tile_example
+from jobs.training.labels import load_pseudo_labels
 from tests.conftest import DATASETS, SAMPLES, requires_datasets, skip_without_datasets
 
 
@@ -117,7 +118,7 @@ def test_self_labels_add_the_models_unmatched_boxes_of_the_labelled_classes(tmp_
     the model's boxes at the threshold that overlap no label, added beside the teachers' labels."""
     from blurring.config import Config
     from eval.metrics import overlaps_nothing
-    from jobs.training.train import add_self_labels
+    from jobs.training.labels import add_self_labels
 
     images = {
         name: split_dataset(load_dataset(DATASETS / name), SHARED_DATASETS[name].split)["train"][:12]
