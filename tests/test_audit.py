@@ -22,7 +22,7 @@ from eval.audit import (
 )
 from eval.datasets import load_dataset, load_split, split_dataset, with_label_fixes
 from eval.metrics import overlaps_nothing
-from jobs.cli import main
+from jobs.cli.main import main
 from tests.conftest import DATASETS, requires_datasets
 from tests.test_eval_datasets import other_photos_named
 

@@ -13,7 +13,7 @@ from detection.baselines import BASELINES, MissingPackageError, is_baseline, loa
 from detection.detector import Detector, DetectorConfig, model_id
 from eval.datasets import load_split
 from eval.metrics import coco_metrics
-from jobs.cli import main
+from jobs.cli.main import main
 from jobs.training.labels import plate_teacher
 from tests.conftest import DATASETS, requires_datasets
 

@@ -13,7 +13,7 @@ from eval.calibrate import calibrate
 from eval.datasets import LabelledImage, load_split
 from eval.evaluate import Scan, run_evaluation
 from eval.report import write_report
-from jobs.cli import main
+from jobs.cli.main import main
 from tests.conftest import DATASETS, requires_datasets
 from tests.test_eval_datasets import other_photos_named
 

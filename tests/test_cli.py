@@ -1,6 +1,6 @@
 """`streetblur blur` end to end on real photos: outputs, reports, failures, EXIF and options.
 
-Runs `jobs.cli.main` in-process (each call loads the default model itself), plus one run of the
+Runs `jobs.cli.main.main` in-process (each call loads the default model itself), plus one run of the
 installed `streetblur` console script.
 """
 
@@ -25,7 +25,7 @@ from blurring.image_io import decode_image
 from blurring.pipeline import blur_image_bytes
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import DEFAULT_THRESHOLDS
-from jobs.cli import build_parser, config_from_args, main
+from jobs.cli.main import build_parser, config_from_args, main
 from tests.conftest import SAMPLES
 
 CROWD = SAMPLES / "crowd_0.jpg"  # 400x267 with several faces
@@ -678,10 +678,10 @@ def test_help_and_usage_errors_load_no_heavy_package(argv: list[str]):
     """`--help`, `COMMAND --help` and argparse's usage errors answer without torch, Ray or OpenCV."""
     code = f"""
 import sys
-import jobs.cli
+from jobs.cli.main import main
 for argv in ({[*argv, "--help"]!r}, {[*argv, "--no-such-option"]!r}):
     try:
-        jobs.cli.main(argv)
+        main(argv)
     except SystemExit:
         pass
 print(sorted(name for name in {HEAVY!r} if name in sys.modules))
@@ -754,11 +754,11 @@ def help_default(capsys, command: str, option: str) -> str:
 
 
 def test_the_defaults_that_help_shows_are_the_ones_that_apply(capsys):
-    """The help shows copies of values that heavy modules own (jobs/defaults.py): they agree."""
+    """The help shows copies of values that heavy modules own (jobs/cli/defaults.py): they agree."""
     from detection.detector import DEFAULT_MODEL
     from eval.audit import AUDIT_THRESHOLD
-    from jobs import defaults
     from jobs.batch.job import INPUT_SUFFIXES
+    from jobs.cli import defaults
 
     assert (defaults.DEFAULT_MODEL, defaults.INPUT_SUFFIXES) == (DEFAULT_MODEL.resolve(), INPUT_SUFFIXES)
     assert help_default(capsys, "audit", "--audit-threshold") == str(AUDIT_THRESHOLD)

@@ -10,7 +10,7 @@ import pytest
 from blurring.config import Config
 from eval.datasets import load_split
 from eval.evaluate import run_evaluation
-from jobs.cli import build_parser
+from jobs.cli.main import build_parser
 from jobs.eval_on_ray import RayInference, ray_scan
 from tests.conftest import DATASETS, requires_datasets
 

@@ -19,7 +19,7 @@ from detection.tiling import merge_boxes
 from eval.datasets import SHARED_DATASETS, load_dataset, load_split, split_dataset, with_label_fixes
 from eval.evaluate import at_thresholds, best_of_groups, read_pixels, run_evaluation
 from eval.report import write_report
-from jobs.cli import build_parser
+from jobs.cli.main import build_parser
 from tests.conftest import DATASETS, SAMPLES, requires_datasets
 from tests.test_eval_datasets import other_photos_named
 

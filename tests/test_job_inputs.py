@@ -42,7 +42,7 @@ from jobs.batch.manifest import (
     uncompacted_runs,
     write_rows,
 )
-from jobs.cli import main
+from jobs.cli.main import main
 from jobs.ray_cluster import pool_size
 from storage.objects import InvalidKey, Storage, check_key
 from tests.conftest import SAMPLES

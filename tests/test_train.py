@@ -17,8 +17,8 @@ from detection.detector import DEFAULT_MODEL, Detector, DetectorConfig
 from detection.runtime import weights_digest
 from detection.tiling import View, plan_views
 from eval.datasets import SHARED_DATASETS, load_dataset, split_dataset
-from jobs.cli import build_parser, main
-from jobs.defaults import DEFAULT_PSEUDO_LABELS
+from jobs.cli.defaults import DEFAULT_PSEUDO_LABELS
+from jobs.cli.main import build_parser, main
 from jobs.training.dataset import TILE_MIN_VISIBLE, write_tile_example
 from jobs.training.labels import load_pseudo_labels
 from tests.conftest import DATASETS, SAMPLES, requires_datasets, skip_without_datasets

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from jobs import defaults
+from jobs.cli import defaults
 
 if TYPE_CHECKING:
     from blurring.config import Config

@@ -1,6 +1,6 @@
 """Defaults that `streetblur --help` shows, in a module that imports nothing heavy.
 
-`jobs/cli.py` builds its parser from these and imports the packages that do the work (and torch,
+`jobs/cli/main.py` builds its parser from these and imports the packages that do the work (and torch,
 Ray and OpenCV with them) only inside the commands, so that `--help` and usage errors answer at once.
 Values owned by a heavy module are copied here; tests/test_cli.py checks that each copy agrees.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[1]
+PROJECT = Path(__file__).resolve().parents[2]
 WEIGHTS = PROJECT / "detection" / "weights"
 DEFAULT_MODEL = WEIGHTS / "streetblur-n.pt"  # the shipped weights: detection.detector.DEFAULT_MODEL
 DEFAULT_PSEUDO_LABELS = WEIGHTS / "pseudo-labels.json"  # jobs.training.labels.SHIPPED_PSEUDO_LABELS

@@ -1,0 +1,1 @@
+"""The `streetblur` command line (`jobs.cli.main`). The library never imports it."""
