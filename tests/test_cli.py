@@ -25,7 +25,8 @@ from blurring.image_io import decode_image
 from blurring.pipeline import blur_image_bytes
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import DEFAULT_THRESHOLDS
-from jobs.cli.main import build_parser, config_from_args, main
+from jobs.cli.main import build_parser, main
+from jobs.cli.options import config_from_args
 from tests.conftest import SAMPLES
 
 CROWD = SAMPLES / "crowd_0.jpg"  # 400x267 with several faces
@@ -759,8 +760,11 @@ def test_the_defaults_that_help_shows_are_the_ones_that_apply(capsys):
     from eval.audit import AUDIT_THRESHOLD
     from jobs.batch.job import INPUT_SUFFIXES
     from jobs.cli import defaults
+    from jobs.training.labels import SELF_LABEL_THRESHOLD, SHIPPED_PSEUDO_LABELS
 
     assert (defaults.DEFAULT_MODEL, defaults.INPUT_SUFFIXES) == (DEFAULT_MODEL.resolve(), INPUT_SUFFIXES)
+    assert defaults.DEFAULT_PSEUDO_LABELS == SHIPPED_PSEUDO_LABELS.resolve()
+    assert help_default(capsys, "train", "--self-label-threshold") == str(SELF_LABEL_THRESHOLD)
     assert help_default(capsys, "audit", "--audit-threshold") == str(AUDIT_THRESHOLD)
     config = Config()
     shown = {
@@ -775,7 +779,9 @@ def test_the_defaults_that_help_shows_are_the_ones_that_apply(capsys):
     for option, value in shown.items():
         assert help_default(capsys, "blur", option) == str(value), option
     [model] = config.detect.models
-    assert help_default(capsys, "blur", "--model").endswith(str(Path(model).relative_to(defaults.PROJECT)))
+    assert help_default(capsys, "blur", "--model").endswith(
+        str(Path(model).relative_to(defaults.WEIGHTS.parents[1]))
+    )
 
 
 def test_rays_core_lines_stay_off_the_console_and_the_rest_passes_as_it_comes():

@@ -17,10 +17,9 @@ from detection.detector import DEFAULT_MODEL, Detector, DetectorConfig
 from detection.runtime import weights_digest
 from detection.tiling import View, plan_views
 from eval.datasets import SHARED_DATASETS, load_dataset, split_dataset
-from jobs.cli.defaults import DEFAULT_PSEUDO_LABELS
 from jobs.cli.main import build_parser, main
 from jobs.training.dataset import TILE_MIN_VISIBLE, write_tile_example
-from jobs.training.labels import load_pseudo_labels
+from jobs.training.labels import SHIPPED_PSEUDO_LABELS, load_pseudo_labels
 from tests.conftest import DATASETS, SAMPLES, requires_datasets, skip_without_datasets
 
 
@@ -41,7 +40,7 @@ def trained(tmp_path_factory):
 
 def test_training_data_is_the_splits_with_pseudo_labels_on_train_only(trained):
     _, data = trained
-    pseudo = load_pseudo_labels(DEFAULT_PSEUDO_LABELS)
+    pseudo = load_pseudo_labels(SHIPPED_PSEUDO_LABELS)
     for name, spec in SHARED_DATASETS.items():
         labelled = {str(CLASS_NAMES.index(c)) for c in set(spec.class_map.values())}  # class ids
         parts = split_dataset(load_dataset(DATASETS / name), spec.split)
@@ -125,9 +124,9 @@ def test_self_labels_add_the_models_unmatched_boxes_of_the_labelled_classes(tmp_
         for name in ("street-faces-plates", "plates-dashcam")
     }
     out = tmp_path / "self.json"
-    record = add_self_labels(DEFAULT_PSEUDO_LABELS, out, images, Config(), threshold=0.5)
+    record = add_self_labels(SHIPPED_PSEUDO_LABELS, out, images, Config(), threshold=0.5)
     assert sum(record["self_labels"]["counts"].values()) > 0
-    teachers = json.loads(DEFAULT_PSEUDO_LABELS.read_text())["labels"]
+    teachers = json.loads(SHIPPED_PSEUDO_LABELS.read_text())["labels"]
     assert record["labels"]["plates-roboflow"] == teachers["plates-roboflow"]  # kept as they were
     labels = load_pseudo_labels(out)
     for name, files in images.items():

@@ -1,16 +1,17 @@
 """Defaults that `streetblur --help` shows, in a module that imports nothing heavy.
 
-`jobs/cli/main.py` builds its parser from these and imports the packages that do the work (and torch,
-Ray and OpenCV with them) only inside the commands, so that `--help` and usage errors answer at once.
-Values owned by a heavy module are copied here; tests/test_cli.py checks that each copy agrees.
+The command modules build their parsers from these and import the packages that do the work (and
+torch, Ray and OpenCV with them) only inside the commands, so that `--help` and usage errors answer at
+once. Values owned by a heavy module are copied here; tests/test_cli.py checks that each copy agrees.
 """
 
 from __future__ import annotations
 
+from importlib.util import find_spec
 from pathlib import Path
 
-PROJECT = Path(__file__).resolve().parents[2]
-WEIGHTS = PROJECT / "detection" / "weights"
+# The shipped weights' folder, found without importing `detection` (its modules load OpenCV)
+WEIGHTS = Path(find_spec("detection").submodule_search_locations[0]).resolve() / "weights"
 DEFAULT_MODEL = WEIGHTS / "streetblur-n.pt"  # the shipped weights: detection.detector.DEFAULT_MODEL
 DEFAULT_PSEUDO_LABELS = WEIGHTS / "pseudo-labels.json"  # jobs.training.labels.SHIPPED_PSEUDO_LABELS
 SELF_LABEL_THRESHOLD = 0.6  # jobs.training.labels.SELF_LABEL_THRESHOLD
