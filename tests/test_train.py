@@ -196,6 +196,7 @@ def test_train_and_quantize_default_to_the_working_folder_and_to_no_data(monkeyp
     monkeypatch.delenv("STREETBLUR_DATASETS")
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--epochs", "1"]) == 2  # a usage error, before anything is written
+    assert main(["train", "--make-pseudo-labels"]) == 2  # would write the shipped file: name one
     assert main(["quantize", "--model", str(DEFAULT_MODEL)]) == 2
     assert list(tmp_path.iterdir()) == []
 

