@@ -39,7 +39,7 @@ from tqdm import tqdm
 
 from blurring.config import Config
 from detection.detections import CLASS_NAMES, Detections
-from detection.detector import Detector, model_id, plan_models
+from detection.detector import Detector, model_id, resolve_models
 from eval.datasets import LABEL_FIXES_DIR, SHARED_DATASETS, LabelledImage, shared_set
 from eval.evaluate import read_pixels
 from eval.metrics import false_blurs
@@ -246,7 +246,7 @@ def describe(config: Config, threshold: float, dataset: dict, below: float | Non
     """What an audit ran on, for `candidates.json`."""
     return {
         "dataset": dataset,
-        "model_id": model_id(plan_models(config.detect, config.detect.device)[2]),
+        "model_id": model_id(resolve_models(config.detect, config.detect.device).weights),
         "threshold": threshold,
         "below": below,
     }

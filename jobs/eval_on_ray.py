@@ -1,5 +1,5 @@
 """`streetblur eval --ray`: the evaluation's inference pass on a pool of detector actors, as the batch
-job runs them (`jobs.ray_cluster`), giving the boxes `eval.evaluate.scan_in_process` gives.
+job runs them (`jobs.ray_cluster`), giving the boxes `eval.evaluate.detection_pass_in_process` gives.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from detection.baselines import is_baseline
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import Detector, DetectorConfig
 from eval.datasets import LabelledImage
-from eval.evaluate import Scan, read_pixels
+from eval.evaluate import DetectionPass, read_pixels
 from jobs.ray_cluster import ACTOR_CPUS, BATCH_SIZE, pool_size, start_ray, with_actor_pool
 
 
@@ -37,9 +37,9 @@ class RayInference:
     batch_size: int = BATCH_SIZE  # images per actor call (each still detected alone)
 
 
-def ray_scan(options: RayInference, n_images: int) -> tuple[Scan, str]:
-    """Connect to Ray (`start_ray`) and size the actor pool; the `Scan` for `eval.evaluate.run_evaluation`
-    and its note for the report.
+def ray_detection_pass(options: RayInference, n_images: int) -> tuple[DetectionPass, str]:
+    """Connect to Ray (`start_ray`) and size the actor pool; the `DetectionPass` for
+    `eval.evaluate.run_evaluation` and its note for the report.
 
     The pool: `options.actors`, else as many as the cluster allows, at most one per batch of images.
     """
@@ -51,15 +51,15 @@ def ray_scan(options: RayInference, n_images: int) -> tuple[Scan, str]:
     actors = options.actors or pool_size(options.actor_cpus, options.actor_gpus)
     actors = max(1, min(actors, math.ceil(n_images / options.batch_size)))
 
-    def scan(
+    def detection_pass(
         images: list[LabelledImage], config: DetectorConfig, max_pixels: int, label: str, progress: bool
     ) -> tuple[list[Detections], float]:
-        return _scan_on_ray(images, config, max_pixels, label, progress, options, actors)
+        return _detection_pass_on_ray(images, config, max_pixels, label, progress, options, actors)
 
-    return scan, f"ray, {actors} actor{'s' if actors > 1 else ''}"
+    return detection_pass, f"ray, {actors} actor{'s' if actors > 1 else ''}"
 
 
-def _scan_on_ray(
+def _detection_pass_on_ray(
     images: list[LabelledImage],
     config: DetectorConfig,
     max_pixels: int,
@@ -68,7 +68,8 @@ def _scan_on_ray(
     options: RayInference,
     actors: int,
 ) -> tuple[list[Detections], float]:
-    """`Scan` on a pool of `_ScanActor`s; the seconds include starting them (loading the models)."""
+    """`DetectionPass` on a pool of `_DetectionPassActor`s; the seconds include starting them (loading
+    the models)."""
     import ray
 
     start = time.perf_counter()
@@ -85,7 +86,7 @@ def _scan_on_ray(
     dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 200)))
     dataset = with_actor_pool(
         dataset,
-        _ScanActor,
+        _DetectionPassActor,
         {"config": config, "max_pixels": max_pixels},
         actors,
         options.batch_size,
@@ -111,7 +112,7 @@ def _exact_records(detections: Detections) -> list[dict]:
     ]
 
 
-class _ScanActor:
+class _DetectionPassActor:
     """A Ray detector actor: loads the models once, then decodes and detects image by image."""
 
     def __init__(self, config: DetectorConfig, max_pixels: int) -> None:

@@ -50,13 +50,13 @@ def manifest(storage: Storage) -> list[dict]:
 
 
 def job_args(endpoint: str, output: str) -> list[str]:
-    return ["--input", "s3://photos/raw", "--output", output, "--endpoint-url", endpoint, "--flush-rows", "4"]
+    return ["--input", "s3://photos/raw", "--output", output, "--endpoint-url", endpoint, "--block-rows", "4"]
 
 
 @pytest.fixture(scope="module")
 def first_run(s3_endpoint, bucket):
     """One uninterrupted run in-process (local Ray), then a second run over the same output."""
-    options = JobOptions("s3://photos/raw", "s3://photos/blurred", endpoint_url=s3_endpoint, flush_rows=4)
+    options = JobOptions("s3://photos/raw", "s3://photos/blurred", endpoint_url=s3_endpoint, block_rows=4)
     import ray
 
     first = run_job(options)

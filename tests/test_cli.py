@@ -734,7 +734,7 @@ def test_the_run_options_reach_the_job_and_its_exit_status(monkeypatch, capsys):
     assert main(base) == 0
     defaults = {f.name: f.default for f in dataclasses.fields(JobOptions)}
     given = dataclasses.asdict(seen[0])
-    for name in ("actor_cpus", "actor_gpus", "batch_size", "flush_rows", "max_failed_fraction"):
+    for name in ("actor_cpus", "actor_gpus", "batch_size", "block_rows", "max_failed_fraction"):
         assert given[name] == defaults[name], name
     for name in ("max_input_bytes", "actor_memory_gb", "lease_wait_s", "suffixes"):
         assert given[name] == defaults[name], name

@@ -11,7 +11,7 @@ from detection.detector import Detector
 from jobs.batch.manifest import TIMING_COLUMNS
 
 
-class BlurActor:
+class ImagePipelineActor:
     """A detector actor: loads the models once, then decodes, detects, blurs and encodes batches.
 
     `detector`: one already loaded from `config.detect` (default: load it).

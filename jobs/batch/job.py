@@ -44,11 +44,18 @@ from tqdm import tqdm
 
 from blurring.config import Config, output_settings, settings_digest
 from blurring.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format
-from detection.detector import model_id, plan_models
-from jobs.batch.actor import BlurActor
+from detection.detector import model_id, resolve_models
+from jobs.batch.actor import ImagePipelineActor
 from jobs.batch.lease import LEASE_WAIT_S, Lease
-from jobs.batch.listing import InputListing, ListingTally, ResumeRule
-from jobs.batch.manifest import AUDIT_DIR, TIMING_COLUMNS, RunParts, compact, read_index, uncompacted_runs
+from jobs.batch.listing import ListingCounts, ListInputsToDo, ResumeRule
+from jobs.batch.manifest import (
+    AUDIT_DIR,
+    TIMING_COLUMNS,
+    ManifestPartWriter,
+    compact,
+    read_index,
+    uncompacted_runs,
+)
 from jobs.ray_cluster import ACTOR_CPUS, BATCH_SIZE, IO_CPUS, start_ray, with_actor_pool
 from storage.objects import InvalidKey, NotFound, Storage, check_key
 
@@ -75,7 +82,7 @@ class JobOptions:
     actor_gpus: float = 0.0
     io_cpus: float = IO_CPUS  # CPUs per read/write task: small, so actors do not starve them
     batch_size: int = BATCH_SIZE  # images per actor call; their tiles share model batches
-    flush_rows: int = 64  # inputs to do per listing block: one manifest part of the run each
+    block_rows: int = 64  # inputs to do per listing block: one manifest part of the run each
     # how long to wait on another host's unexpired lease of the output (a retry of this job on a new
     # host: the dead try's lease is not renewed, and is taken over once expired); 0: refuse at once
     lease_wait_s: float = LEASE_WAIT_S
@@ -105,7 +112,7 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
     check_locations(source, target)
     # What the actors will record: the weights that run on their device (hashed here, nothing loaded).
     actor_device = options.config.detect.device or ("cuda" if options.actor_gpus > 0 else "cpu")
-    runtime, precision, weights = plan_models(options.config.detect, actor_device)
+    runtime, precision, weights = resolve_models(options.config.detect, actor_device)
     settings = output_settings(options.config, model_id(weights), runtime, precision)
     rule = ResumeRule(settings_digest(settings), options.overwrite, options.retry_failed)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
@@ -117,9 +124,9 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
             index = compact(target, index, leftover, lease)
         log.info("run %s: settings %s; %d inputs done before", run_id, rule.settings_digest, index["rows"])
         start_ray(address, verbose=options.verbose)
-        parts = RunParts(target, run_id)
+        parts = ManifestPartWriter(target, run_id)
         try:
-            tally = run_pipeline(source, target, options, rule, parts, run_id)
+            listed = run_pipeline(source, target, options, rule, parts, run_id)
         finally:
             parts.flush()  # even if the pipeline raised: the rows it finished are kept, and skipped next time
         compact(target, index, [run_id], lease)  # renews the lease first: `LeaseLost` if taken over
@@ -130,22 +137,22 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
         "run_id": run_id,
         "input": options.input_uri,
         "output": options.output_uri,
-        "inputs": tally["inputs"],
+        "inputs": listed["inputs"],
         **parts.counts,
-        "skipped": tally["skipped"],
-        "skipped_failed": tally["skipped_failed"],
+        "skipped": listed["skipped"],
+        "skipped_failed": listed["skipped_failed"],
         "wall_s": round(wall, 2),
         "images_per_s": round(processed / wall, 3) if processed else 0.0,
         "actors": options.actors or "autoscaling",
         "failed_fraction": round(failed_fraction, 4),
         "max_failed_fraction": options.max_failed_fraction,
-        "failed_fraction_exceeded": failed_fraction > options.max_failed_fraction or not tally["inputs"],
+        "failed_fraction_exceeded": failed_fraction > options.max_failed_fraction or not listed["inputs"],
         "settings_digest": rule.settings_digest,
         "settings": settings,
     }
     target.write(f"{AUDIT_DIR}/runs/{run_id}/summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     log.info("summary: %s", json.dumps(summary))
-    if not tally["inputs"]:
+    if not listed["inputs"]:
         log.error("no inputs under %s with suffixes %s", options.input_uri, ", ".join(options.suffixes))
     elif summary["failed_fraction_exceeded"]:
         log.error(
@@ -155,10 +162,10 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
             100 * failed_fraction,
             options.max_failed_fraction,
         )
-    if tally["skipped_failed"]:
+    if listed["skipped_failed"]:
         log.warning(
             "%d inputs skipped that failed in an earlier run (see the manifest); --retry-failed redoes them",
-            tally["skipped_failed"],
+            listed["skipped_failed"],
         )
     return summary
 
@@ -193,10 +200,15 @@ def check_locations(source: Storage, target: Storage) -> None:
 
 
 def run_pipeline(
-    source: Storage, target: Storage, options: JobOptions, rule: ResumeRule, parts: RunParts, run_id: str
+    source: Storage,
+    target: Storage,
+    options: JobOptions,
+    rule: ResumeRule,
+    parts: ManifestPartWriter,
+    run_id: str,
 ) -> dict:
     """List, read, blur and write every input to do on the connected Ray cluster, handing each finished
-    input's manifest row to `parts` as it comes; the listing's counts (`ListingTally`) at the end.
+    input's manifest row to `parts` as it comes; the listing's counts (`ListingCounts`) at the end.
 
     Ray Data streams, in small blocks so that the first images start while the listing goes on; the
     memory of every stage stays bounded whatever the bucket size.
@@ -204,9 +216,11 @@ def run_pipeline(
     import ray
 
     ray.data.DataContext.get_current().target_max_block_size = STREAM_BLOCK_BYTES
-    tally = ray.remote(num_cpus=0)(ListingTally).remote()
+    listing_counts = ray.remote(num_cpus=0)(ListingCounts).remote()
     keys = None if options.keys_file is None else ray.put(Path(options.keys_file).read_bytes())
-    listing = InputListing(source, target, options.suffixes, keys, rule, run_id, options.flush_rows, tally)
+    listing = ListInputsToDo(
+        source, target, options.suffixes, keys, rule, run_id, options.block_rows, listing_counts
+    )
     # Its own CPU share, unlike the read stage's: Ray Data then keeps it out of the read stage's actors
     # (fused, one process would list and read every image).
     dataset = ray.data.read_datasource(listing, override_num_blocks=1, num_cpus=LISTING_CPUS)
@@ -219,7 +233,7 @@ def run_pipeline(
     )
     dataset = with_actor_pool(
         dataset,
-        BlurActor,
+        ImagePipelineActor,
         {"config": options.config},
         options.actors,
         options.batch_size,
@@ -232,7 +246,7 @@ def run_pipeline(
         _WriteStage, fn_constructor_args=(target, run_id), compute=io_pool, num_cpus=options.io_cpus
     )
     bar = tqdm(unit="img", desc="blurred", disable=options.verbose or not sys.stderr.isatty())
-    counts = ray.get(tally.get.remote())
+    counts = ray.get(listing_counts.get.remote())
     last_log = started = time.perf_counter()
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         parts.add(batch.to_pylist())
@@ -240,12 +254,12 @@ def run_pipeline(
         bar.set_postfix_str(f"{parts.counts['failed']} failed", refresh=False)
         if time.perf_counter() - last_log >= (2.0 if not bar.disable else options.log_every_s):
             last_log = time.perf_counter()
-            counts = ray.get(tally.get.remote())
+            counts = ray.get(listing_counts.get.remote())
             bar.total = counts["queued"] if counts["complete"] else None
             if bar.disable:
                 _log_progress(parts.counts, counts, last_log - started)
     bar.close()
-    counts = ray.get(tally.get.remote())
+    counts = ray.get(listing_counts.get.remote())
     _log_progress(parts.counts, counts, time.perf_counter() - started)
     return counts
 

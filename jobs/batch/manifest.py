@@ -267,7 +267,7 @@ def _rows_of_parts(target: Storage, keys: Iterable[str]) -> Iterator[dict]:
             yield from pending.popleft().result()
 
 
-class RunParts:
+class ManifestPartWriter:
     """The run's done rows, gathered by listing block: a block's part is written once all its rows are
     back, so each part is one stretch of the sorted listing (see above). A row of a block
     already written or already held (a batch that Ray ran twice) is dropped: each part is written once,

@@ -136,17 +136,17 @@ def _run_eval(args: argparse.Namespace) -> int:
     raw_images = None
     if dataset["labels"] != "raw":  # corrected by a label audit: report the published labels beside
         raw_images, _ = select_images(args.data, args.format, args.class_map, args.split, args.limit, True)
-    scan, inference = (None, "in-process")
+    detection_pass, inference = (None, "in-process")
     if ray is not None:
-        from jobs.eval_on_ray import ray_scan
+        from jobs.eval_on_ray import ray_detection_pass
 
-        scan, inference = ray_scan(ray, len(images))
+        detection_pass, inference = ray_detection_pass(ray, len(images))
     evaluation = run_evaluation(
         images,
         configs or [config],
         args.target_blurred,
         dataset,
-        scan=scan,
+        detection_pass=detection_pass,
         inference=inference,
         raw_images=raw_images,
     )

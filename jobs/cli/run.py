@@ -60,10 +60,10 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         "--batch-size", type=int, metavar="N", default=defaults.BATCH_SIZE, help="images per detector call"
     )
     p.add_argument(
-        "--flush-rows",
+        "--block-rows",
         type=int,
         metavar="N",
-        default=defaults.FLUSH_ROWS,
+        default=defaults.BLOCK_ROWS,
         help="inputs to do per listing block; the rows of a block make one Parquet part of the manifest",
     )
     p.add_argument(
@@ -124,7 +124,7 @@ def _run_job(args: argparse.Namespace) -> int:
         actor_gpus=args.actor_gpus,
         actor_memory_gb=args.actor_memory_gb,
         batch_size=args.batch_size,
-        flush_rows=args.flush_rows,
+        block_rows=args.block_rows,
         max_input_bytes=args.max_input_bytes,
         max_failed_fraction=args.max_failed_fraction,
         lease_wait_s=args.lease_wait,

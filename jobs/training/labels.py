@@ -43,7 +43,7 @@ import numpy as np
 from blurring.config import Config
 from detection.baselines import MissingPackageError, load_baseline
 from detection.detections import CLASS_NAMES, Detections
-from detection.detector import DEFAULT_MODEL, model_id, plan_models
+from detection.detector import DEFAULT_MODEL, model_id, resolve_models
 from detection.runtime import prepare_ultralytics
 from eval.audit import find_candidates
 from eval.datasets import LabelledImage
@@ -143,7 +143,7 @@ def add_self_labels(
                 record["labels"].setdefault(name, {}).setdefault(candidate["image"].path.name, []).append(row)
                 added[name] = added.get(name, 0) + 1
     record["self_labels"] = {
-        "model": model_id(plan_models(config.detect, config.detect.device)[2]),
+        "model": model_id(resolve_models(config.detect, config.detect.device).weights),
         "threshold": threshold,
         "counts": added,
     }
