@@ -14,7 +14,8 @@
                                          `STATE_PART_ROWS` rows
 
 A run checks what it can skip by walking its sorted listing and the sorted state side by side
-(`StateCursor`), holding one state part at a time. At its end, `compact` merges the run's parts into a
+(`StateCursor`), holding one state part at a time, and writes its done rows one part per listing block
+(`ManifestPartWriter`). At its end, `compact` merges the run's parts into a
 new generation of the state (a streaming merge of sorted parts), switches `manifest.json` to it, then
 deletes the old generation. Parts of a run that was killed before compacting are compacted by the
 next run before it starts (`uncompacted_runs`). One run at a time writes an output (`jobs.batch.lease`):
@@ -269,9 +270,9 @@ def _rows_of_parts(target: Storage, keys: Iterable[str]) -> Iterator[dict]:
 
 class ManifestPartWriter:
     """The run's done rows, gathered by listing block: a block's part is written once all its rows are
-    back, so each part is one stretch of the sorted listing (see above). A row of a block
-    already written or already held (a batch that Ray ran twice) is dropped: each part is written once,
-    and each input counted once."""
+    back, so each part is one stretch of the sorted listing (see the module's docstring). A row of a
+    block already written or already held (a batch that Ray ran twice) is dropped: each part is written
+    once, and each input counted once."""
 
     def __init__(self, target: Storage, run_id: str) -> None:
         self.target, self.run_id = target, run_id
