@@ -35,7 +35,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from blurring.pipeline import blur_image_bytes, load_config, parse_overrides
+from blurring.config import load_config, parse_overrides
+from blurring.pipeline import blur_image_bytes
 from detection.detector import Detector
 from eval.datasets import SHARED_DATASETS, select_images
 from eval.evaluate import run_evaluation

@@ -35,10 +35,10 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from blurring.pipeline import Config, output_settings, settings_digest  # noqa: E402
-from detection.detector import model_id, plan_models  # noqa: E402
-from jobs.manifest import MANIFEST_SCHEMA, compact, read_index, run_part_key, write_rows  # noqa: E402
-from jobs.storage import Storage  # noqa: E402
+from blurring.config import Config, output_settings, settings_digest  # noqa: E402
+from detection.detector import model_id, resolve_models  # noqa: E402
+from jobs.batch.manifest import MANIFEST_SCHEMA, compact, read_index, run_part_key, write_rows  # noqa: E402
+from storage.objects import Storage  # noqa: E402
 
 SAMPLES = REPO / "samples"
 PER_FOLDER = 1000
@@ -67,7 +67,7 @@ def plant_state(source: Path, output: Path) -> float:
     settings (the run skips them all); seconds to compact."""
     target = Storage(str(output))
     config = Config()
-    runtime, precision, weights = plan_models(config.detect, "cpu")
+    runtime, precision, weights = resolve_models(config.detect, "cpu")
     model = model_id(weights)
     digest = settings_digest(output_settings(config, model, runtime, precision))
     run_id = "20260101T000000Z-planted"
@@ -107,7 +107,7 @@ class PeakMemory:
             try:
                 self.driver = max(self.driver, self.process.memory_info().rss)
                 for child in self.process.children(recursive=True):
-                    if "ReadListInputs" in " ".join(child.cmdline()):
+                    if "ReadListInputsToDo" in " ".join(child.cmdline()):
                         self.listing = max(self.listing, child.memory_info().rss)
             except psutil.Error:
                 continue

@@ -34,11 +34,11 @@ from pathlib import Path
 import cv2
 import psutil
 
-from blurring.pipeline import Config, load_config, parse_overrides
+from blurring.config import Config, load_config, parse_overrides
 from detection.detector import Detector
-from jobs.blur_job import JobOptions, run_job
-from jobs.manifest import TIMING_COLUMNS, read_manifest_rows
-from jobs.storage import Storage
+from jobs.batch.job import JobOptions, run_job
+from jobs.batch.manifest import TIMING_COLUMNS, read_manifest_rows
+from storage.objects import Storage
 
 SHARED_DATASETS = Path(__file__).resolve().parents[2] / "shared" / "datasets"  # beside the repository
 DATASETS = Path(os.environ.get("STREETBLUR_DATASETS") or SHARED_DATASETS)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -105,7 +106,7 @@ class Detector:
         from ultralytics import YOLO
 
         self.config = config
-        self.runtime, self.precision, weights_files = plan_models(config, config.device)
+        self.runtime, self.precision, weights_files = resolve_models(config, config.device)
         # Per model: the loaded model, and its class indices -> face/plate (CLASS_NAMES indices)
         self.loaded_models: list[tuple[object, dict[int, int]]] = []
         for path, weights_file in zip(config.models, weights_files, strict=True):
@@ -240,11 +241,19 @@ def upscale_small(image: np.ndarray, upscale_to: int) -> np.ndarray:
     return cv2.resize(image, (round(width * scale), round(height * scale)), interpolation=cv2.INTER_LINEAR)
 
 
-def plan_models(config: DetectorConfig, device: str | None) -> tuple[str, str, tuple[str, ...]]:
-    """`(runtime, precision, weights)`: how `config.models` run on `device` (None: this machine's
-    default), and per model the weights that run (its INT8 model, for a .pt in INT8; else the model
-    itself, whose exports are exact conversions). Loads nothing: the job's driver uses it to know the
-    `model_id` its actors will record."""
+class ModelPlan(NamedTuple):
+    """How a detector's models run: the runtime, the precision, and per model the weights that run."""
+
+    runtime: str
+    precision: str
+    weights: tuple[str, ...]
+
+
+def resolve_models(config: DetectorConfig, device: str | None) -> ModelPlan:
+    """How `config.models` run on `device` (None: this machine's default): runtime, precision, and per
+    model the weights that run (its INT8 model, for a .pt in INT8; else the model itself, whose exports
+    are exact conversions). Loads nothing: the job's driver uses it to know the `model_id` its actors
+    will record."""
     runtime = choose_runtime(config.runtime, device)
     pt_files = [Path(p) for p in config.models if not is_baseline(p) and Path(p).suffix == ".pt"]
     precision = choose_precision(config.precision, runtime, device, pt_files)
@@ -252,7 +261,7 @@ def plan_models(config: DetectorConfig, device: str | None) -> tuple[str, str, t
         str(int8_weights(Path(p))) if precision == "int8" and Path(p) in pt_files else p
         for p in config.models
     )
-    return runtime, precision, weights
+    return ModelPlan(runtime, precision, weights)
 
 
 def model_id(models: tuple[str, ...]) -> str:

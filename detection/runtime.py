@@ -18,7 +18,7 @@ ultralytics version, and published atomically, so concurrent actors never load a
 
 On OpenVINO, a `.pt` runs in INT8 when an INT8 model quantised from exactly these weights lies beside
 it (`int8_weights`): quantisation needs calibration images, so `streetblur quantize` builds it
-offline (`jobs/train.py`), and the shipped weights come with theirs.
+offline (`jobs/training/quantize.py`), and the shipped weights come with theirs.
 
 Every runtime computes on `inference_threads()` CPU threads: `OMP_NUM_THREADS` (Ray sets it for each
 actor from its CPUs), so that several actors on one machine do not oversubscribe its cores.

@@ -16,9 +16,10 @@ plates, each with a one-line reason, and a summary of what the rest are:
   {"real": [{"number": 4, "reason": "plate, unlabelled"}, {"number": 9, "class": "face", ...}],
    "left_out": "tail lights, road signs"}
 
-`streetblur audit --data SET --out DIR --record DIR/verdicts.json` records them in the set's label
-overlay (`eval/label_fixes/SET.json`, read by `eval.datasets.with_label_fixes`; only the shared sets,
-recognised by `eval.datasets.shared_set`, have one): the audit's counts,
+`streetblur audit --data SET --out DIR --record DIR/verdicts.json --label-fixes FIXES` records them in
+the set's label overlay, `FIXES/SET.json` (read by `eval.datasets.with_label_fixes`; only the shared
+sets, recognised by `eval.datasets.shared_set`, have one; the project's own are in
+`eval/label_fixes/`, the default of every reader, and never written unless named): the audit's counts,
 the real ones as added boxes, and every other candidate as `rejected`. An audit with another model
 then skips what earlier audits judged (`JUDGED_IOU`), so each audit shows a person only new crops.
 """
@@ -36,13 +37,13 @@ import torch
 from torchvision.ops import box_iou
 from tqdm import tqdm
 
-from blurring.image_io import write_file_atomically
-from blurring.pipeline import Config
+from blurring.config import Config
 from detection.detections import CLASS_NAMES, Detections
-from detection.detector import Detector, model_id, plan_models
+from detection.detector import Detector, model_id, resolve_models
 from eval.datasets import LABEL_FIXES_DIR, SHARED_DATASETS, LabelledImage, shared_set
 from eval.evaluate import read_pixels
 from eval.metrics import false_blurs
+from storage.files import write_file_atomically
 
 AUDIT_THRESHOLD = 0.1
 JUDGED_IOU = 0.3  # a candidate of the same class overlapping a rejected box this much was judged before
@@ -90,21 +91,21 @@ def judged_before(found: Detections, rejected: Detections) -> np.ndarray:
     return ((iou >= JUDGED_IOU) & same_class).any(axis=1)
 
 
-def overlay_path(root: Path, fixes_dir: Path | None = None) -> Path | None:
-    """Where the label overlay of the shared set at `root` lives (`fixes_dir`: default
-    `LABEL_FIXES_DIR`); None for a folder that holds none of the shared sets."""
+def overlay_path(root: Path, fixes_dir: Path = LABEL_FIXES_DIR) -> Path | None:
+    """Where the label overlay of the shared set at `root` lives in `fixes_dir`; None for a folder that
+    holds none of the shared sets."""
     name = shared_set(root)
-    return None if name is None else (fixes_dir or LABEL_FIXES_DIR) / f"{name}.json"
+    return None if name is None else fixes_dir / f"{name}.json"
 
 
-def read_overlay(root: Path, fixes_dir: Path | None = None) -> dict:
+def read_overlay(root: Path, fixes_dir: Path = LABEL_FIXES_DIR) -> dict:
     """The label overlay of the set at `root`, with empty lists for the parts it lacks."""
     path = overlay_path(root, fixes_dir)
     overlay = json.loads(path.read_text()) if path is not None and path.exists() else {}
     return overlay | {key: overlay.get(key, []) for key in ("audits", "added", "rejected")}
 
 
-def rejected_boxes(root: Path, fixes_dir: Path | None = None) -> dict[Path, Detections]:
+def rejected_boxes(root: Path, fixes_dir: Path = LABEL_FIXES_DIR) -> dict[Path, Detections]:
     """Per image path: the candidates earlier audits of the set at `root` judged not to be a face or
     plate."""
     by_image: dict[Path, list[dict]] = {}
@@ -113,8 +114,9 @@ def rejected_boxes(root: Path, fixes_dir: Path | None = None) -> dict[Path, Dete
     return {path: Detections.from_records(records) for path, records in by_image.items()}
 
 
-def record_verdicts(root: Path, listing: dict, verdicts: dict, fixes_dir: Path | None = None) -> dict:
-    """Add an audit's verdicts to the overlay of the set at `root`; the audit's entry in it.
+def record_verdicts(root: Path, listing: dict, verdicts: dict, fixes_dir: Path) -> dict:
+    """Add an audit's verdicts to the overlay of the set at `root` in `fixes_dir` (always named: the
+    shipped overlays are written only when asked for); the audit's entry in it.
 
     `listing` is the audit's `candidates.json`; `verdicts` names the real ones (`{"real": [{"number",
     "reason", optional "class"}], "left_out": "..."}`). Real ones become added boxes with their reason,
@@ -244,7 +246,7 @@ def describe(config: Config, threshold: float, dataset: dict, below: float | Non
     """What an audit ran on, for `candidates.json`."""
     return {
         "dataset": dataset,
-        "model_id": model_id(plan_models(config.detect, config.detect.device)[2]),
+        "model_id": model_id(resolve_models(config.detect, config.detect.device).weights),
         "threshold": threshold,
         "below": below,
     }

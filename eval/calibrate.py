@@ -19,10 +19,10 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from functools import partial
 
-from blurring.pipeline import Config
+from blurring.config import Config
 from detection.detections import CLASS_NAMES, Detections
 from eval.datasets import LabelledImage
-from eval.evaluate import at_thresholds, scan_config, scan_in_process
+from eval.evaluate import at_thresholds, detection_pass_in_process, scan_config
 from eval.metrics import privacy_sweep, threshold_for_blurred
 
 
@@ -53,7 +53,7 @@ def calibrate(
     pooled = [image for images in sets for image in images]
     images = [replace(image, image_id=n) for n, image in enumerate(pooled)]  # each set counts from 0
     set_of = [s for s, images in enumerate(sets) for _ in images]
-    unmerged, _ = scan_in_process(
+    unmerged, _ = detection_pass_in_process(
         images, scan_config(config.detect), config.max_pixels, "calibrate", progress
     )
     results = []

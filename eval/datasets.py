@@ -43,7 +43,8 @@ from detection.detections import CLASS_NAMES, Detections, canonical_class
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 LABEL_SUFFIXES = (".json", ".xml", ".txt", ".yaml", ".yml")
-LABEL_FIXES_DIR = Path(__file__).with_name("label_fixes")  # label overlays of the shared sets: SET.json
+# The shipped label overlays of the shared sets (SET.json): the default; a user's are passed by path
+LABEL_FIXES_DIR = Path(__file__).with_name("label_fixes")
 VAL_FRACTION = 0.15
 
 
@@ -162,9 +163,10 @@ def load_dataset(
     format: str | None = None,
     class_map: dict[str, str] | None = None,
     raw_labels: bool = False,
+    fixes_dir: Path = LABEL_FIXES_DIR,
 ) -> list[LabelledImage]:
-    """Every labelled image under `root`, sorted by file name, with the boxes of its label overlay
-    (`with_label_fixes`) unless `raw_labels`.
+    """Every labelled image under `root`, sorted by file name, with the boxes of its label overlay in
+    `fixes_dir` (`with_label_fixes`) unless `raw_labels`.
 
     `format` and `class_map` default to the shared set's spec when `root` holds one of them, else
     the format is detected and class names go through the default aliases. Boxes and crowd regions
@@ -176,7 +178,7 @@ def load_dataset(
     loader = {"coco": _load_coco, "yolo": _load_yolo, "voc": _load_voc}[format]
     images = loader(root, lambda name: canonical_class(name, class_map))
     if not raw_labels:
-        images = with_label_fixes(images, root)
+        images = with_label_fixes(images, root, fixes_dir)
     images = [
         replace(im, boxes=im.boxes.clipped(im.width, im.height), crowd=im.crowd.clipped(im.width, im.height))
         for im in images
@@ -411,6 +413,11 @@ def shared_set_parts(datasets_root: str | Path, name: str) -> dict[str, list[Lab
     return split_dataset(load_dataset(root), SHARED_DATASETS[name].split)
 
 
+def shared_sets(datasets_root: str | Path) -> dict[str, dict[str, list[LabelledImage]]]:
+    """Every shared set's parts (`shared_set_parts`), by name, from the folder that holds them all."""
+    return {name: shared_set_parts(datasets_root, name) for name in SHARED_DATASETS}
+
+
 def _no_split_rule(root: Path) -> str:
     return (
         f"{root} has no split rule: it does not hold one of the shared sets ({', '.join(SHARED_DATASETS)}),"
@@ -425,17 +432,19 @@ def select_images(
     split: str | None,
     limit: int | None,
     raw_labels: bool = False,
+    fixes_dir: Path = LABEL_FIXES_DIR,
 ) -> tuple[list[LabelledImage], dict[str, object]]:
     """The labelled images of `data` that the options select (`split`: all, or a part of a shared set;
     None: `dev` of a shared set, else all; the first `limit` by file name; `raw_labels`: without the
-    label overlay), and their description for a report (`set`: the shared set `data` holds, or None)."""
+    label overlay in `fixes_dir`), and their description for a report (`set`: the shared set `data`
+    holds, or None)."""
     if not data.is_dir():
         raise FileNotFoundError(f"{data}: no such folder")
     name = shared_set(data)
     label_format, class_map_used = dataset_settings(
         data, format, parse_class_map(class_map) if class_map else None
     )
-    images = load_dataset(data, label_format, class_map_used, raw_labels)
+    images = load_dataset(data, label_format, class_map_used, raw_labels, fixes_dir)
     split = split or ("all" if name is None else "dev")
     if split != "all":
         if name is None:
@@ -445,7 +454,8 @@ def select_images(
         if limit < 1:
             raise ValueError(f"--limit must be at least 1, got {limit}")
         images = images[:limit]
-    corrected = not raw_labels and name is not None and (LABEL_FIXES_DIR / f"{name}.json").exists()
+    corrected = not raw_labels and name is not None and (fixes_dir / f"{name}.json").exists()
+    overlays = "eval/label_fixes" if fixes_dir == LABEL_FIXES_DIR else str(fixes_dir)  # shipped, or given
     dataset = {"root": str(data), "set": name, "format": label_format, "split": split}
-    dataset |= {"class_map": class_map_used, "labels": "corrected (eval/label_fixes)" if corrected else "raw"}
+    dataset |= {"class_map": class_map_used, "labels": f"corrected ({overlays})" if corrected else "raw"}
     return images, dataset

@@ -14,9 +14,9 @@ IoU 0.5.) So:
   deployed thresholds); the deployed one stands in for a class whose target is not reached or that
   has no ground truth.
 
-The inference pass is a `Scan`: `scan_in_process` here, or any other that returns the same boxes
-(`jobs.ray_pool.ray_scan` runs it on the batch job's Ray actor pool). `eval.report` writes the
-results; `eval.calibrate` reuses the pass to choose thresholds.
+The inference pass is a `DetectionPass`: `detection_pass_in_process` here, or any other that returns
+the same boxes (`jobs.eval_on_ray.ray_detection_pass` runs it on the batch job's Ray actor pool).
+`eval.report` writes the results; `eval.calibrate` reuses the pass to choose thresholds.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from blurring.config import Config
 from blurring.image_io import decode_image
-from blurring.pipeline import Config
 from detection.detections import CLASS_NAMES, Detections
-from detection.detector import Detector, DetectorConfig, model_id, plan_models
+from detection.detector import Detector, DetectorConfig, model_id, resolve_models
 from detection.tiling import merge_boxes
 from eval.datasets import LabelledImage
 from eval.metrics import (
@@ -87,7 +87,9 @@ class Evaluation:
     inference: str = "in-process"  # or "ray, N actors"
 
 
-Scan = Callable[[list[LabelledImage], DetectorConfig, int, str, bool], tuple[list[Detections], float]]
+DetectionPass = Callable[
+    [list[LabelledImage], DetectorConfig, int, str, bool], tuple[list[Detections], float]
+]
 """Runs a detector config on every image (decoded with a pixel limit): its boxes per image, in order,
 and the seconds it took. Arguments: images, config, max_pixels, progress label, progress on."""
 
@@ -138,18 +140,18 @@ def run_evaluation(
     target_blurred: float = 0.95,
     dataset: dict[str, object] | None = None,
     progress: bool = True,
-    scan: Scan | None = None,
+    detection_pass: DetectionPass | None = None,
     inference: str = "in-process",
     raw_images: list[LabelledImage] | None = None,
 ) -> Evaluation:
     """Run each config's models once over `images` and compute every figure, the target thresholds for
     the blurred fraction `target_blurred`.
 
-    `dataset` describes the images for the report (root, format, split, class_map). `scan` runs the
-    inference pass (default: `scan_in_process`); `inference` says where, for the report
-    (`jobs.ray_pool.ray_scan` gives both for the batch job's Ray actor pool). `raw_images`, the same
-    images with their labels as published where `images` carry a label audit's corrections, are
-    scored too (`ModelResult.raw`), so that a report shows both.
+    `dataset` describes the images for the report (root, format, split, class_map). `detection_pass`
+    runs the inference pass (default: `detection_pass_in_process`); `inference` says where, for the
+    report (`jobs.eval_on_ray.ray_detection_pass` gives both for the batch job's Ray actor pool).
+    `raw_images`, the same images with their labels as published where `images` carry a label audit's
+    corrections, are scored too (`ModelResult.raw`), so that a report shows both.
     """
     if not images:
         raise ValueError("no labelled images to evaluate")
@@ -160,9 +162,9 @@ def run_evaluation(
     start = time.perf_counter()
     created = datetime.now(timezone.utc).isoformat(timespec="seconds")
     labels = _labels(configs)
-    scan = scan or scan_in_process
+    detection_pass = detection_pass or detection_pass_in_process
     models = [
-        _evaluate_model(images, config, label, target_blurred, progress, scan, raw_images)
+        _evaluate_model(images, config, label, target_blurred, progress, detection_pass, raw_images)
         for config, label in zip(configs, labels, strict=True)
     ]
     described = {**(dataset or {}), "images": len(images), "boxes": _box_counts(images)}
@@ -185,10 +187,10 @@ def _box_counts(images: list[LabelledImage]) -> dict[str, int]:
     return Detections.concat(image.boxes for image in images).counts()
 
 
-def scan_in_process(
+def detection_pass_in_process(
     images: list[LabelledImage], config: DetectorConfig, max_pixels: int, label: str, progress: bool
 ) -> tuple[list[Detections], float]:
-    """`Scan` with one detector in this process; the seconds exclude loading the models."""
+    """`DetectionPass` with one detector in this process; the seconds exclude loading the models."""
     detector = Detector(config, require_every_class=False)
     start = time.perf_counter()
     found = [
@@ -204,11 +206,13 @@ def _evaluate_model(
     label: str,
     target_blurred: float,
     progress: bool,
-    scan: Scan = scan_in_process,
+    detection_pass: DetectionPass = detection_pass_in_process,
     raw_images: list[LabelledImage] | None = None,
 ) -> ModelResult:
     deployed = config.detect.thresholds  # every class, filled in by DetectorConfig
-    unmerged, inference_s = scan(images, scan_config(config.detect), config.max_pixels, label, progress)
+    unmerged, inference_s = detection_pass(
+        images, scan_config(config.detect), config.max_pixels, label, progress
+    )
 
     def detections_at(thresholds: dict[str, float]) -> list[Detections]:
         return [at_thresholds(dets, thresholds, config.detect.merge_overlap) for dets in unmerged]
@@ -230,7 +234,7 @@ def _evaluate_model(
     return ModelResult(
         label=label,
         config=config,
-        model_id=model_id(plan_models(config.detect, config.detect.device)[2]),
+        model_id=model_id(resolve_models(config.detect, config.detect.device).weights),
         inference_s=inference_s,
         predictions=predictions,
         thresholds={"deployed": deployed, "target": target},

@@ -36,7 +36,6 @@ from pathlib import Path
 
 import numpy as np
 
-from blurring.image_io import write_file_atomically
 from detection.detections import CLASS_NAMES
 from eval.evaluate import SCAN_THRESHOLD, SWEEP, Evaluation, ModelResult
 from eval.figures import example_png, pick_examples, pr_curves_png
@@ -48,6 +47,7 @@ from eval.metrics import (
     ground_truth_coco,
     predictions_coco,
 )
+from storage.files import write_file_atomically
 
 EXAMPLES = 4  # example images in report.html
 EXAMPLES_NOTE = (

@@ -56,7 +56,7 @@ PY
 
 ray job submit --address "$address" \
     --runtime-env-json "{\"env_vars\": {\"AWS_ACCESS_KEY_ID\": \"testing\", \"AWS_SECRET_ACCESS_KEY\": \"testing\", \"AWS_DEFAULT_REGION\": \"us-east-1\"}}" \
-    -- "$(command -v python)" -m jobs.blur_job \
+    -- "$(command -v streetblur)" run \
     --input s3://photos/raw --output s3://photos/blurred --endpoint-url "$endpoint"
 
 python - "$endpoint" <<'PY'

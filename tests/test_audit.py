@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from blurring.pipeline import Config
+from blurring.config import Config
 from detection.detections import Detections
 from eval.audit import (
     SHEET_COLUMNS,
@@ -22,7 +22,7 @@ from eval.audit import (
 )
 from eval.datasets import load_dataset, load_split, split_dataset, with_label_fixes
 from eval.metrics import overlaps_nothing
-from jobs.cli import main
+from jobs.cli.main import main
 from tests.conftest import DATASETS, requires_datasets
 from tests.test_eval_datasets import other_photos_named
 
@@ -84,19 +84,18 @@ def _judge(out, real: list[int]) -> Path:
     return verdicts
 
 
-def test_recorded_verdicts_add_the_real_boxes_and_a_later_audit_shows_nothing_judged(
-    capsys, monkeypatch, tmp_path
-):
+def test_recorded_verdicts_add_the_real_boxes_and_a_later_audit_shows_nothing_judged(capsys, tmp_path):
     root = DATASETS / "faces-crowd"
     fixes = tmp_path / "label_fixes"  # a set with no overlay yet: its published labels
-    monkeypatch.setattr("eval.audit.LABEL_FIXES_DIR", fixes)
     out = tmp_path / "audit"
     assert main(["audit", "--data", str(root), "--raw-labels", "--limit", "6", "--out", str(out)]) == 0
     candidates = json.loads((out / "candidates.json").read_text())["candidates"]
     assert len(candidates) >= 3
 
     args = ["audit", "--data", str(root), "--out", str(out), "--record", str(_judge(out, [1]))]
-    assert main(args) == 0
+    assert main(args) == 2  # the overlays' folder must be named: nothing is written into the package
+    assert "--label-fixes" in capsys.readouterr().err
+    assert main([*args, "--label-fixes", str(fixes)]) == 0
     assert f"recorded 1 added and {len(candidates) - 1} rejected" in capsys.readouterr().out
     after = read_overlay(root, fixes)
     [audit] = after["audits"]

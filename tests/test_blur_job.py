@@ -17,9 +17,9 @@ import pytest
 
 from detection.detections import Detections
 from eval.datasets import load_split
-from jobs.blur_job import JobOptions, run_job
-from jobs.manifest import AUDIT_DIR, read_index, read_manifest_rows, uncompacted_runs
-from jobs.storage import Storage
+from jobs.batch.job import JobOptions, run_job
+from jobs.batch.manifest import AUDIT_DIR, read_index, read_manifest_rows, uncompacted_runs
+from storage.objects import Storage
 from tests.conftest import AWS_ENV, DATASETS, SAMPLES, free_port, requires_datasets
 from tests.odd_inputs import odd_inputs
 
@@ -50,13 +50,13 @@ def manifest(storage: Storage) -> list[dict]:
 
 
 def job_args(endpoint: str, output: str) -> list[str]:
-    return ["--input", "s3://photos/raw", "--output", output, "--endpoint-url", endpoint, "--flush-rows", "4"]
+    return ["--input", "s3://photos/raw", "--output", output, "--endpoint-url", endpoint, "--block-rows", "4"]
 
 
 @pytest.fixture(scope="module")
 def first_run(s3_endpoint, bucket):
     """One uninterrupted run in-process (local Ray), then a second run over the same output."""
-    options = JobOptions("s3://photos/raw", "s3://photos/blurred", endpoint_url=s3_endpoint, flush_rows=4)
+    options = JobOptions("s3://photos/raw", "s3://photos/blurred", endpoint_url=s3_endpoint, block_rows=4)
     import ray
 
     first = run_job(options)
@@ -125,7 +125,7 @@ def test_second_run_processes_nothing(first_run, bucket):
 @requires_datasets
 def test_killed_run_then_rerun_ends_like_an_uninterrupted_run(first_run, bucket, s3_endpoint):
     env = {**os.environ, **AWS_ENV}
-    command = [sys.executable, "-m", "jobs.blur_job", *job_args(s3_endpoint, "s3://photos/killed")]
+    command = [sys.executable, "-m", "jobs.cli", "run", *job_args(s3_endpoint, "s3://photos/killed")]
     process = subprocess.Popen(
         command,
         cwd=REPO,
@@ -224,9 +224,8 @@ def test_ray_job_submit_runs_the_entrypoint_on_the_cluster(ray_head, bucket, s3_
             "--runtime-env-json",
             runtime_env,
             "--",
-            sys.executable,
-            "-m",
-            "jobs.blur_job",
+            str(Path(sys.executable).with_name("streetblur")),
+            "run",
             *job_args(s3_endpoint, "s3://photos/submitted"),
         ],
         env=env,

@@ -7,13 +7,13 @@ import cv2
 import numpy as np
 import pytest
 
-from blurring.pipeline import Config, load_config
+from blurring.config import Config, load_config
 from detection.detections import Detections
 from eval.calibrate import calibrate
 from eval.datasets import LabelledImage, load_split
-from eval.evaluate import Scan, run_evaluation
+from eval.evaluate import DetectionPass, run_evaluation
 from eval.report import write_report
-from jobs.cli import main
+from jobs.cli.main import main
 from tests.conftest import DATASETS, requires_datasets
 from tests.test_eval_datasets import other_photos_named
 
@@ -118,19 +118,21 @@ def street() -> tuple[list[LabelledImage], dict[Path, Detections]]:
     return images, unmerged
 
 
-def fake_scan(unmerged: dict[Path, Detections]) -> Scan:
-    """A `Scan` that returns the given boxes of each image instead of running a detector."""
+def fake_detection_pass(unmerged: dict[Path, Detections]) -> DetectionPass:
+    """A `DetectionPass` that returns the given boxes of each image instead of running a detector."""
     return lambda images, config, max_pixels, label, progress: ([unmerged[im.path] for im in images], 0.0)
 
 
 def test_calibrate_and_eval_give_the_same_figures_for_the_same_detections(monkeypatch, street):
     """Both blur with the mask of every detection (here a plate's box over a face), as `anonymize` does."""
     images, unmerged = street
-    monkeypatch.setattr("eval.calibrate.scan_in_process", fake_scan(unmerged))
+    monkeypatch.setattr("eval.calibrate.detection_pass_in_process", fake_detection_pass(unmerged))
     face = next(r for r in calibrate([images], Config(), progress=False) if r.name == "face")
     for row in (r for r in face.rows if r["threshold"] in (0.05, 0.3, 0.7)):
         config = load_config(None, {"detect.thresholds": {"face": row["threshold"]}})
-        evaluation = run_evaluation(images, [config], progress=False, scan=fake_scan(unmerged))
+        evaluation = run_evaluation(
+            images, [config], progress=False, detection_pass=fake_detection_pass(unmerged)
+        )
         evaluated = evaluation.models[0].privacy["deployed"]["face"]
         assert row["blurred"] == evaluated["blurred"]["all"], row
         assert row["recall50"] == evaluated["recall50"] == 0  # no loose box is a hit
@@ -141,11 +143,13 @@ def test_the_reported_target_thresholds_are_those_calibrate_chooses(monkeypatch,
     """The same rule on the same figure: the highest swept threshold whose blurred fraction reaches the
     target, though the loose faces never reach any recall at IoU 0.5."""
     images, unmerged = street
-    monkeypatch.setattr("eval.calibrate.scan_in_process", fake_scan(unmerged))
+    monkeypatch.setattr("eval.calibrate.detection_pass_in_process", fake_detection_pass(unmerged))
     targets = {"face": 0.9, "plate": 0.95}
     chosen = {r.name: r.chosen for r in calibrate([images], Config(), targets=targets, progress=False)}
     assert chosen["face"] is not None and chosen["plate"] == 0.5
-    evaluation = run_evaluation(images, [Config()], 0.9, progress=False, scan=fake_scan(unmerged))
+    evaluation = run_evaluation(
+        images, [Config()], 0.9, progress=False, detection_pass=fake_detection_pass(unmerged)
+    )
     assert evaluation.models[0].thresholds["target"]["face"] == chosen["face"]
     write_report(evaluation, tmp_path)
     report = (tmp_path / "report.md").read_text()

@@ -1,6 +1,6 @@
 """`streetblur blur` end to end on real photos: outputs, reports, failures, EXIF and options.
 
-Runs `jobs.cli.main` in-process (each call loads the default model itself), plus one run of the
+Runs `jobs.cli.main.main` in-process (each call loads the default model itself), plus one run of the
 installed `streetblur` console script.
 """
 
@@ -20,11 +20,13 @@ import pytest
 from PIL import Image
 
 from blurring import BlurConfig, anonymize
+from blurring.config import Config
 from blurring.image_io import decode_image
-from blurring.pipeline import Config, blur_image_bytes
+from blurring.pipeline import blur_image_bytes
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import DEFAULT_THRESHOLDS
-from jobs.cli import build_parser, config_from_args, main
+from jobs.cli.main import build_parser, main
+from jobs.cli.options import config_from_args
 from tests.conftest import SAMPLES
 
 CROWD = SAMPLES / "crowd_0.jpg"  # 400x267 with several faces
@@ -677,10 +679,10 @@ def test_help_and_usage_errors_load_no_heavy_package(argv: list[str]):
     """`--help`, `COMMAND --help` and argparse's usage errors answer without torch, Ray or OpenCV."""
     code = f"""
 import sys
-import jobs.cli
+from jobs.cli.main import main
 for argv in ({[*argv, "--help"]!r}, {[*argv, "--no-such-option"]!r}):
     try:
-        jobs.cli.main(argv)
+        main(argv)
     except SystemExit:
         pass
 print(sorted(name for name in {HEAVY!r} if name in sys.modules))
@@ -719,7 +721,7 @@ def test_the_run_options_reach_the_job_and_its_exit_status(monkeypatch, capsys):
     fraction exits 1."""
     import dataclasses
 
-    from jobs.blur_job import JobOptions
+    from jobs.batch.job import JobOptions
 
     seen = []
 
@@ -727,12 +729,12 @@ def test_the_run_options_reach_the_job_and_its_exit_status(monkeypatch, capsys):
         seen.append(options)
         return {"failed": 3, "failed_fraction_exceeded": len(seen) > 1}
 
-    monkeypatch.setattr("jobs.blur_job.run_job", run_job)
+    monkeypatch.setattr("jobs.batch.job.run_job", run_job)
     base = ["run", "--input", "in", "--output", "out"]
     assert main(base) == 0
     defaults = {f.name: f.default for f in dataclasses.fields(JobOptions)}
     given = dataclasses.asdict(seen[0])
-    for name in ("actor_cpus", "actor_gpus", "batch_size", "flush_rows", "max_failed_fraction"):
+    for name in ("actor_cpus", "actor_gpus", "batch_size", "block_rows", "max_failed_fraction"):
         assert given[name] == defaults[name], name
     for name in ("max_input_bytes", "actor_memory_gb", "lease_wait_s", "suffixes"):
         assert given[name] == defaults[name], name
@@ -753,13 +755,16 @@ def help_default(capsys, command: str, option: str) -> str:
 
 
 def test_the_defaults_that_help_shows_are_the_ones_that_apply(capsys):
-    """The help shows copies of values that heavy modules own (jobs/defaults.py): they agree."""
+    """The help shows copies of values that heavy modules own (jobs/cli/defaults.py): they agree."""
     from detection.detector import DEFAULT_MODEL
     from eval.audit import AUDIT_THRESHOLD
-    from jobs import defaults
-    from jobs.blur_job import INPUT_SUFFIXES
+    from jobs.batch.job import INPUT_SUFFIXES
+    from jobs.cli import defaults
+    from jobs.training.labels import SELF_LABEL_THRESHOLD, SHIPPED_PSEUDO_LABELS
 
     assert (defaults.DEFAULT_MODEL, defaults.INPUT_SUFFIXES) == (DEFAULT_MODEL.resolve(), INPUT_SUFFIXES)
+    assert defaults.DEFAULT_PSEUDO_LABELS == SHIPPED_PSEUDO_LABELS.resolve()
+    assert help_default(capsys, "train", "--self-label-threshold") == str(SELF_LABEL_THRESHOLD)
     assert help_default(capsys, "audit", "--audit-threshold") == str(AUDIT_THRESHOLD)
     config = Config()
     shown = {
@@ -774,7 +779,9 @@ def test_the_defaults_that_help_shows_are_the_ones_that_apply(capsys):
     for option, value in shown.items():
         assert help_default(capsys, "blur", option) == str(value), option
     [model] = config.detect.models
-    assert help_default(capsys, "blur", "--model").endswith(str(Path(model).relative_to(defaults.PROJECT)))
+    assert help_default(capsys, "blur", "--model").endswith(
+        str(Path(model).relative_to(defaults.WEIGHTS.parents[1]))
+    )
 
 
 def test_rays_core_lines_stay_off_the_console_and_the_rest_passes_as_it_comes():
@@ -782,7 +789,7 @@ def test_rays_core_lines_stay_off_the_console_and_the_rest_passes_as_it_comes():
     are in Ray's log folder) are dropped; all else goes through, a progress bar's partial line at once."""
     code = """
 import os, sys
-from jobs.ray_pool import quiet_ray_core
+from jobs.ray_cluster import quiet_ray_core
 quiet_ray_core()
 os.write(2, b"[2026-12-07 04:32:58,956 E 8505 8505] core_worker.cc:2465: Actor ... max_restarts > 0.\\n")
 print("a log line", file=sys.stderr, flush=True)

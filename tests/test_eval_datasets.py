@@ -191,6 +191,10 @@ def test_a_label_overlay_adds_its_boxes_and_raw_labels_leave_them_out(tmp_path):
     np.testing.assert_array_equal(fixed[name].boxes.xyxy[-1], [1, 2, 11, 12])
     assert fixed[name].boxes.class_names[-1] == "face"
     assert all(len(fixed[k].boxes) == len(raw[k].boxes) for k in raw if k != name)
+    selected, about = select_images(root, None, None, "all", None, fixes_dir=fixes)  # `--label-fixes DIR`
+    assert about["labels"] == f"corrected ({fixes})"
+    assert [len(im.boxes) for im in selected] == [len(fixed[im.path.name].boxes) for im in selected]
+    assert select_images(root, None, None, "all", None, fixes_dir=tmp_path)[1]["labels"] == "raw"  # none
     added[0]["image"] = "images/not-in-the-set.png"
     (fixes / "faces-crowd.json").write_text(json.dumps({"added": added}))
     with pytest.raises(ValueError, match="not in"):

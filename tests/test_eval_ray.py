@@ -7,11 +7,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from blurring.pipeline import Config
+from blurring.config import Config
 from eval.datasets import load_split
 from eval.evaluate import run_evaluation
-from jobs.cli import build_parser
-from jobs.ray_pool import RayInference, ray_scan
+from jobs.cli.main import build_parser
+from jobs.eval_on_ray import RayInference, ray_detection_pass
 from tests.conftest import DATASETS, requires_datasets
 
 PER_SET = 6
@@ -44,8 +44,10 @@ def in_process(subset):
 
 @pytest.fixture(scope="module")
 def on_ray(subset, local_ray):
-    scan, inference = ray_scan(RayInference(address="local", actors=2), len(subset))
-    return run_evaluation(subset, [Config()], progress=False, scan=scan, inference=inference)
+    detection_pass, inference = ray_detection_pass(RayInference(address="local", actors=2), len(subset))
+    return run_evaluation(
+        subset, [Config()], progress=False, detection_pass=detection_pass, inference=inference
+    )
 
 
 def assert_same_boxes(found, expected):

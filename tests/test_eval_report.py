@@ -12,14 +12,14 @@ import numpy as np
 import pytest
 from faster_coco_eval import COCO, COCOeval_faster
 
-from blurring.pipeline import Config
+from blurring.config import Config
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import DEFAULT_MODEL, DEFAULT_THRESHOLDS, Detector
 from detection.tiling import merge_boxes
 from eval.datasets import SHARED_DATASETS, load_dataset, load_split, split_dataset, with_label_fixes
 from eval.evaluate import at_thresholds, best_of_groups, read_pixels, run_evaluation
 from eval.report import write_report
-from jobs.cli import build_parser
+from jobs.cli.main import build_parser
 from tests.conftest import DATASETS, SAMPLES, requires_datasets
 from tests.test_eval_datasets import other_photos_named
 

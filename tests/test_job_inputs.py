@@ -24,15 +24,17 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-import jobs.blur_job as blur_job
-from blurring.pipeline import Config
+import jobs.batch.actor as actor_module
+import jobs.batch.job as job_module
+from blurring.config import Config
 from detection.detector import DEFAULT_MODEL, model_id
-from jobs.blur_job import INPUT_SUFFIXES, BlurActor, JobOptions, check_locations, run_job
-from jobs.cli import main
-from jobs.listing import list_inputs
-from jobs.manifest import (
+from jobs.batch.actor import ImagePipelineActor
+from jobs.batch.job import INPUT_SUFFIXES, JobOptions, check_locations, run_job
+from jobs.batch.listing import list_inputs
+from jobs.batch.manifest import (
     AUDIT_DIR,
     MANIFEST_SCHEMA,
+    ManifestPartWriter,
     compact,
     read_index,
     read_manifest_rows,
@@ -40,8 +42,9 @@ from jobs.manifest import (
     uncompacted_runs,
     write_rows,
 )
-from jobs.ray_pool import pool_size
-from jobs.storage import InvalidKey, Storage, check_key
+from jobs.cli.main import main
+from jobs.ray_cluster import pool_size
+from storage.objects import InvalidKey, Storage, check_key
 from tests.conftest import SAMPLES
 
 
@@ -139,16 +142,16 @@ def test_resume_skips_only_unchanged_inputs_done_with_the_same_settings(tmp_path
     target = Storage(str(output))
 
     # 1. The pipeline raises after its last image: the rows it finished are flushed all the same
-    #    (flush_rows is larger than the run, so only the final flush writes them), then it raises.
-    real_pipeline = blur_job.run_pipeline
+    #    (block_rows is larger than the run, so only the final flush writes them), then it raises.
+    real_pipeline = job_module.run_pipeline
 
     def pipeline_then_lost(*args):
         real_pipeline(*args)
         raise RuntimeError("lost the cluster")
 
-    monkeypatch.setattr(blur_job, "run_pipeline", pipeline_then_lost)
+    monkeypatch.setattr(job_module, "run_pipeline", pipeline_then_lost)
     with pytest.raises(RuntimeError, match="lost the cluster"):
-        run_job(options(source, output, model_a, flush_rows=100))
+        run_job(options(source, output, model_a, block_rows=100))
     monkeypatch.undo()
     assert not (output / AUDIT_DIR / "manifest.json").exists()  # the run did not get that far
     [killed] = uncompacted_runs(target, read_index(target))
@@ -277,15 +280,15 @@ def test_latest_row_is_that_of_the_latest_run_even_if_its_clock_was_behind(tmp_p
 def test_an_image_that_crashes_the_batch_fails_alone(detector, monkeypatch):
     """Should `blur_images` ever raise (it is meant to fail images, not raise), the actor retries the
     batch image by image, so only the image that raises fails, closed, and the job goes on."""
-    real_blur_images = blur_job.blur_images
+    real_blur_images = actor_module.blur_images
 
     def blur_images(inputs, *args):
         if any(data == b"boom" for data, _ in inputs):
             raise RuntimeError("boom")
         return real_blur_images(inputs, *args)
 
-    monkeypatch.setattr(blur_job, "blur_images", blur_images)
-    actor = BlurActor(Config(), detector)  # the models of the shared `detector` fixture
+    monkeypatch.setattr(actor_module, "blur_images", blur_images)
+    actor = ImagePipelineActor(Config(), detector)  # the models of the shared `detector` fixture
     photo = (SAMPLES / "crowd_0.jpg").read_bytes()
     batch = {
         "key": ["a.jpg", "boom.jpg", "gone.jpg"],
@@ -415,7 +418,7 @@ def test_a_detector_actor_killed_mid_batch_is_replaced_and_the_job_finishes(tmp_
             if len(list(output.glob("*.jpg"))) >= 2:
                 for process in psutil.Process().children(recursive=True):  # this test's own Ray only
                     try:
-                        if "BlurActor" in " ".join(process.cmdline()):
+                        if "ImagePipelineActor" in " ".join(process.cmdline()):
                             process.send_signal(signal.SIGKILL)
                             killed.append(process.pid)
                     except psutil.Error:
@@ -440,7 +443,7 @@ def test_a_block_that_ray_delivers_again_after_its_part_was_written_changes_noth
     """Ray may run a batch twice; a late copy of a block's rows must not rewrite that block's part with
     only the copy (rows lost) nor count its inputs twice."""
     target = Storage(str(tmp_path))
-    parts = blur_job.RunParts(target, "20250101T000000Z-aaaaaa")
+    parts = ManifestPartWriter(target, "20250101T000000Z-aaaaaa")
 
     def row(key: str, block: int, todo: int) -> dict:
         fields = dict.fromkeys(MANIFEST_SCHEMA.names)

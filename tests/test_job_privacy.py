@@ -27,12 +27,12 @@ import numpy as np
 import pytest
 
 from blurring import blur_mask
+from blurring.config import Config
 from blurring.image_io import decode_image, encode_image
-from blurring.pipeline import Config
 from detection.detections import Detections
-from jobs.blur_job import JobOptions, run_job
-from jobs.manifest import read_manifest_rows
-from jobs.storage import Storage
+from jobs.batch.job import JobOptions, run_job
+from jobs.batch.manifest import read_manifest_rows
+from storage.objects import Storage
 from tests.conftest import SAMPLES, sample_labels
 from tests.test_blurring import MAX_DETAIL, detail
 

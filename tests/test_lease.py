@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from jobs.lease import LEASE_KEY, Lease, LeaseHeld, LeaseLost
-from jobs.manifest import INDEX_KEY, compact, read_index, read_manifest_rows, uncompacted_runs
-from jobs.storage import NotFound, Storage
+from jobs.batch.lease import LEASE_KEY, Lease, LeaseHeld, LeaseLost
+from jobs.batch.manifest import INDEX_KEY, compact, read_index, read_manifest_rows, uncompacted_runs
+from storage.objects import NotFound, Storage
 from tests.conftest import SAMPLES
 from tests.test_manifest import write_run
 

@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from jobs import manifest
-from jobs.manifest import (
+from jobs.batch import manifest
+from jobs.batch.manifest import (
     INDEX_KEY,
     MANIFEST_SCHEMA,
     IndexChanged,
@@ -21,7 +21,7 @@ from jobs.manifest import (
     uncompacted_runs,
     write_rows,
 )
-from jobs.storage import Storage
+from storage.objects import Storage
 
 
 @pytest.fixture(params=["folder", "s3"])

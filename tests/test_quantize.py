@@ -10,7 +10,7 @@ import pytest
 
 from detection.detector import DEFAULT_MODEL, Detector, DetectorConfig
 from detection.runtime import INT8_SOURCE_FILE, int8_weights, weights_digest
-from jobs.cli import main
+from jobs.cli.main import main
 from tests.conftest import DATASETS, SAMPLES, requires_datasets
 
 

@@ -2,7 +2,7 @@
 answers some requests with 500/503/SlowDown, drops some uploads midway, cuts some downloads midway,
 loses some replies after the server acted, and delays some replies.
 
-`jobs.storage`'s retries (botocore's standard mode, 8 attempts; 4 tries of a cut download) and the
+`storage.objects`'s retries (botocore's standard mode, 8 attempts; 4 tries of a cut download) and the
 lease's read-back must ride these out: every input ends with its right status, once, and nothing
 unblurred or partial is ever published.
 """
@@ -23,13 +23,13 @@ from PIL import Image
 
 from detection.detections import Detections
 from eval.datasets import load_split
-from jobs.manifest import AUDIT_DIR, read_manifest_rows
-from jobs.storage import Storage
+from jobs.batch.manifest import AUDIT_DIR, read_manifest_rows
+from storage.objects import Storage
 from tests.conftest import DATASETS, requires_datasets
 from tests.s3_fault_proxy import FaultProxy
 
 # The job's faults, per request. An attempt fails outright for a PUT with odds 0.04 * 3 + 0.08 + 0.04
-# = 0.24, for a GET 0.04 * 4 + 0.08 = 0.24; a slow reply still succeeds. jobs.storage makes 8 attempts
+# = 0.24, for a GET 0.04 * 4 + 0.08 = 0.24; a slow reply still succeeds. storage.objects makes 8 attempts
 # (`total_max_attempts`), and tries a cut download 4 times, so a request is lost only if all fail:
 # 0.24 ** 8 = 1e-5, about 1e-3 for the ~60 requests of a run; botocore's retry quota (500 tokens, 5-10
 # a retry, ~15 retries a run) is far from spent.
@@ -72,7 +72,7 @@ def faulty_run(s3_endpoint, inputs):
     the faults injected, the output's URI and the rates."""
     import ray
 
-    from jobs.blur_job import JobOptions, run_job
+    from jobs.batch.job import JobOptions, run_job
 
     output = "s3://photos/out"
     with FaultProxy(s3_endpoint, JOB_RATES, seed=JOB_SEED) as proxy:

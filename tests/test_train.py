@@ -17,9 +17,9 @@ from detection.detector import DEFAULT_MODEL, Detector, DetectorConfig
 from detection.runtime import weights_digest
 from detection.tiling import View, plan_views
 from eval.datasets import SHARED_DATASETS, load_dataset, split_dataset
-from jobs.cli import build_parser, main
-from jobs.defaults import DEFAULT_PSEUDO_LABELS
-from jobs.train import TILE_MIN_VISIBLE, load_pseudo_labels, write_tile_example
+from jobs.cli.main import build_parser, main
+from jobs.training.dataset import TILE_MIN_VISIBLE, write_tile_example
+from jobs.training.labels import SHIPPED_PSEUDO_LABELS, load_pseudo_labels
 from tests.conftest import DATASETS, SAMPLES, requires_datasets, skip_without_datasets
 
 
@@ -40,7 +40,7 @@ def trained(tmp_path_factory):
 
 def test_training_data_is_the_splits_with_pseudo_labels_on_train_only(trained):
     _, data = trained
-    pseudo = load_pseudo_labels(DEFAULT_PSEUDO_LABELS)
+    pseudo = load_pseudo_labels(SHIPPED_PSEUDO_LABELS)
     for name, spec in SHARED_DATASETS.items():
         labelled = {str(CLASS_NAMES.index(c)) for c in set(spec.class_map.values())}  # class ids
         parts = split_dataset(load_dataset(DATASETS / name), spec.split)
@@ -115,18 +115,18 @@ def test_a_written_dataset_travels_and_trains_with_ultralytics_overrides(trained
 def test_self_labels_add_the_models_unmatched_boxes_of_the_labelled_classes(tmp_path):
     """Self-labels on street-faces-plates (both classes) and dashcam (plates only) training images:
     the model's boxes at the threshold that overlap no label, added beside the teachers' labels."""
-    from blurring.pipeline import Config
+    from blurring.config import Config
     from eval.metrics import overlaps_nothing
-    from jobs.train import add_self_labels
+    from jobs.training.labels import add_self_labels
 
     images = {
         name: split_dataset(load_dataset(DATASETS / name), SHARED_DATASETS[name].split)["train"][:12]
         for name in ("street-faces-plates", "plates-dashcam")
     }
     out = tmp_path / "self.json"
-    record = add_self_labels(DEFAULT_PSEUDO_LABELS, out, images, Config(), threshold=0.5)
+    record = add_self_labels(SHIPPED_PSEUDO_LABELS, out, images, Config(), threshold=0.5)
     assert sum(record["self_labels"]["counts"].values()) > 0
-    teachers = json.loads(DEFAULT_PSEUDO_LABELS.read_text())["labels"]
+    teachers = json.loads(SHIPPED_PSEUDO_LABELS.read_text())["labels"]
     assert record["labels"]["plates-roboflow"] == teachers["plates-roboflow"]  # kept as they were
     labels = load_pseudo_labels(out)
     for name, files in images.items():
@@ -196,12 +196,13 @@ def test_train_and_quantize_default_to_the_working_folder_and_to_no_data(monkeyp
     monkeypatch.delenv("STREETBLUR_DATASETS")
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--epochs", "1"]) == 2  # a usage error, before anything is written
+    assert main(["train", "--make-pseudo-labels"]) == 2  # would write the shipped file: name one
     assert main(["quantize", "--model", str(DEFAULT_MODEL)]) == 2
     assert list(tmp_path.iterdir()) == []
 
 
 def test_a_checkpoint_is_published_whole_or_not_at_all(monkeypatch, tmp_path, caplog):
-    from jobs.train import publish_checkpoint
+    from jobs.training.train import publish_checkpoint
 
     best, out = tmp_path / "best.pt", tmp_path / "model.pt"
     best.write_bytes(b"new weights")

@@ -1,10 +1,10 @@
 """The job's inputs, streamed: list in key order, skip what is done, hand the rest to Ray Data in blocks.
 
-One Ray task (`InputListing`, a Ray Data datasource) pages through the input listing (or the sorted
+One Ray task (`ListInputsToDo`, a Ray Data datasource) pages through the input listing (or the sorted
 keys of a keys file), walks the manifest state beside it (`StateCursor`: one state part in memory),
 writes the skipped inputs' rows itself, and yields the inputs to do in blocks of `block_rows`. The
 driver holds no list of keys: its memory does not grow with the bucket, and the first images start
-while the listing goes on. A `ListingTally` actor tells the driver how many inputs were listed,
+while the listing goes on. A `ListingCounts` actor tells the driver how many inputs were listed,
 skipped and queued, and when the listing is complete.
 """
 
@@ -20,8 +20,8 @@ import ray
 from ray.data.block import BlockMetadata
 from ray.data.datasource import Datasource, ReadTask
 
-from jobs.manifest import AUDIT_DIR, StateCursor, read_index, run_part_key, skipped_row, write_rows
-from jobs.storage import Storage, StoredObject, printable_key
+from jobs.batch.manifest import AUDIT_DIR, StateCursor, read_index, run_part_key, skipped_row, write_rows
+from storage.objects import Storage, StoredObject, printable_key
 
 log = logging.getLogger("streetblur.listing")
 
@@ -33,7 +33,7 @@ STAT_THREADS = 16  # keys of a keys file stat'ed at once
 class ResumeRule:
     """When an input with a row in the manifest is done again."""
 
-    settings_digest: str  # of this run (`blurring.pipeline.settings_digest`): rows made otherwise are redone
+    settings_digest: str  # of this run (`blurring.config.settings_digest`): rows made otherwise are redone
     overwrite: bool = False  # redo everything
     retry_failed: bool = False  # redo inputs that failed
 
@@ -49,7 +49,7 @@ class ResumeRule:
         )
 
 
-class ListingTally:
+class ListingCounts:
     """Counts from the listing task, for the driver's progress line and summary (a Ray actor)."""
 
     def __init__(self) -> None:
@@ -98,13 +98,13 @@ def list_inputs(source: Storage, suffixes: tuple[str, ...], keys: bytes | None) 
             yield from pool.map(stat, wanted[start : start + 1000])
 
 
-class InputListing(Datasource):
+class ListInputsToDo(Datasource):
     """A Ray Data datasource: one read task that streams the inputs to do (see the module docstring).
 
     Its rows: key, etag, size, error (why it cannot be read, when the listing knows), and `block`,
     `block_todo` (the number of the listing block and how many inputs it holds), by which the driver
     writes the run's manifest parts. `keys`: a Ray object ref to a keys file's bytes, or None to list;
-    `tally`: a `ListingTally` actor handle.
+    `counts`: a `ListingCounts` actor handle.
     """
 
     def __init__(
@@ -116,11 +116,11 @@ class InputListing(Datasource):
         rule: ResumeRule,
         run_id: str,
         block_rows: int,
-        tally: object,
+        counts: object,
     ) -> None:
         super().__init__()
         self.source, self.target, self.suffixes, self.keys = source, target, suffixes, keys
-        self.rule, self.run_id, self.block_rows, self.tally = rule, run_id, block_rows, tally
+        self.rule, self.run_id, self.block_rows, self.counts = rule, run_id, block_rows, counts
 
     def estimate_inmemory_data_size(self) -> None:
         return None
@@ -130,7 +130,7 @@ class InputListing(Datasource):
         return [ReadTask(self._blocks, metadata)]
 
     def get_name(self) -> str:
-        return "ListInputs"
+        return "ListInputsToDo"
 
     def _blocks(self) -> Iterator[pa.Table]:
         keys = None if self.keys is None else ray.get(self.keys)
@@ -148,18 +148,18 @@ class InputListing(Datasource):
                 skipped_failed += previous["status"] == "failed"
             if len(skipped) == SKIPPED_PART_ROWS:
                 write_rows(self.target, run_part_key(self.run_id, "skipped", skipped_parts), skipped)
-                self.tally.add.remote(listed, 0, len(skipped), skipped_failed)
+                self.counts.add.remote(listed, 0, len(skipped), skipped_failed)
                 skipped, skipped_parts, listed, skipped_failed = [], skipped_parts + 1, 0, 0
             if len(todo) == self.block_rows:
-                self.tally.add.remote(listed, len(todo), 0, 0)
+                self.counts.add.remote(listed, len(todo), 0, 0)
                 yield _block(todo, blocks)
                 todo, blocks, listed = [], blocks + 1, 0
         if skipped:
             write_rows(self.target, run_part_key(self.run_id, "skipped", skipped_parts), skipped)
-        self.tally.add.remote(listed, len(todo), len(skipped), skipped_failed)
+        self.counts.add.remote(listed, len(todo), len(skipped), skipped_failed)
         if todo:
             yield _block(todo, blocks)
-        self.tally.finish.remote()
+        self.counts.finish.remote()
 
 
 def _block(items: list[StoredObject], number: int) -> pa.Table:

@@ -11,7 +11,7 @@ dead first try left, instead of failing.
 
 A thread's renewals are not enough to fence off a run: one paused past the expiry (SIGSTOP, a long GC
 pause, a suspended VM) resumes before its renewer notices. So before each write only the holder may do
-(`jobs.manifest.compact`), the run renews the lease itself (`verify`): `LeaseLost` if another run took
+(`jobs.batch.manifest.compact`), the run renews the lease itself (`verify`): `LeaseLost` if another run took
 it over. A run whose lease expired while nobody took it over still holds it: its renewal succeeds and
 it goes on (no other run can have started on the output meanwhile). A run that loses its lease does not
 compact the manifest; its parts stay, and the holder's next run compacts them.
@@ -34,7 +34,7 @@ import time
 import uuid
 from datetime import datetime, timezone
 
-from jobs.storage import ConditionFailed, NotFound, Storage
+from storage.objects import ConditionFailed, NotFound, Storage
 
 log = logging.getLogger("streetblur.lease")
 

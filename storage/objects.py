@@ -8,7 +8,7 @@ A `Storage` holds only its URI and endpoint, so it pickles cheaply into Ray task
 makes its own client on first use and keeps it.
 
 `read_versioned`, `write_if` and `delete_if` are compare-and-swap on one object, for what one run at a
-time may change (`jobs.lease`, `jobs.manifest`): on S3 conditional requests (`If-Match`,
+time may change (the batch job's lease and manifest): on S3 conditional requests (`If-Match`,
 `If-None-Match: *`); in a folder a check and an atomic replace under an exclusive lock (`_locked`).
 """
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from blurring.image_io import write_file_atomically
+from storage.files import write_file_atomically
 
 
 @dataclass(frozen=True)

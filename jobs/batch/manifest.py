@@ -5,7 +5,7 @@
                                          follow one another, so a run's parts, in order, are sorted too
   runs/RUN_ID/skipped-NNNNNNNNN.parquet  the inputs the run skipped (done before, same ETag and settings)
   runs/RUN_ID/summary.json               counts, images/s, wall time and settings of the run
-                                         (`jobs.blur_job`)
+                                         (`jobs.batch.job`)
   manifest.json                          the index of the current state: its parts with their first and
                                          last keys, and the runs compacted into it
   manifest/GEN/part-NNNNNNNNN.parquet    the current state: the latest blurred/failed row of every input
@@ -14,10 +14,11 @@
                                          `STATE_PART_ROWS` rows
 
 A run checks what it can skip by walking its sorted listing and the sorted state side by side
-(`StateCursor`), holding one state part at a time. At its end, `compact` merges the run's parts into a
+(`StateCursor`), holding one state part at a time, and writes its done rows one part per listing block
+(`ManifestPartWriter`). At its end, `compact` merges the run's parts into a
 new generation of the state (a streaming merge of sorted parts), switches `manifest.json` to it, then
 deletes the old generation. Parts of a run that was killed before compacting are compacted by the
-next run before it starts (`uncompacted_runs`). One run at a time writes an output (`jobs.lease`):
+next run before it starts (`uncompacted_runs`). One run at a time writes an output (`jobs.batch.lease`):
 `compact` renews the run's lease with a conditional write before it merges, before the switch and
 before it deletes, and the switch is itself a conditional write on the version of `manifest.json` the
 run read (S3: `If-Match`; a folder: under the lock `.manifest.json.lock`), so a run that lost its lease
@@ -44,8 +45,8 @@ from operator import itemgetter
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.lease import Lease
-from jobs.storage import ConditionFailed, NotFound, Storage, StoredObject
+from jobs.batch.lease import Lease
+from storage.objects import ConditionFailed, NotFound, Storage, StoredObject
 
 AUDIT_DIR = "_streetblur"
 INDEX_KEY = f"{AUDIT_DIR}/manifest.json"
@@ -64,7 +65,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("plates", pa.int32()),
         ("boxes", pa.list_(BOX_TYPE)),
         ("model_id", pa.string()),
-        ("settings_digest", pa.string()),  # blurring.pipeline.settings_digest: what decides the pixels
+        ("settings_digest", pa.string()),  # blurring.config.settings_digest: what decides the pixels
         ("read_ms", pa.float32()),
         ("decode_ms", pa.float32()),
         ("detect_ms", pa.float32()),
@@ -265,3 +266,39 @@ def _rows_of_parts(target: Storage, keys: Iterable[str]) -> Iterator[dict]:
                 yield from pending.popleft().result()
         while pending:
             yield from pending.popleft().result()
+
+
+class ManifestPartWriter:
+    """The run's done rows, gathered by listing block: a block's part is written once all its rows are
+    back, so each part is one stretch of the sorted listing (see the module's docstring). A row of a
+    block already written or already held (a batch that Ray ran twice) is dropped: each part is written
+    once, and each input counted once."""
+
+    def __init__(self, target: Storage, run_id: str) -> None:
+        self.target, self.run_id = target, run_id
+        self.pending: dict[int, dict[str, dict]] = {}
+        self.written: set[int] = set()
+        self.counts = {"blurred": 0, "failed": 0}
+
+    def add(self, rows: list[dict]) -> None:
+        for row in rows:
+            block, todo = row.pop("block"), row.pop("block_todo")
+            if block in self.written:
+                continue  # a late copy of a batch that Ray ran twice
+            done = self.pending.setdefault(block, {})
+            if row["key"] in done:
+                continue  # a batch that Ray ran twice
+            done[row["key"]] = row
+            self.counts[row["status"]] += 1
+            if len(done) == todo:
+                self._write(block)
+
+    def flush(self) -> None:
+        """Write the blocks still missing rows (the run is ending early)."""
+        for block in sorted(self.pending):
+            self._write(block)
+
+    def _write(self, block: int) -> None:
+        rows = list(self.pending.pop(block).values())
+        write_rows(self.target, run_part_key(self.run_id, "part", block), rows)
+        self.written.add(block)

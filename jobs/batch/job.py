@@ -1,20 +1,20 @@
 """Ray batch job: blur every image under an input URI into an output URI, with an audit manifest.
 
-    python -m jobs.blur_job --input s3://bucket/raw --output s3://bucket/blurred   # ray job submit
-    streetblur run --input DIR_OR_URI --output DIR_OR_URI [--address ADDR]        # local Ray if none
+    streetblur run --input DIR_OR_URI --output DIR_OR_URI [--address ADDR]   # local Ray if none
+    ray job submit --address ADDR -- streetblur run --input s3://bucket/raw --output s3://bucket/blurred
 
 Stages (Ray Data, streaming in small blocks, so memory stays bounded whatever the bucket size and
 the first images start while the listing goes on):
-  listing (one Ray task, `jobs.listing`: key order, skips what is done)  ->  read bytes (an actor
-  pool, fractional CPU)  ->  decode, detect (tiled, batched), blur, encode (a pool of detector
-  actors, models loaded once each; without `actors`, it grows with the cluster)  ->  write output
-  (an actor pool)  ->  manifest rows, written by the driver as one Parquet part per listing block.
+  listing (one Ray task, `jobs.batch.listing`: key order, skips what is done)  ->  read bytes (an actor
+  pool, fractional CPU)  ->  decode, detect (tiled, batched), blur, encode (a pool of detector actors,
+  `jobs.batch.actor`, models loaded once each; without `actors`, it grows with the cluster)  ->  write
+  output (an actor pool)  ->  manifest rows, written by the driver as one Parquet part per listing block.
 
-Under the output root, `_streetblur/` holds the audit trail (see `jobs.manifest`): per run, its
+Under the output root, `_streetblur/` holds the audit trail (see `jobs.batch.manifest`): per run, its
 manifest rows as Parquet parts and `summary.json`; `manifest.json`, the index of the current state
 (the latest row of every input), which each run compacts its parts into at its end. One run at a
-time writes an output (`jobs.lease`). A re-run skips an input only when its manifest row has the
-same ETag and the same settings digest (`blurring.pipeline.settings_digest`: the weights' hashes,
+time writes an output (`jobs.batch.lease`). A re-run skips an input only when its manifest row has the
+same ETag and the same settings digest (`blurring.config.settings_digest`: the weights' hashes,
 the runtime and precision they run in, and every detection, blur and output option that changes an
 output's pixels or bytes); other settings redo everything. `--retry-failed` redoes the inputs that
 failed. A run killed midway keeps the parts it wrote; the next run compacts them first, then does
@@ -42,22 +42,22 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from blurring.config import Config, output_settings, settings_digest
 from blurring.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format
-from blurring.pipeline import Config, Outcome, blur_images, output_settings, settings_digest
-from detection.detector import Detector, model_id, plan_models
-from jobs.lease import LEASE_WAIT_S, Lease
-from jobs.listing import InputListing, ListingTally, ResumeRule
-from jobs.manifest import (
+from detection.detector import model_id, resolve_models
+from jobs.batch.actor import ImagePipelineActor
+from jobs.batch.lease import LEASE_WAIT_S, Lease
+from jobs.batch.listing import ListingCounts, ListInputsToDo, ResumeRule
+from jobs.batch.manifest import (
     AUDIT_DIR,
     TIMING_COLUMNS,
+    ManifestPartWriter,
     compact,
     read_index,
-    run_part_key,
     uncompacted_runs,
-    write_rows,
 )
-from jobs.ray_pool import ACTOR_CPUS, BATCH_SIZE, IO_CPUS, start_ray, with_actor_pool
-from jobs.storage import InvalidKey, NotFound, Storage, check_key
+from jobs.ray_cluster import ACTOR_CPUS, BATCH_SIZE, IO_CPUS, start_ray, with_actor_pool
+from storage.objects import InvalidKey, NotFound, Storage, check_key
 
 log = logging.getLogger("streetblur.job")
 
@@ -82,7 +82,7 @@ class JobOptions:
     actor_gpus: float = 0.0
     io_cpus: float = IO_CPUS  # CPUs per read/write task: small, so actors do not starve them
     batch_size: int = BATCH_SIZE  # images per actor call; their tiles share model batches
-    flush_rows: int = 64  # inputs to do per listing block: one manifest part of the run each
+    block_rows: int = 64  # inputs to do per listing block: one manifest part of the run each
     # how long to wait on another host's unexpired lease of the output (a retry of this job on a new
     # host: the dead try's lease is not renewed, and is taken over once expired); 0: refuse at once
     lease_wait_s: float = LEASE_WAIT_S
@@ -112,7 +112,7 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
     check_locations(source, target)
     # What the actors will record: the weights that run on their device (hashed here, nothing loaded).
     actor_device = options.config.detect.device or ("cuda" if options.actor_gpus > 0 else "cpu")
-    runtime, precision, weights = plan_models(options.config.detect, actor_device)
+    runtime, precision, weights = resolve_models(options.config.detect, actor_device)
     settings = output_settings(options.config, model_id(weights), runtime, precision)
     rule = ResumeRule(settings_digest(settings), options.overwrite, options.retry_failed)
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
@@ -124,9 +124,9 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
             index = compact(target, index, leftover, lease)
         log.info("run %s: settings %s; %d inputs done before", run_id, rule.settings_digest, index["rows"])
         start_ray(address, verbose=options.verbose)
-        parts = RunParts(target, run_id)
+        parts = ManifestPartWriter(target, run_id)
         try:
-            tally = run_pipeline(source, target, options, rule, parts, run_id)
+            listed = run_pipeline(source, target, options, rule, parts, run_id)
         finally:
             parts.flush()  # even if the pipeline raised: the rows it finished are kept, and skipped next time
         compact(target, index, [run_id], lease)  # renews the lease first: `LeaseLost` if taken over
@@ -137,22 +137,22 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
         "run_id": run_id,
         "input": options.input_uri,
         "output": options.output_uri,
-        "inputs": tally["inputs"],
+        "inputs": listed["inputs"],
         **parts.counts,
-        "skipped": tally["skipped"],
-        "skipped_failed": tally["skipped_failed"],
+        "skipped": listed["skipped"],
+        "skipped_failed": listed["skipped_failed"],
         "wall_s": round(wall, 2),
         "images_per_s": round(processed / wall, 3) if processed else 0.0,
         "actors": options.actors or "autoscaling",
         "failed_fraction": round(failed_fraction, 4),
         "max_failed_fraction": options.max_failed_fraction,
-        "failed_fraction_exceeded": failed_fraction > options.max_failed_fraction or not tally["inputs"],
+        "failed_fraction_exceeded": failed_fraction > options.max_failed_fraction or not listed["inputs"],
         "settings_digest": rule.settings_digest,
         "settings": settings,
     }
     target.write(f"{AUDIT_DIR}/runs/{run_id}/summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     log.info("summary: %s", json.dumps(summary))
-    if not tally["inputs"]:
+    if not listed["inputs"]:
         log.error("no inputs under %s with suffixes %s", options.input_uri, ", ".join(options.suffixes))
     elif summary["failed_fraction_exceeded"]:
         log.error(
@@ -162,10 +162,10 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
             100 * failed_fraction,
             options.max_failed_fraction,
         )
-    if tally["skipped_failed"]:
+    if listed["skipped_failed"]:
         log.warning(
             "%d inputs skipped that failed in an earlier run (see the manifest); --retry-failed redoes them",
-            tally["skipped_failed"],
+            listed["skipped_failed"],
         )
     return summary
 
@@ -199,47 +199,16 @@ def check_locations(source: Storage, target: Storage) -> None:
         )
 
 
-class RunParts:
-    """The run's done rows, gathered by listing block: a block's part is written once all its rows are
-    back, so each part is one stretch of the sorted listing (see `jobs.manifest`). A row of a block
-    already written or already held (a batch that Ray ran twice) is dropped: each part is written once,
-    and each input counted once."""
-
-    def __init__(self, target: Storage, run_id: str) -> None:
-        self.target, self.run_id = target, run_id
-        self.pending: dict[int, dict[str, dict]] = {}
-        self.written: set[int] = set()
-        self.counts = {"blurred": 0, "failed": 0}
-
-    def add(self, rows: list[dict]) -> None:
-        for row in rows:
-            block, todo = row.pop("block"), row.pop("block_todo")
-            if block in self.written:
-                continue  # a late copy of a batch that Ray ran twice
-            done = self.pending.setdefault(block, {})
-            if row["key"] in done:
-                continue  # a batch that Ray ran twice
-            done[row["key"]] = row
-            self.counts[row["status"]] += 1
-            if len(done) == todo:
-                self._write(block)
-
-    def flush(self) -> None:
-        """Write the blocks still missing rows (the run is ending early)."""
-        for block in sorted(self.pending):
-            self._write(block)
-
-    def _write(self, block: int) -> None:
-        rows = list(self.pending.pop(block).values())
-        write_rows(self.target, run_part_key(self.run_id, "part", block), rows)
-        self.written.add(block)
-
-
 def run_pipeline(
-    source: Storage, target: Storage, options: JobOptions, rule: ResumeRule, parts: RunParts, run_id: str
+    source: Storage,
+    target: Storage,
+    options: JobOptions,
+    rule: ResumeRule,
+    parts: ManifestPartWriter,
+    run_id: str,
 ) -> dict:
     """List, read, blur and write every input to do on the connected Ray cluster, handing each finished
-    input's manifest row to `parts` as it comes; the listing's counts (`ListingTally`) at the end.
+    input's manifest row to `parts` as it comes; the listing's counts (`ListingCounts`) at the end.
 
     Ray Data streams, in small blocks so that the first images start while the listing goes on; the
     memory of every stage stays bounded whatever the bucket size.
@@ -247,9 +216,11 @@ def run_pipeline(
     import ray
 
     ray.data.DataContext.get_current().target_max_block_size = STREAM_BLOCK_BYTES
-    tally = ray.remote(num_cpus=0)(ListingTally).remote()
+    listing_counts = ray.remote(num_cpus=0)(ListingCounts).remote()
     keys = None if options.keys_file is None else ray.put(Path(options.keys_file).read_bytes())
-    listing = InputListing(source, target, options.suffixes, keys, rule, run_id, options.flush_rows, tally)
+    listing = ListInputsToDo(
+        source, target, options.suffixes, keys, rule, run_id, options.block_rows, listing_counts
+    )
     # Its own CPU share, unlike the read stage's: Ray Data then keeps it out of the read stage's actors
     # (fused, one process would list and read every image).
     dataset = ray.data.read_datasource(listing, override_num_blocks=1, num_cpus=LISTING_CPUS)
@@ -262,7 +233,7 @@ def run_pipeline(
     )
     dataset = with_actor_pool(
         dataset,
-        BlurActor,
+        ImagePipelineActor,
         {"config": options.config},
         options.actors,
         options.batch_size,
@@ -275,7 +246,7 @@ def run_pipeline(
         _WriteStage, fn_constructor_args=(target, run_id), compute=io_pool, num_cpus=options.io_cpus
     )
     bar = tqdm(unit="img", desc="blurred", disable=options.verbose or not sys.stderr.isatty())
-    counts = ray.get(tally.get.remote())
+    counts = ray.get(listing_counts.get.remote())
     last_log = started = time.perf_counter()
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
         parts.add(batch.to_pylist())
@@ -283,12 +254,12 @@ def run_pipeline(
         bar.set_postfix_str(f"{parts.counts['failed']} failed", refresh=False)
         if time.perf_counter() - last_log >= (2.0 if not bar.disable else options.log_every_s):
             last_log = time.perf_counter()
-            counts = ray.get(tally.get.remote())
+            counts = ray.get(listing_counts.get.remote())
             bar.total = counts["queued"] if counts["complete"] else None
             if bar.disable:
                 _log_progress(parts.counts, counts, last_log - started)
     bar.close()
-    counts = ray.get(tally.get.remote())
+    counts = ray.get(listing_counts.get.remote())
     _log_progress(parts.counts, counts, time.perf_counter() - started)
     return counts
 
@@ -345,65 +316,6 @@ class _ReadStage:
         return row
 
 
-class BlurActor:
-    """A detector actor: loads the models once, then decodes, detects, blurs and encodes batches.
-
-    `detector`: one already loaded from `config.detect` (default: load it).
-    """
-
-    def __init__(self, config: Config, detector: Detector | None = None) -> None:
-        self.config = config
-        self.detector = detector or Detector(config.detect)
-        found = self.detector
-        self.settings_digest = settings_digest(
-            output_settings(config, found.model_id, found.runtime, found.precision)
-        )
-
-    def __call__(self, batch: dict) -> dict:
-        keys = list(batch["key"])
-        readable = [i for i, error in enumerate(batch["error"]) if not error]
-        outcomes = self._blur({i: (bytes(batch["data"][i]), str(batch["format"][i])) for i in readable})
-        columns: dict[str, list] = {name: [] for name in ("output", "status", "error", "width", "height")}
-        columns |= {"boxes": [], "model_id": [], "settings_digest": []}
-        columns |= {c: [] for c in TIMING_COLUMNS if c != "write_ms"}
-        for i in range(len(keys)):
-            outcome = outcomes.get(i) or Outcome("failed", error=batch["error"][i])  # unreadable input
-            columns["output"].append(outcome.output or b"")
-            columns["status"].append(outcome.status)
-            columns["error"].append(outcome.error)
-            columns["width"].append(outcome.width)
-            columns["height"].append(outcome.height)
-            columns["boxes"].append(json.dumps(outcome.detections.to_records()))
-            columns["model_id"].append(self.detector.model_id)
-            columns["settings_digest"].append(self.settings_digest)
-            columns["read_ms"].append(float(batch["read_ms"][i]))
-            for stage in ("decode", "detect", "blur", "encode"):
-                columns[f"{stage}_ms"].append(float(outcome.timings_ms.get(stage, 0.0)))
-        passed_on = {name: list(batch[name]) for name in ("key", "etag", "size", "block", "block_todo")}
-        return {**passed_on, **columns}
-
-    def _blur(self, inputs: dict[int, tuple[bytes, str]]) -> dict[int, Outcome]:
-        """`blur_images` of the batch. Should it raise, image by image: an image that raises fails alone
-        (closed: no output, the reason recorded) instead of failing the batch and so the job."""
-        try:
-            results = blur_images(list(inputs.values()), self.detector, self.config)
-            return dict(zip(inputs, results, strict=True))
-        except Exception as error:  # noqa: BLE001 -- retried image by image below
-            if len(inputs) == 1:
-                return {i: _crashed(error) for i in inputs}
-        outcomes = {}
-        for i, item in inputs.items():
-            try:
-                outcomes[i] = blur_images([item], self.detector, self.config)[0]
-            except Exception as error:  # noqa: BLE001 -- fails closed, with its reason
-                outcomes[i] = _crashed(error)
-        return outcomes
-
-
-def _crashed(error: Exception) -> Outcome:
-    return Outcome("failed", error=f"processing failed: {type(error).__name__}: {error}")
-
-
 class _WriteStage:
     """Writes a blurred output (only a blurred one) and turns the row into a manifest row."""
 
@@ -441,11 +353,3 @@ class _WriteStage:
             "block": row["block"],
             "block_todo": row["block_todo"],
         }
-
-
-if __name__ == "__main__":  # `ray job submit -- python -m jobs.blur_job ...`: as `streetblur run ...`
-    import sys
-
-    from jobs.cli import main
-
-    sys.exit(main(["run", *sys.argv[1:]]))

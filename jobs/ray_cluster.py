@@ -1,4 +1,5 @@
-"""Ray start-up and detector actor pools: shared by the batch job and `streetblur eval --ray`.
+"""Ray start-up, and pools of actors that load a model once each: for the batch job and `streetblur
+eval --ray`.
 
 Detector actors load the models once each and then take batches of rows; read and write tasks
 beside them get a fraction of a CPU (`IO_CPUS`), so that on a small machine the actors do not
@@ -8,25 +9,14 @@ starve them (`pool_size` leaves each actor that room).
 from __future__ import annotations
 
 import atexit
-import dataclasses
-import json
-import math
 import os
 import re
 import sys
 import threading
-import time
-from dataclasses import dataclass
-from pathlib import Path
 
-from tqdm import tqdm
-
-from detection.baselines import is_baseline
-from detection.detections import CLASS_NAMES, Detections
-from detection.detector import Detector, DetectorConfig
-from eval.datasets import LabelledImage
-from eval.evaluate import Scan, read_pixels
-from jobs.defaults import ACTOR_CPUS, BATCH_SIZE, IO_CPUS
+ACTOR_CPUS = 0.75  # CPUs reserved per detector actor: below 1 on purpose, room for read/write tasks
+IO_CPUS = 0.25  # CPUs per read/write task
+BATCH_SIZE = 4  # images per actor call
 
 
 def start_ray(address: str | None, verbose: bool = True) -> None:
@@ -178,110 +168,3 @@ def with_actor_pool(
         num_gpus=actor_gpus,
         **({"memory": memory_gb * 2**30} if memory_gb > 0 else {}),
     )
-
-
-@dataclass(frozen=True)
-class RayInference:
-    """Run the inference pass on Ray: a pool of detector actors, as `streetblur run` does.
-
-    The actors read the images and model files by their absolute paths: on a cluster of several
-    machines, these must be there on every node (a shared file system).
-    """
-
-    address: str | None = None  # None: RAY_ADDRESS, else a new local Ray
-    actors: int | None = None  # None: as many as the cluster allows (`pool_size`)
-    actor_cpus: float = ACTOR_CPUS
-    actor_gpus: float = 0.0
-    batch_size: int = BATCH_SIZE  # images per actor call (each still detected alone)
-
-
-def ray_scan(options: RayInference, n_images: int) -> tuple[Scan, str]:
-    """Connect to Ray (`start_ray`) and size the actor pool; the `Scan` for `eval.evaluate.run_evaluation`
-    and its note for the report.
-
-    The pool: `options.actors`, else as many as the cluster allows, at most one per batch of images.
-    """
-    if options.actors is not None and options.actors < 1:
-        raise ValueError(f"actors must be at least 1, got {options.actors}")
-    if options.batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {options.batch_size}")
-    start_ray(options.address)
-    actors = options.actors or pool_size(options.actor_cpus, options.actor_gpus)
-    actors = max(1, min(actors, math.ceil(n_images / options.batch_size)))
-
-    def scan(
-        images: list[LabelledImage], config: DetectorConfig, max_pixels: int, label: str, progress: bool
-    ) -> tuple[list[Detections], float]:
-        return _scan_on_ray(images, config, max_pixels, label, progress, options, actors)
-
-    return scan, f"ray, {actors} actor{'s' if actors > 1 else ''}"
-
-
-def _scan_on_ray(
-    images: list[LabelledImage],
-    config: DetectorConfig,
-    max_pixels: int,
-    label: str,
-    progress: bool,
-    options: RayInference,
-    actors: int,
-) -> tuple[list[Detections], float]:
-    """`Scan` on a pool of `_ScanActor`s; the seconds include starting them (loading the models)."""
-    import ray
-
-    start = time.perf_counter()
-    items = [
-        {"index": i, "path": str(image.path.resolve()), "width": image.width, "height": image.height}
-        for i, image in enumerate(images)
-    ]  # absolute paths: a worker's working folder need not be this one's
-    missing = [m for m in config.models if not is_baseline(m) and not Path(m).is_file()]
-    if missing:
-        raise FileNotFoundError(f"model file not found: {missing[0]}")  # here, not in every actor
-    config = dataclasses.replace(
-        config, models=tuple(m if is_baseline(m) else str(Path(m).resolve()) for m in config.models)
-    )
-    dataset = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), 200)))
-    dataset = with_actor_pool(
-        dataset,
-        _ScanActor,
-        {"config": config, "max_pixels": max_pixels},
-        actors,
-        options.batch_size,
-        options.actor_cpus,
-        options.actor_gpus,
-    )
-    found: dict[int, Detections] = {}
-    with tqdm(total=len(images), desc=label, unit="image", disable=not progress, file=sys.stderr) as bar:
-        for batch in dataset.iter_batches(batch_size=None):
-            for index, records in zip(batch["index"], batch["boxes"], strict=True):
-                found[int(index)] = Detections.from_records(json.loads(records))
-            bar.update(len(batch["index"]))
-    if sorted(found) != list(range(len(images))):
-        raise RuntimeError(f"Ray returned boxes for {len(found)} of {len(images)} images")
-    return [found[i] for i in range(len(images))], time.perf_counter() - start
-
-
-def _exact_records(detections: Detections) -> list[dict]:
-    """`Detections.to_records` without its rounding: `Detections.from_records` gives the same float32s."""
-    return [
-        {"class": CLASS_NAMES[c], "score": float(s), "box": [float(v) for v in b]}
-        for b, s, c in zip(detections.xyxy, detections.scores, detections.class_id, strict=True)
-    ]
-
-
-class _ScanActor:
-    """A Ray detector actor: loads the models once, then decodes and detects image by image."""
-
-    def __init__(self, config: DetectorConfig, max_pixels: int) -> None:
-        self.detector = Detector(config, require_every_class=False)
-        self.max_pixels = max_pixels
-
-    def __call__(self, batch: dict) -> dict:
-        boxes = []
-        for index, path, width, height in zip(
-            batch["index"], batch["path"], batch["width"], batch["height"], strict=True
-        ):
-            image = LabelledImage(Path(str(path)), int(width), int(height), Detections(), int(index))
-            found = self.detector.detect(read_pixels(image, self.max_pixels))  # one by one, as in-process
-            boxes.append(json.dumps(_exact_records(found)))
-        return {"index": [int(i) for i in batch["index"]], "boxes": boxes}
