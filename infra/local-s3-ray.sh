@@ -60,14 +60,11 @@ ray job submit --address "$address" \
     --input s3://photos/raw --output s3://photos/blurred --endpoint-url "$endpoint"
 
 python - "$endpoint" <<'PY'
-import io
 import sys
 
-import boto3
-import pyarrow.parquet as pq
+from jobs.batch.manifest import read_manifest_rows
+from storage.objects import Storage
 
-s3 = boto3.client("s3", endpoint_url=sys.argv[1])
-body = s3.get_object(Bucket="photos", Key="blurred/_streetblur/manifest.parquet")["Body"].read()
-table = pq.read_table(io.BytesIO(body), columns=["key", "status", "faces", "plates", "error"])
-print(table.to_pandas().to_string(index=False))
+for row in read_manifest_rows(Storage("s3://photos/blurred", sys.argv[1])):
+    print(f"{row['key']:40} {row['status']:8} faces {row['faces']} plates {row['plates']} {row['error']}")
 PY
