@@ -181,19 +181,7 @@ class Storage:
         """The object's bytes; `NotFound` if it does not exist."""
         check_key(key)
         if self.is_s3:
-            from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
-            from urllib3.exceptions import ProtocolError
-
-            client = self.client()
-            for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
-                try:
-                    return client.get_object(Bucket=self.bucket, Key=self.prefix + key)["Body"].read()
-                except client.exceptions.NoSuchKey:
-                    raise NotFound(key) from None
-                # Cut while streaming the body: after botocore's retries, so ours.
-                except (IncompleteReadError, ReadTimeoutError, ResponseStreamingError, ProtocolError):
-                    if attempt == DOWNLOAD_ATTEMPTS:
-                        raise
+            return self._get_object(key)[0]
         try:
             return (self.root / key).read_bytes()
         except FileNotFoundError:
@@ -228,6 +216,12 @@ class Storage:
         if not self.is_s3:
             data = self.read(key)
             return data, _digest(data)
+        return self._get_object(key)
+
+    def _get_object(self, key: str) -> tuple[bytes, str]:
+        """An S3 object's bytes and ETag (as S3 gives it); `NotFound` if it does not exist. A body cut
+        while streaming comes after botocore's retries, so it is tried again here, `DOWNLOAD_ATTEMPTS`
+        times in all."""
         from botocore.exceptions import IncompleteReadError, ReadTimeoutError, ResponseStreamingError
         from urllib3.exceptions import ProtocolError
 
@@ -239,7 +233,7 @@ class Storage:
             except client.exceptions.NoSuchKey:
                 raise NotFound(key) from None
             except (IncompleteReadError, ReadTimeoutError, ResponseStreamingError, ProtocolError):
-                if attempt == DOWNLOAD_ATTEMPTS:  # cut while streaming the body, as in `read`
+                if attempt == DOWNLOAD_ATTEMPTS:
                     raise
                 attempt += 1
 
