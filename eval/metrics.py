@@ -19,6 +19,10 @@ Privacy figures (`privacy_metrics`) take the detections the deployed detector re
 - *false blur*: a detection whose box shares no area with any ground-truth box, of any class, nor with
   a crowd region (COCO's `iscrowd`, which COCO's matching ignores too; crowd regions are never boxes
   to blur);
+- *falsely blurred area*: the union of an image's false blurs' boxes (each box rounded to whole pixels),
+  as a fraction of the image's area; `false_blur_area` averages it over images, `false_blur_area_pooled`
+  divides the summed unions by the summed image areas (a 20 px false patch costs less than a
+  wheel-sized one, which a count of false blurs cannot tell);
 - *size*: COCO's ranges on the ground-truth box area as half-open bins, small < 32², medium < 96²,
   large >= 96² (COCO counts a box of exactly 32² or 96² in both neighbouring bins);
 - *recall50*: COCO recall at IoU 0.5 (the share of ground-truth boxes matched by a detection).
@@ -215,6 +219,15 @@ def false_blurs(detections: Detections, image: LabelledImage) -> np.ndarray:
     return overlaps_nothing(detections, Detections.concat([image.boxes, image.crowd]))
 
 
+def union_area(xyxy: np.ndarray, width: int, height: int) -> int:
+    """Pixels of a `height` x `width` image inside at least one box of `xyxy` (N, 4), each box's edges
+    rounded to whole pixels and clipped to the image."""
+    covered = np.zeros((height, width), bool)
+    for x1, y1, x2, y2 in np.rint(np.asarray(xyxy, np.float64).reshape(-1, 4)).astype(int):
+        covered[max(y1, 0) : max(y2, 0), max(x1, 0) : max(x2, 0)] = True
+    return int(covered.sum())
+
+
 def blur_outcome(
     image: LabelledImage, detections: Detections, blur: BlurConfig
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -239,16 +252,20 @@ def privacy_metrics(
     """Privacy figures of the deployed detections, per class and for `all` labelled classes together.
 
     Each holds `recall50`, `boxes` and `blurred` (the blurred share) overall and by size,
-    `false_blurs_per_image` and `detections_per_image`; see the module docstring for definitions.
+    `false_blurs_per_image`, `false_blur_area` and `false_blur_area_pooled` (the falsely blurred share
+    of the image area, averaged over images and pooled) and `detections_per_image`; see the module
+    docstring for definitions.
     """
-    per_image = []
+    per_image, false_boxes = [], []
     for image, dets in zip(images, detections, strict=True):
         blurred, false_blur = blur_outcome(image, dets, blur)
         per_image.append(
             (blurred, image.boxes.class_id, size_names(image.boxes.area), false_blur, dets.class_id)
         )
+        false_boxes.append(dets[false_blur])
     columns = (np.concatenate(column) for column in zip(*per_image, strict=True))
     blurred, gt_class, gt_size, false_blur, det_class = columns
+    image_areas = np.array([image.width * image.height for image in images], np.float64)
     recall = {name: row["recall50"] for name, row in coco_metrics(images, detections).items()}
     labelled = [k for k in range(len(CLASS_NAMES)) if (gt_class == k).any()]
 
@@ -256,6 +273,13 @@ def privacy_metrics(
         gt, det = np.isin(gt_class, classes), np.isin(det_class, classes)
         selections = {"all": gt} | {size: gt & (gt_size == size) for size in SIZE_RANGES}
         matched = sum(recall[CLASS_NAMES[k]] * (gt_class == k).sum() for k in classes) if gt.any() else 0
+        false_area = np.array(
+            [
+                union_area(boxes.xyxy[np.isin(boxes.class_id, classes)], image.width, image.height)
+                for image, boxes in zip(images, false_boxes, strict=True)
+            ],
+            np.float64,
+        )
         return {
             "recall50": float(matched / gt.sum()) if gt.any() else None,
             "boxes": {key: int(chosen.sum()) for key, chosen in selections.items()},
@@ -264,6 +288,8 @@ def privacy_metrics(
                 for key, chosen in selections.items()
             },
             "false_blurs_per_image": float(false_blur[det].sum() / len(images)) if gt.any() else None,
+            "false_blur_area": float((false_area / image_areas).mean()) if gt.any() else None,
+            "false_blur_area_pooled": float(false_area.sum() / image_areas.sum()) if gt.any() else None,
             "detections_per_image": float(det.sum() / len(images)),
         }
 
@@ -279,7 +305,8 @@ def privacy_sweep(
     blur: BlurConfig,
 ) -> list[dict[str, float]]:
     """Class `name`'s figures with its threshold at each of `CALIBRATION_SWEEP` and the other classes at
-    their `thresholds`: `threshold`, `blurred`, `recall50` and `false_blurs_per_image` per point.
+    their `thresholds`: `threshold`, `blurred`, `recall50`, `false_blurs_per_image`, `false_blur_area`
+    and `false_blur_area_pooled` per point.
 
     `detections_at(thresholds)` gives the detections per image at per-class thresholds; they are scored
     by `privacy_metrics`, so every class's boxes blur, as in `streetblur eval`.
@@ -293,6 +320,8 @@ def privacy_sweep(
                 "blurred": figures["blurred"]["all"],
                 "recall50": figures["recall50"],
                 "false_blurs_per_image": figures["false_blurs_per_image"],
+                "false_blur_area": figures["false_blur_area"],
+                "false_blur_area_pooled": figures["false_blur_area_pooled"],
             }
         )
     return rows
@@ -302,3 +331,18 @@ def threshold_for_blurred(rows: list[dict[str, float]], target: float) -> float 
     """The highest threshold of a `privacy_sweep` whose blurred fraction reaches `target`, or None."""
     reaching = [row["threshold"] for row in rows if row["blurred"] >= target - 1e-9]
     return max(reaching) if reaching else None
+
+
+def threshold_within_budget(
+    rows: list[dict[str, float]], max_false_blurs: float, max_false_area: float
+) -> float | None:
+    """The lowest threshold of a `privacy_sweep` within both budgets: at most `max_false_blurs` false
+    blurs per image and at most `max_false_area` of the image area falsely blurred (averaged over
+    images), or None. A lower threshold blurs more, so this is the most the budgets allow."""
+    meeting = [
+        row["threshold"]
+        for row in rows
+        if row["false_blurs_per_image"] <= max_false_blurs + 1e-9
+        and row["false_blur_area"] <= max_false_area + 1e-12
+    ]
+    return min(meeting) if meeting else None

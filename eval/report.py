@@ -19,7 +19,8 @@ actors`), `examples` (image files shown in the HTML) and `models`, one entry per
 target_blurred, as `streetblur calibrate --target` chooses; null where not reached), `coco` per class
 (AP, AP50, AP75, AP_small, AP_medium, AP_large, AR100, recall50), `privacy` {`deployed`, `target`} per
 class and `all` (see `eval.metrics.privacy_metrics`), `blurred_sweep` per class (the sweep the target
-thresholds come from: {threshold, blurred, recall50, false_blurs_per_image} rows, or null),
+thresholds come from: {threshold, blurred, recall50, false_blurs_per_image, false_blur_area,
+false_blur_area_pooled} rows, or null),
 `raw_labels` ({`coco`, `privacy`} at the deployed thresholds on the labels as published, where the
 evaluated labels were corrected by a label audit; else null) and `pr_curve` per class ({threshold,
 recall, precision} lists, or null). Figures that cannot be computed (no ground truth) are null.
@@ -140,6 +141,13 @@ def _number(value: float | None, digits: int = 3) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
+def _area(row: dict) -> str:
+    """The falsely blurred share of the image area, per image and (in brackets) pooled."""
+    if row["false_blur_area"] is None:
+        return "-"
+    return f"{row['false_blur_area']:.3%} ({row['false_blur_area_pooled']:.3%})"
+
+
 def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) of every table, shared by report.md and report.html."""
     target = summary["settings"]["target_blurred"]
@@ -163,7 +171,7 @@ def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         for name, row in m["coco"].items()
     ]
     privacy_header = ["model", "class", "threshold", "recall@0.5", "blurred", "small", "medium", "large"]
-    privacy_header += ["false blurs/image", "detections/image"]
+    privacy_header += ["false blurs/image", "falsely blurred area (pooled)", "detections/image"]
 
     def privacy_rows(point: str) -> list[list[str]]:
         rows = []
@@ -179,7 +187,11 @@ def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                     "-" if share is None else f"{share:.3f} ({row['boxes'][size]})"
                     for size, share in row["blurred"].items()
                 ]
-                per_image = [_number(row["false_blurs_per_image"]), _number(row["detections_per_image"])]
+                per_image = [
+                    _number(row["false_blurs_per_image"]),
+                    _area(row),
+                    _number(row["detections_per_image"]),
+                ]
                 rows.append([m["label"], name, cell, _number(row["recall50"]), *blurred, *per_image])
         return rows
 
@@ -213,6 +225,7 @@ def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                 _number(row["recall50"]),
                 f"{_number(row['blurred']['all'])} ({row['boxes']['all']})",
                 _number(row["false_blurs_per_image"]),
+                _area(row),
             ]
             for labels, coco, row in (
                 ("corrected", m["coco"][name], m["privacy"]["deployed"][name]),
@@ -222,10 +235,11 @@ def _tables(summary: dict) -> list[tuple[str, list[str], list[list[str]]]]:
 
     corrected = [m for m in models if m["raw_labels"] is not None]
     if corrected:
+        label_header = ["model", "class", "labels", "AP50", "recall@0.5", "blurred", "false blurs/image"]
         tables.append(
             (
                 "Corrected and raw labels, at the deployed thresholds",
-                ["model", "class", "labels", "AP50", "recall@0.5", "blurred", "false blurs/image"],
+                [*label_header, "falsely blurred area"],
                 [
                     row
                     for m in corrected
@@ -253,6 +267,8 @@ DEFINITIONS = [
     "small / medium / large: ground-truth box area below 32², below 96², from 96² square pixels (COCO).",
     "false blurs/image: detections sharing no area with any ground-truth box (of any class) nor with a "
     "crowd region (COCO's iscrowd, which is not a box to find either), per image.",
+    "falsely blurred area: the union of an image's false blurs' boxes as a share of its area, averaged "
+    "over images; in brackets pooled (summed unions / summed image areas).",
     "all: the classes that have ground truth here, together. A class without ground truth (the shared "
     "sets label one class each) is not scored: its detections cannot be judged.",
     "corrected / raw labels: with the boxes a label audit added (eval/label_fixes), the figures above, "

@@ -28,16 +28,21 @@ def sets():
     ]
 
 
-@pytest.mark.parametrize("budget", [0.1, 0.5])
-def test_the_chosen_threshold_is_the_lowest_within_the_false_blur_budget(sets, budget):
-    results = {r.name: r for r in calibrate(sets, load_config(), budget, progress=False)}
+@pytest.mark.parametrize(("budget", "area_budget"), [(0.1, 1.0), (0.5, 0.005), (5.0, 0.001)])
+def test_the_chosen_threshold_is_the_lowest_within_the_false_blur_budget(sets, budget, area_budget):
+    results = {
+        r.name: r for r in calibrate(sets, load_config(), budget, progress=False, max_false_area=area_budget)
+    }
     assert set(results) == {"face", "plate"}
     assert (results["face"].images, results["plate"].images) == (10, 6)  # each class on the sets labelling it
+
+    def within(row: dict) -> bool:
+        return row["false_blurs_per_image"] <= budget and row["false_blur_area"] <= area_budget
+
     for result in results.values():
-        within = [r for r in result.rows if r["false_blurs_per_image"] <= budget]
-        assert result.chosen == min(r["threshold"] for r in within)
+        assert result.chosen == min(r["threshold"] for r in result.rows if within(r))
         lower = [r for r in result.rows if r["threshold"] < result.chosen]
-        assert all(r["false_blurs_per_image"] > budget for r in lower)
+        assert lower and not any(within(r) for r in lower)
         chosen = next(r for r in result.rows if r["threshold"] == result.chosen)
         assert all(chosen["blurred"] >= r["blurred"] for r in result.rows if r["threshold"] > result.chosen)
 

@@ -20,6 +20,8 @@ from eval.metrics import (
     precision_recall,
     privacy_metrics,
     size_names,
+    threshold_within_budget,
+    union_area,
 )
 
 FACE, PLATE = 0, 1
@@ -303,3 +305,33 @@ def test_privacy_metrics_on_a_hand_made_set():
     assert set(plate["blurred"].values()) == {None}
     assert plate["detections_per_image"] == 0.5
     assert figures["all"] == face  # only faces are labelled
+    # The false blur is 20x20 of 640x480 in the first image, none in the second (the plate there is of
+    # a class this set does not label).
+    assert face["false_blur_area"] == pytest.approx((400 / (640 * 480) + 0) / 2)
+    assert face["false_blur_area_pooled"] == pytest.approx(400 / (2 * 640 * 480))
+    assert plate["false_blur_area"] is None
+
+
+def test_falsely_blurred_area_tells_a_small_patch_from_a_wheel_sized_one():
+    face = image(boxes((0, 0, 20, 20)), 1, 1280, 720)
+    small_patch = [boxes((0, 0, 20, 20), (600, 300, 620, 320))]  # a 20 px false blur
+    wheel = [boxes((0, 0, 20, 20), (600, 300, 800, 500))]  # a 200 px one
+    patch_figures = privacy_metrics([face], small_patch, BlurConfig())["face"]
+    wheel_figures = privacy_metrics([face], wheel, BlurConfig())["face"]
+    assert patch_figures["false_blurs_per_image"] == wheel_figures["false_blurs_per_image"] == 1.0
+    assert patch_figures["false_blur_area"] == pytest.approx(400 / (1280 * 720))  # 0.04%
+    assert wheel_figures["false_blur_area"] == pytest.approx(40_000 / (1280 * 720))  # 4.3%
+    # Overlapping false blurs count their union once; boxes are clipped to the image.
+    assert union_area(np.array([[0, 0, 10, 10], [5, 5, 15, 15], [-5, 90, 5, 110]]), 100, 100) == 100 + 75 + 50
+
+
+def test_budget_needs_both_few_false_blurs_and_little_false_area():
+    rows = [
+        {"threshold": 0.1, "false_blurs_per_image": 0.4, "false_blur_area": 0.02},  # few, but large
+        {"threshold": 0.2, "false_blurs_per_image": 0.8, "false_blur_area": 0.001},  # small, but many
+        {"threshold": 0.3, "false_blurs_per_image": 0.5, "false_blur_area": 0.005},  # both at the limit
+        {"threshold": 0.4, "false_blurs_per_image": 0.1, "false_blur_area": 0.001},
+    ]
+    assert threshold_within_budget(rows, 0.5, 0.005) == 0.3
+    assert threshold_within_budget(rows, 0.5, 1.0) == 0.1
+    assert threshold_within_budget(rows, 0.05, 1.0) is None

@@ -121,6 +121,8 @@ def test_json_has_the_documented_keys(report_dir, subset, detector):
         "boxes",
         "blurred",
         "false_blurs_per_image",
+        "false_blur_area",
+        "false_blur_area_pooled",
         "detections_per_image",
     }
     assert set(deployed["face"]["blurred"]) == {"all", "small", "medium", "large"}

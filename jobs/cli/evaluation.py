@@ -155,7 +155,8 @@ def _run_eval(args: argparse.Namespace) -> int:
         for name, row in model.privacy["deployed"].items():
             if name in CLASS_NAMES and row["recall50"] is not None:
                 figures = f"recall@0.5 {row['recall50']:.3f}, blurred {row['blurred']['all']:.3f}, "
-                figures += f"false blurs/image {row['false_blurs_per_image']:.2f}"
+                figures += f"false blurs/image {row['false_blurs_per_image']:.2f}, "
+                figures += f"falsely blurred area {row['false_blur_area']:.3%}"
                 print(f"{model.label} {name}: AP50 {model.coco[name]['AP50']:.3f}, {figures}")
     print(f"wrote {', '.join(str(path) for path in files.values())}", file=sys.stderr)
     return 0
@@ -189,6 +190,12 @@ def _add_calibrate_parser(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--max-false-blurs", type=float, default=0.5, help="per image and class (default: 0.5)")
     p.add_argument(
+        "--max-false-area",
+        type=float,
+        default=0.005,
+        help="share of the image area falsely blurred, per class, averaged over images (default: 0.005)",
+    )
+    p.add_argument(
         "--target",
         action="extend",
         nargs="+",
@@ -220,7 +227,9 @@ def _run_calibrate(args: argparse.Namespace) -> int:
         split = args.split  # None: dev of a shared set (recognised by its files), else all
         images, _ = select_images(root, None, None, split, None, args.raw_labels, fixes)
         sets.append(images)
-    results = calibrate(sets, config, args.max_false_blurs, parse_overrides(args.target))
+    results = calibrate(
+        sets, config, args.max_false_blurs, parse_overrides(args.target), max_false_area=args.max_false_area
+    )
     text = markdown(results)
     if args.out:
         write_file_atomically(args.out, text.encode())
