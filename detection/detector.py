@@ -25,12 +25,18 @@ from detection.runtime import (
     weights_digest,
 )
 from detection.tiling import extend_seam, is_panorama, merge_boxes, plan_views, unwrap_seam
+from detection.verify import blurred_by_cascade, covered_by, needs_verifying, proposed_boxes, zoom_scores
 
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "streetblur-n.pt"
 # Chosen by `streetblur calibrate` on the dev splits: the lowest thresholds within 0.5 false blurs
 # per image (the privacy targets, face 0.95 / plate 0.97 blurred, cost more; see
 # detection/weights/MODEL_CARD.md).
 DEFAULT_THRESHOLDS = {"face": 0.35, "plate": 0.25}
+# The two stages (detection.verify), chosen by `streetblur calibrate --verify` on the dev splits: proposals
+# reach 0.97 of faces and 0.985 of plates; verified proposals blur within the false-blur budget.
+DEFAULT_PROPOSAL_THRESHOLDS = {"face": 0.05, "plate": 0.03}
+DEFAULT_VERIFY_THRESHOLDS = {"face": 0.35, "plate": 0.25}
+ZOOM_SCAN_THRESHOLD = 0.01  # score threshold of the zoomed-in re-detection
 
 
 @dataclass(frozen=True)
@@ -39,8 +45,18 @@ class DetectorConfig:
 
     # .pt/.onnx/... files ultralytics can load, or baseline face detectors by name (detection.baselines)
     models: tuple[str, ...] = (str(DEFAULT_MODEL),)
-    # Per-class score thresholds; classes left out keep DEFAULT_THRESHOLDS.
+    # Per-class score thresholds at which a box blurs as it is ("sure"); classes left out keep
+    # DEFAULT_THRESHOLDS.
     thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_THRESHOLDS))
+    # Second stage (detection.verify): "on" re-detects each proposal (a box scored from its class's
+    # `proposal_thresholds` up to its `thresholds`) zoomed in, and blurs it when the combined score
+    # reaches `verify_thresholds`; "off" blurs sure boxes only. Unblurred proposals are reported either way.
+    verify: str = "off"
+    proposal_thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PROPOSAL_THRESHOLDS))
+    verify_thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_VERIFY_THRESHOLDS))
+    verify_object_px: int = 48  # a proposal's longer side in its zoomed-in crop
+    verify_context: float = 2.0  # the crop's side, in proposal sides (context around it)
+    verify_imgsz: int = 384  # side of the canvases the crops are pasted into, the re-detection's input size
     # Model class name -> face/plate, after normalise_class_name.
     aliases: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_ALIASES))
     imgsz: int = 640  # model input size (pixels, longer side)
@@ -71,13 +87,25 @@ class DetectorConfig:
     threads: int = 0
 
     def __post_init__(self) -> None:
-        unknown = set(self.thresholds) - set(CLASS_NAMES)
-        if unknown:
-            raise ValueError(f"thresholds for unknown classes {sorted(unknown)}; classes are {CLASS_NAMES}")
-        thresholds = {**DEFAULT_THRESHOLDS, **self.thresholds}
-        if not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in thresholds.values()):
-            raise ValueError(f"thresholds must be numbers in [0, 1], got {self.thresholds}")
-        object.__setattr__(self, "thresholds", {c: float(thresholds[c]) for c in CLASS_NAMES})
+        for name, defaults in (
+            ("thresholds", DEFAULT_THRESHOLDS),
+            ("proposal_thresholds", DEFAULT_PROPOSAL_THRESHOLDS),
+            ("verify_thresholds", DEFAULT_VERIFY_THRESHOLDS),
+        ):
+            given = getattr(self, name)
+            if unknown := set(given) - set(CLASS_NAMES):
+                raise ValueError(f"{name} for unknown classes {sorted(unknown)}; classes are {CLASS_NAMES}")
+            filled = {**defaults, **given}
+            if not all(isinstance(v, (int, float)) and 0 <= v <= 1 for v in filled.values()):
+                raise ValueError(f"{name} must be numbers in [0, 1], got {given}")
+            object.__setattr__(self, name, {c: float(filled[c]) for c in CLASS_NAMES})
+        if self.verify not in ("on", "off"):
+            raise ValueError(f"verify must be on or off, got {self.verify!r}")
+        if self.verify_object_px < 8 or self.verify_context < 1 or self.verify_imgsz < 32:
+            raise ValueError(
+                f"need verify_object_px >= 8, verify_context >= 1, verify_imgsz >= 32; got "
+                f"{self.verify_object_px}, {self.verify_context}, {self.verify_imgsz}"
+            )
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, got {self.runtime!r}")
         if self.precision not in PRECISIONS:
@@ -92,6 +120,15 @@ class DetectorConfig:
                 f"need tile_size >= 0, upscale_to >= 0, imgsz >= 32, batch_size >= 1, threads >= 0; got "
                 f"{self.tile_size}, {self.upscale_to}, {self.imgsz}, {self.batch_size}, {self.threads}"
             )
+
+
+class Screened(NamedTuple):
+    """One image's detections: what blurs, and the proposals that do not, each with the stage that left it
+    unblurred: `detector` (under its class's threshold, verification off) or `verifier` (rejected)."""
+
+    blurred: Detections
+    unblurred: Detections
+    stages: tuple[str, ...]
 
 
 class Detector:
@@ -152,6 +189,56 @@ class Detector:
 
     def detect_batch(self, images: list[np.ndarray]) -> list[Detections]:
         """`detect` for several images, their views sent to the models in shared batches."""
+        return [screened.blurred for screened in self.screen_batch(images)]
+
+    def screen_batch(self, images: list[np.ndarray]) -> list[Screened]:
+        """Per image: the boxes that blur (sure, or verified with `verify` on) and the proposals that do
+        not. Any failure raises: no image is screened in part."""
+        config = self.config
+        view_thresholds = {c: min(config.thresholds[c], config.proposal_thresholds[c]) for c in CLASS_NAMES}
+        return [
+            self._screen(image, found)
+            for image, found in zip(images, self._find(images, view_thresholds), strict=True)
+        ]
+
+    def zoom_scores(self, image: np.ndarray, proposals: Detections, needed: np.ndarray) -> np.ndarray:
+        """The zoom score of each of `proposals` in `image` (`detection.verify.zoom_scores`): every box
+        scoring at least its class's proposal threshold, before the tile merge; NaN for those whose
+        merge group has no box marked in `needed`."""
+        threshold = np.full(len(CLASS_NAMES), ZOOM_SCAN_THRESHOLD, np.float32)
+        config = self.config
+        return zoom_scores(
+            image,
+            proposals,
+            needed,
+            lambda canvases: self._predict(canvases, threshold, config.verify_imgsz),
+            config.merge_overlap,
+            config.verify_object_px,
+            config.verify_context,
+            config.verify_imgsz,
+        )
+
+    def _screen(self, image: np.ndarray, found: Detections) -> Screened:
+        """`Screened` from one image's boxes before the tile merge."""
+        config = self.config
+        pending = needs_verifying(found, config.thresholds, config.proposal_thresholds)
+        zoom = None
+        if config.verify == "on":
+            proposed = proposed_boxes(found, config.proposal_thresholds)
+            zoom = np.full(len(found), np.nan)
+            if pending.any():
+                zoom[proposed] = self.zoom_scores(image, found[proposed], pending[proposed])
+        blurs = blurred_by_cascade(
+            found, zoom, config.thresholds, config.proposal_thresholds, config.verify_thresholds
+        )
+        blurred = merge_boxes(found[blurs], config.merge_overlap)
+        unblurred = merge_boxes(found[pending & ~blurs], config.merge_overlap)
+        unblurred = unblurred[~covered_by(unblurred, blurred, config.merge_overlap)]
+        return Screened(blurred, unblurred, ("detector" if zoom is None else "verifier",) * len(unblurred))
+
+    def _find(self, images: list[np.ndarray], thresholds: dict[str, float]) -> list[Detections]:
+        """Per image: every view's boxes scoring at least `thresholds`, in image pixels, not merged."""
+        threshold = np.array([thresholds[c] for c in CLASS_NAMES], np.float32)
         jobs = []  # (image index, view, pixels of the view, whether those are mirrored)
         wraps, sizes = [], []  # per image: seam wrapped; (width, height) the views were cut from
         for index, image in enumerate(images):
@@ -185,7 +272,7 @@ class Detector:
         for group in by_shape.values():
             for start in range(0, len(group), self.config.batch_size):
                 chunk = group[start : start + self.config.batch_size]
-                predicted = self._predict([crop for _, _, crop, _ in chunk])
+                predicted = self._predict([crop for _, _, crop, _ in chunk], threshold, self.config.imgsz)
                 for (index, view, crop, mirrored), dets in zip(chunk, predicted, strict=True):
                     if mirrored:
                         dets = dets.mirrored(crop.shape[1])
@@ -196,28 +283,26 @@ class Detector:
             dets = Detections.concat(parts)
             if wrap:
                 dets = unwrap_seam(dets, cut_width)
-            dets = dets.scaled((width / cut_width, height / cut_height)).clipped(width, height)
-            results.append(merge_boxes(dets, self.config.merge_overlap))
+            results.append(dets.scaled((width / cut_width, height / cut_height)).clipped(width, height))
         return results
 
     def _seam_pad(self, width: int) -> int:
         """Width of the strip copied across the seam: one tile, so seam objects up to a tile are whole."""
         return min(width, self.config.tile_size or width // 4)
 
-    def _predict(self, crops: list[np.ndarray]) -> list[Detections]:
-        """Run every model on a batch of crops; per-class thresholds applied."""
-        threshold = np.array([self.config.thresholds[c] for c in CLASS_NAMES], np.float32)
+    def _predict(self, crops: list[np.ndarray], threshold: np.ndarray, imgsz: int) -> list[Detections]:
+        """Run every model on a batch of crops at input size `imgsz`; per-class `threshold` applied."""
         per_crop: list[list[Detections]] = [[] for _ in crops]
         for path, (model, to_canonical) in zip(self.config.models, self.loaded_models, strict=True):
             if is_baseline(path):  # a face finder: one crop at a time, shrunk to imgsz as YOLO's are
                 face_threshold = float(threshold[CLASS_NAMES.index("face")])
                 for i, crop in enumerate(crops):
-                    shrink = min(1.0, self.config.imgsz / max(crop.shape[:2]))
+                    shrink = min(1.0, imgsz / max(crop.shape[:2]))
                     per_crop[i].append(find_at_scale(model, crop, face_threshold, shrink))
                 continue
             results = model.predict(
                 crops,
-                imgsz=self.config.imgsz,
+                imgsz=imgsz,
                 conf=float(threshold.min()),
                 iou=self.config.nms_iou,
                 device=self.config.device,

@@ -104,24 +104,32 @@ def merge_boxes(detections: Detections, overlap_threshold: float) -> Detections:
     """
     if len(detections) < 2:
         return detections
+    groups = merge_groups(detections, overlap_threshold)
+    merged_boxes, merged_scores, merged_classes = [], [], []
+    for group in range(groups.max() + 1):
+        members = groups == group
+        best = np.flatnonzero(members)[np.argmax(detections.scores[members])]
+        boxes = detections.xyxy[members]
+        merged_boxes.append(np.concatenate([boxes[:, :2].min(0), boxes[:, 2:].max(0)]))
+        merged_scores.append(detections.scores[best])
+        merged_classes.append(detections.class_id[best])
+    return Detections(np.stack(merged_boxes), merged_scores, merged_classes)
+
+
+def merge_groups(detections: Detections, overlap_threshold: float) -> np.ndarray:
+    """Per box, the index of the box of `merge_boxes`' result that it merges into."""
     xyxy, scores, class_id = detections.xyxy, detections.scores, detections.class_id
     area = detections.area
-    order = np.argsort(-scores, kind="stable")
-    absorbed = np.zeros(len(detections), bool)
-    merged_boxes, merged_scores, merged_classes = [], [], []
-    for i in order:
-        if absorbed[i]:
+    groups = np.full(len(detections), -1)
+    for i in np.argsort(-scores, kind="stable"):
+        if groups[i] >= 0:
             continue
         inter_wh = np.clip(
             np.minimum(xyxy[i, 2:], xyxy[:, 2:]) - np.maximum(xyxy[i, :2], xyxy[:, :2]), 0, None
         )
         inter = inter_wh[:, 0] * inter_wh[:, 1]
         smaller = np.maximum(np.minimum(area[i], area), 1e-9)
-        group = (~absorbed) & (class_id == class_id[i]) & (inter / smaller > overlap_threshold)
+        group = (groups < 0) & (class_id == class_id[i]) & (inter / smaller > overlap_threshold)
         group[i] = True
-        absorbed |= group
-        members = xyxy[group]
-        merged_boxes.append(np.concatenate([members[:, :2].min(0), members[:, 2:].max(0)]))
-        merged_scores.append(scores[i])
-        merged_classes.append(class_id[i])
-    return Detections(np.stack(merged_boxes), merged_scores, merged_classes)
+        groups[group] = groups.max() + 1
+    return groups

@@ -39,10 +39,12 @@ from blurring.image_io import decode_image
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import Detector, DetectorConfig, model_id, resolve_models
 from detection.tiling import merge_boxes
+from detection.verify import blurred_by_cascade, proposed_boxes
 from eval.datasets import LabelledImage
 from eval.metrics import (
     PRCurve,
     coco_metrics,
+    left_unblurred,
     precision_recall,
     privacy_metrics,
     privacy_sweep,
@@ -72,6 +74,10 @@ class ModelResult:
     # On the labels as published, where the evaluated ones are corrected: "coco" and "privacy" (at
     # the deployed thresholds); None otherwise.
     raw: dict[str, dict] | None = None
+    # The two stages at the deployed thresholds: "proposal_thresholds", "verify_thresholds" (None with
+    # verification off), "proposals" (`privacy_metrics` of every proposal blurred) and "left_unblurred"
+    # (`eval.metrics.left_unblurred`: the real proposals the deployed detector does not blur)
+    stages: dict[str, dict] | None = None
 
 
 @dataclass(frozen=True)
@@ -111,10 +117,44 @@ def scan_config(config: DetectorConfig) -> DetectorConfig:
     return dataclasses.replace(config, thresholds=thresholds, merge_overlap=math.inf)
 
 
-def at_thresholds(unmerged: Detections, thresholds: dict[str, float], merge_overlap: float) -> Detections:
-    """What a detector with per-class `thresholds` returns, from its boxes before the tile merge."""
-    limit = np.array([thresholds[name] for name in CLASS_NAMES], np.float32)
-    return merge_boxes(unmerged[unmerged.scores >= limit[unmerged.class_id]], merge_overlap)
+def at_thresholds(
+    unmerged: Detections,
+    thresholds: dict[str, float],
+    merge_overlap: float,
+    zoom: np.ndarray | None = None,
+    proposal_thresholds: dict[str, float] | None = None,
+    verify_thresholds: dict[str, float] | None = None,
+) -> Detections:
+    """What a detector with per-class `thresholds` returns, from its boxes before the tile merge; with
+    `zoom` (their zoom scores, `zoom_pass`), what it returns with verification on at those stages'
+    thresholds (`detection.verify.blurred_by_cascade`, the detector's own rule)."""
+    keep = blurred_by_cascade(unmerged, zoom, thresholds, proposal_thresholds or {}, verify_thresholds or {})
+    return merge_boxes(unmerged[keep], merge_overlap)
+
+
+def zoom_pass(
+    images: list[LabelledImage],
+    config: Config,
+    unmerged: list[Detections],
+    proposal_thresholds: dict[str, float],
+    label: str,
+    progress: bool,
+) -> list[np.ndarray]:
+    """Per image, the zoom score of each box of `unmerged` (an inference pass's boxes) that scores at
+    least its class's `proposal_thresholds`, sure boxes included (so that any sure threshold can be
+    evaluated); NaN for the others. In this process, with `config`'s detector."""
+    detector = Detector(config.detect, require_every_class=False)
+    scores = []
+    for image, dets in tqdm(
+        list(zip(images, unmerged, strict=True)), desc=f"{label} zoom", disable=not progress, file=sys.stderr
+    ):
+        proposed = proposed_boxes(dets, proposal_thresholds)
+        zoom = np.full(len(dets), np.nan)
+        if proposed.any():
+            pixels = read_pixels(image, config.max_pixels)
+            zoom[proposed] = detector.zoom_scores(pixels, dets[proposed], np.ones(proposed.sum(), bool))
+        scores.append(zoom)
+    return scores
 
 
 def best_of_groups(unmerged: Detections, merge_overlap: float) -> Detections:
@@ -210,12 +250,26 @@ def _evaluate_model(
     raw_images: list[LabelledImage] | None = None,
 ) -> ModelResult:
     deployed = config.detect.thresholds  # every class, filled in by DetectorConfig
-    unmerged, inference_s = detection_pass(
-        images, scan_config(config.detect), config.max_pixels, label, progress
-    )
+    detect = config.detect
+    unmerged, inference_s = detection_pass(images, scan_config(detect), config.max_pixels, label, progress)
+    zoom: list[np.ndarray | None] = [None] * len(images)
+    if detect.verify == "on":
+        start = time.perf_counter()
+        zoom = zoom_pass(images, config, unmerged, detect.proposal_thresholds, label, progress)
+        inference_s += time.perf_counter() - start
 
     def detections_at(thresholds: dict[str, float]) -> list[Detections]:
-        return [at_thresholds(dets, thresholds, config.detect.merge_overlap) for dets in unmerged]
+        return [
+            at_thresholds(
+                dets,
+                thresholds,
+                detect.merge_overlap,
+                z,
+                detect.proposal_thresholds,
+                detect.verify_thresholds,
+            )
+            for dets, z in zip(unmerged, zoom, strict=True)
+        ]
 
     predictions = [best_of_groups(dets, config.detect.merge_overlap) for dets in unmerged]
     sweep = sorted(set(SWEEP) | set(deployed.values()))
@@ -230,6 +284,13 @@ def _evaluate_model(
     detections = {
         "deployed": detections_at(deployed),
         "target": detections_at({n: deployed[n] if target[n] is None else target[n] for n in CLASS_NAMES}),
+    }
+    proposals = [at_thresholds(dets, detect.proposal_thresholds, detect.merge_overlap) for dets in unmerged]
+    stages = {
+        "proposal_thresholds": detect.proposal_thresholds,
+        "verify_thresholds": detect.verify_thresholds if detect.verify == "on" else None,
+        "proposals": privacy_metrics(images, proposals, config.blur),
+        "left_unblurred": left_unblurred(images, proposals, detections["deployed"], config.blur),
     }
     return ModelResult(
         label=label,
@@ -249,4 +310,5 @@ def _evaluate_model(
             "coco": coco_metrics(raw_images, predictions),
             "privacy": privacy_metrics(raw_images, detections["deployed"], config.blur),
         },
+        stages=stages,
     )

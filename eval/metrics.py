@@ -346,3 +346,30 @@ def threshold_within_budget(
         and row["false_blur_area"] <= max_false_area + 1e-12
     ]
     return min(meeting) if meeting else None
+
+
+def left_unblurred(
+    images: list[LabelledImage], proposals: list[Detections], blurred: list[Detections], blur: BlurConfig
+) -> dict[str, dict]:
+    """Per class and `all` labelled classes: the real objects (ground-truth boxes) that the `proposals`
+    would blur, and the share of them that `blurred` (what the two stages blur) leaves unblurred: with
+    verification on, the real proposals the verifier rejected. None where no object was proposed."""
+    proposed, kept, gt_class = [], [], []
+    for image, offered, final in zip(images, proposals, blurred, strict=True):
+        proposed.append(blur_outcome(image, offered, blur)[0])
+        kept.append(blur_outcome(image, final, blur)[0])
+        gt_class.append(image.boxes.class_id)
+    proposed_all, kept_all, classes = (np.concatenate(c) for c in (proposed, kept, gt_class))
+    labelled = [k for k in range(len(CLASS_NAMES)) if (classes == k).any()]
+
+    def figures(chosen: np.ndarray) -> dict:
+        offered = proposed_all & chosen
+        lost = int((offered & ~kept_all).sum())
+        return {
+            "proposed": int(offered.sum()),
+            "left_unblurred": lost,
+            "fraction": lost / int(offered.sum()) if offered.any() else None,
+        }
+
+    per_class = {name: figures(classes == k) for k, name in enumerate(CLASS_NAMES)}
+    return per_class | {"all": figures(np.isin(classes, labelled))}

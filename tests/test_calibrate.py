@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from blurring.config import Config, load_config
-from detection.detections import Detections
+from detection.detections import CLASS_NAMES, Detections
 from eval.calibrate import calibrate
 from eval.datasets import LabelledImage, load_split
 from eval.evaluate import DetectionPass, run_evaluation
@@ -144,6 +144,47 @@ def test_calibrate_and_eval_give_the_same_figures_for_the_same_detections(monkey
         assert row["false_blurs_per_image"] == evaluated["false_blurs_per_image"]
 
 
+def fake_zoom_pass(images, config, unmerged, proposal_thresholds, label, progress):
+    """Zoom scores made up from the boxes' own: every box at or above its proposal threshold gets one."""
+    limit = np.array([proposal_thresholds[name] for name in CLASS_NAMES])
+    return [np.where(d.scores >= limit[d.class_id], (d.scores * 7) % 1, np.nan) for d in unmerged]
+
+
+def test_with_verification_calibrate_chooses_both_stages_as_eval_scores_them(monkeypatch, street):
+    images, unmerged = street
+    monkeypatch.setattr("eval.calibrate.detection_pass_in_process", fake_detection_pass(unmerged))
+    monkeypatch.setattr("eval.calibrate.zoom_pass", fake_zoom_pass)
+    monkeypatch.setattr("eval.evaluate.zoom_pass", fake_zoom_pass)
+    config = load_config(overrides={"detect.verify": "on"})
+    results = calibrate([images], config, progress=False, proposal_targets={"face": 0.9, "plate": 0.95})
+    by_option = {(r.name, r.option): r for r in results}
+    assert {option for _, option in by_option} == {"thresholds", "proposal_thresholds", "verify_thresholds"}
+    proposals = by_option["face", "proposal_thresholds"]
+    reaching = [r["threshold"] for r in proposals.rows if r["blurred"] >= 0.9]
+    assert proposals.chosen == max(reaching)
+    verifier = by_option["face", "verify_thresholds"]
+    for row in (r for r in verifier.rows if r["threshold"] in (0.1, 0.3, 0.6)):
+        overrides = {
+            "detect.verify": "on",
+            "detect.proposal_thresholds.face": proposals.chosen,
+            "detect.proposal_thresholds.plate": by_option["plate", "proposal_thresholds"].chosen,
+            "detect.verify_thresholds.face": row["threshold"],
+        }
+        evaluation = run_evaluation(
+            images,
+            [load_config(None, overrides)],
+            progress=False,
+            detection_pass=fake_detection_pass(unmerged),
+        )
+        evaluated = evaluation.models[0].privacy["deployed"]["face"]
+        assert row["blurred"] == evaluated["blurred"]["all"], row
+        assert row["false_blurs_per_image"] == evaluated["false_blurs_per_image"]
+        assert row["false_blur_area"] == evaluated["false_blur_area"]
+    # A lower verify threshold lets more proposals blur: never fewer objects blurred.
+    blurred = [r["blurred"] for r in sorted(verifier.rows, key=lambda r: r["threshold"])]
+    assert blurred == sorted(blurred, reverse=True) and blurred[0] > blurred[-1]
+
+
 def test_the_reported_target_thresholds_are_those_calibrate_chooses(monkeypatch, street, tmp_path):
     """The same rule on the same figure: the highest swept threshold whose blurred fraction reaches the
     target, though the loose faces never reach any recall at IoU 0.5."""
@@ -168,4 +209,4 @@ def test_cli_calibrates_on_the_whole_of_a_folder_named_like_a_shared_set(tmp_pat
     root = other_photos_named(tmp_path / "street-faces-plates")
     out = tmp_path / "calibration.md"
     assert main(["calibrate", "--data", str(root), "--out", str(out)]) == 0
-    assert "## plate: 3 images" in out.read_text()  # all of them, not a split
+    assert "## plate, detect.thresholds: 3 images" in out.read_text()  # all of them, not a split

@@ -234,9 +234,9 @@ def _run_calibrate(args: argparse.Namespace) -> int:
     if args.out:
         write_file_atomically(args.out, text.encode())
     print(text)
-    chosen = [f"--set detect.thresholds.{r.name}={r.chosen}" for r in results if r.chosen is not None]
+    chosen = [f"--set detect.{r.option}.{r.name}={r.chosen}" for r in results if r.chosen is not None]
     print("thresholds: " + " ".join(chosen))
-    missed = [f"{r.name} ({r.rule})" for r in results if r.chosen is None]
+    missed = [f"{r.name} {r.option} ({r.rule})" for r in results if r.chosen is None]
     if missed:
         print(f"no swept threshold meets {', '.join(missed)}", file=sys.stderr)
     return 1 if missed else 0
