@@ -12,7 +12,7 @@ from blurring import anonymize
 from blurring.config import Config
 from blurring.image_io import BadImageError, DecodedImage, decode_image, encode_image
 from detection.detections import Detections
-from detection.detector import Detector
+from detection.detector import Detector, Screened
 
 
 @dataclass
@@ -24,8 +24,19 @@ class Outcome:
     output: bytes | None = None
     width: int = 0
     height: int = 0
-    detections: Detections = field(default_factory=Detections)
+    detections: Detections = field(default_factory=Detections)  # what was blurred
     timings_ms: dict[str, float] = field(default_factory=dict)
+    # The proposals that were not blurred, and per box the stage that left it so: "detector" (under its
+    # class's threshold, with verification off) or "verifier" (rejected by it).
+    proposals: Detections = field(default_factory=Detections)
+    proposal_stages: tuple[str, ...] = ()
+
+    def proposal_records(self) -> list[dict]:
+        """The unblurred proposals as `Detections.to_records`, each with its `stage`."""
+        records = self.proposals.to_records()
+        return [
+            record | {"stage": stage} for record, stage in zip(records, self.proposal_stages, strict=True)
+        ]
 
 
 def blur_images(inputs: list[tuple[bytes, str]], detector: Detector, config: Config) -> list[Outcome]:
@@ -57,7 +68,7 @@ def blur_images(inputs: list[tuple[bytes, str]], detector: Detector, config: Con
             continue
         try:
             start = time.perf_counter()
-            blurred = anonymize(image.pixels, result, config.blur)
+            blurred = anonymize(image.pixels, result.blurred, config.blur)
             outcome.timings_ms["blur"] = _ms_since(start)
             start = time.perf_counter()
             output = encode_image(image, blurred, inputs[i][1], config.keep_metadata, config.quality)
@@ -65,7 +76,8 @@ def blur_images(inputs: list[tuple[bytes, str]], detector: Detector, config: Con
         except Exception as error:  # noqa: BLE001 -- any failure must fail closed, with its reason
             outcome.error = _reason("blurring", error)
             continue
-        outcome.status, outcome.output, outcome.detections = "blurred", output, result
+        outcome.status, outcome.output, outcome.detections = "blurred", output, result.blurred
+        outcome.proposals, outcome.proposal_stages = result.unblurred, result.stages
     return outcomes
 
 
@@ -74,12 +86,12 @@ def blur_image_bytes(data: bytes, output_format: str, detector: Detector, config
     return blur_images([(data, output_format)], detector, config)[0]
 
 
-def _detect(detector: Detector, images: list) -> list[Detections | Exception]:
-    """Detections per image; an image whose detection raised gets the exception instead."""
+def _detect(detector: Detector, images: list) -> list[Screened | Exception]:
+    """`Detector.screen_batch` per image; an image whose detection raised gets the exception instead."""
     if not images:
         return []
     try:
-        return list(detector.detect_batch(images))
+        return list(detector.screen_batch(images))
     except Exception as error:  # noqa: BLE001 -- reported per image, never swallowed
         if len(images) == 1:
             return [error]

@@ -473,7 +473,7 @@ class _BrokenDetector:
     def __init__(self, config) -> None:
         pass
 
-    def detect_batch(self, images):
+    def screen_batch(self, images):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")
 
 

@@ -145,3 +145,31 @@ def test_a_first_index_is_created_only_if_no_other_run_created_one_meanwhile(tar
     with pytest.raises(IndexChanged):
         compact(target, empty, ["20260102T000000Z-bbbbbb"])
     assert read_index(target) == created
+
+
+def test_proposals_round_trip_and_parts_written_before_the_column_read_as_none_proposed(tmp_path):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    target = Storage(str(tmp_path))
+    proposal = {"class": "face", "score": 0.125, "box": [1.0, 2.0, 30.0, 40.0], "stage": "verifier"}
+    write_rows(
+        target,
+        run_part_key("20260102T000000Z-bbbbbb", "part", 0),
+        [row("new.jpg", "r") | {"proposals": [proposal]}],
+    )
+    # A part as a job wrote it before `proposals` was appended to the schema
+    old_schema = pa.schema([f for f in MANIFEST_SCHEMA if f.name != "proposals"])
+    old_row = {k: v for k, v in row("old.jpg", "20260101T000000Z-aaaaaa").items() if k != "proposals"}
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([old_row], schema=old_schema), buffer)
+    target.write(run_part_key("20260101T000000Z-aaaaaa", "part", 0), buffer.getvalue())
+    assert MANIFEST_SCHEMA.names[-1] == "proposals"  # appended at the end: old columns keep their places
+
+    index = compact(target, read_index(target), uncompacted_runs(target, read_index(target)))
+    rows = {r["key"]: r for r in read_manifest_rows(target)}
+    assert rows["old.jpg"]["proposals"] == []
+    assert rows["new.jpg"]["proposals"] == [proposal]
+    assert index["parts"]

@@ -30,7 +30,7 @@ class ImagePipelineActor:
         readable = [i for i, error in enumerate(batch["error"]) if not error]
         outcomes = self._blur({i: (bytes(batch["data"][i]), str(batch["format"][i])) for i in readable})
         columns: dict[str, list] = {name: [] for name in ("output", "status", "error", "width", "height")}
-        columns |= {"boxes": [], "model_id": [], "settings_digest": []}
+        columns |= {"boxes": [], "proposals": [], "model_id": [], "settings_digest": []}
         columns |= {c: [] for c in TIMING_COLUMNS if c != "write_ms"}
         for i in range(len(keys)):
             outcome = outcomes.get(i) or Outcome("failed", error=batch["error"][i])  # unreadable input
@@ -40,6 +40,7 @@ class ImagePipelineActor:
             columns["width"].append(outcome.width)
             columns["height"].append(outcome.height)
             columns["boxes"].append(json.dumps(outcome.detections.to_records()))
+            columns["proposals"].append(json.dumps(outcome.proposal_records()))
             columns["model_id"].append(self.detector.model_id)
             columns["settings_digest"].append(self.settings_digest)
             columns["read_ms"].append(float(batch["read_ms"][i]))

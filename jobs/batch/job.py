@@ -350,6 +350,7 @@ class _WriteStage:
             "size": row["size"],
             "run_id": self.run_id,
             "finished_at": datetime.now(timezone.utc),
+            "proposals": json.loads(row["proposals"]) if status == "blurred" else [],
             "block": row["block"],
             "block_todo": row["block_todo"],
         }

@@ -53,6 +53,8 @@ INDEX_KEY = f"{AUDIT_DIR}/manifest.json"
 STATE_PART_ROWS = 20_000
 READ_AHEAD = 4  # parts read in parallel while merging (each source)
 BOX_TYPE = pa.struct([("class", pa.string()), ("score", pa.float32()), ("box", pa.list_(pa.float32(), 4))])
+# stage: "detector" (under its class's blur threshold, not verified) or "verifier" (rejected by it)
+PROPOSAL_TYPE = pa.struct([*BOX_TYPE, ("stage", pa.string())])
 MANIFEST_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -76,6 +78,9 @@ MANIFEST_SCHEMA = pa.schema(
         ("size", pa.int64()),
         ("run_id", pa.string()),
         ("finished_at", pa.timestamp("ms", tz="UTC")),
+        # Proposals that were not blurred (blurring.pipeline.Outcome.proposals); [] in rows written before
+        # this column existed
+        ("proposals", pa.list_(PROPOSAL_TYPE)),
     ]
 )
 TIMING_COLUMNS = ("read_ms", "decode_ms", "detect_ms", "blur_ms", "encode_ms", "write_ms")
@@ -109,8 +114,12 @@ def write_rows(target: Storage, key: str, rows: list[dict]) -> None:
 
 
 def read_rows(target: Storage, key: str) -> list[dict]:
-    """The rows of one Parquet part."""
-    return pq.read_table(io.BytesIO(target.read(key)), schema=MANIFEST_SCHEMA).to_pylist()
+    """The rows of one Parquet part; a part written before a list column existed reads it as []."""
+    rows = pq.read_table(io.BytesIO(target.read(key)), schema=MANIFEST_SCHEMA).to_pylist()
+    for row in rows:
+        if row["proposals"] is None:
+            row["proposals"] = []
+    return rows
 
 
 class IndexChanged(RuntimeError):
