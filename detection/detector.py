@@ -32,10 +32,10 @@ DEFAULT_MODEL = Path(__file__).parent / "weights" / "streetblur-n.pt"
 # per image (the privacy targets, face 0.95 / plate 0.97 blurred, cost more; see
 # detection/weights/MODEL_CARD.md).
 DEFAULT_THRESHOLDS = {"face": 0.35, "plate": 0.25}
-# The two stages (detection.verify), chosen by `streetblur calibrate --verify` on the dev splits: proposals
-# reach 0.97 of faces and 0.985 of plates; verified proposals blur within the false-blur budget.
-DEFAULT_PROPOSAL_THRESHOLDS = {"face": 0.05, "plate": 0.03}
-DEFAULT_VERIFY_THRESHOLDS = {"face": 0.35, "plate": 0.25}
+# The two stages (detection.verify), chosen by `streetblur calibrate --set detect.verify=on` on the dev
+# splits: proposals reach 0.97 of faces and 0.985 of plates; verified ones blur within the budgets.
+DEFAULT_PROPOSAL_THRESHOLDS = {"face": 0.02, "plate": 0.01}
+DEFAULT_VERIFY_THRESHOLDS = {"face": 0.3, "plate": 0.25}
 ZOOM_SCAN_THRESHOLD = 0.01  # score threshold of the zoomed-in re-detection
 
 
@@ -51,7 +51,7 @@ class DetectorConfig:
     # Second stage (detection.verify): "on" re-detects each proposal (a box scored from its class's
     # `proposal_thresholds` up to its `thresholds`) zoomed in, and blurs it when the combined score
     # reaches `verify_thresholds`; "off" blurs sure boxes only. Unblurred proposals are reported either way.
-    verify: str = "off"
+    verify: str = "on"
     proposal_thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PROPOSAL_THRESHOLDS))
     verify_thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_VERIFY_THRESHOLDS))
     verify_object_px: int = 48  # a proposal's longer side in its zoomed-in crop
@@ -201,16 +201,14 @@ class Detector:
             for image, found in zip(images, self._find(images, view_thresholds), strict=True)
         ]
 
-    def zoom_scores(self, image: np.ndarray, proposals: Detections, needed: np.ndarray) -> np.ndarray:
+    def zoom_scores(self, image: np.ndarray, proposals: Detections) -> np.ndarray:
         """The zoom score of each of `proposals` in `image` (`detection.verify.zoom_scores`): every box
-        scoring at least its class's proposal threshold, before the tile merge; NaN for those whose
-        merge group has no box marked in `needed`."""
+        scoring at least its class's proposal threshold, before the tile merge."""
         threshold = np.full(len(CLASS_NAMES), ZOOM_SCAN_THRESHOLD, np.float32)
         config = self.config
         return zoom_scores(
             image,
             proposals,
-            needed,
             lambda canvases: self._predict(canvases, threshold, config.verify_imgsz),
             config.merge_overlap,
             config.verify_object_px,
@@ -227,7 +225,7 @@ class Detector:
             proposed = proposed_boxes(found, config.proposal_thresholds)
             zoom = np.full(len(found), np.nan)
             if pending.any():
-                zoom[proposed] = self.zoom_scores(image, found[proposed], pending[proposed])
+                zoom[proposed] = self.zoom_scores(image, found[proposed])
         blurs = blurred_by_cascade(
             found, zoom, config.thresholds, config.proposal_thresholds, config.verify_thresholds
         )

@@ -69,7 +69,6 @@ def needs_verifying(
 def zoom_scores(
     image: np.ndarray,
     proposals: Detections,
-    needed: np.ndarray,
     detect: Callable[[list[np.ndarray]], list[Detections]],
     merge_overlap: float,
     object_px: int,
@@ -79,14 +78,14 @@ def zoom_scores(
     """The zoom score of each of `proposals` (boxes in `image`'s pixels, before the tile merge), found by
     `detect` (a batch of BGR canvases -> their detections, at a low threshold) on canvases built as the
     module says. Proposals are grouped as the tile merge groups them (`merge_overlap`), and each group's
-    union is zoomed once: its score is every member's. Only groups with a member marked in `needed` are
-    zoomed; the others' members get NaN."""
+    union is zoomed once: its score is every member's. Every group is zoomed, so that a group's score
+    does not depend on which other groups share its canvas."""
     scores = np.full(len(proposals), np.nan)
     if not len(proposals):
         return scores
     groups = merge_groups(proposals, merge_overlap)
     unions = merge_boxes(proposals, merge_overlap)
-    zoomed = np.unique(groups[needed])
+    zoomed = np.arange(len(unions))
     cell = max(1, round(object_px * context))
     per_side = max(1, canvas_px // cell)
     per_canvas = per_side * per_side

@@ -152,7 +152,7 @@ def zoom_pass(
         zoom = np.full(len(dets), np.nan)
         if proposed.any():
             pixels = read_pixels(image, config.max_pixels)
-            zoom[proposed] = detector.zoom_scores(pixels, dets[proposed], np.ones(proposed.sum(), bool))
+            zoom[proposed] = detector.zoom_scores(pixels, dets[proposed])
         scores.append(zoom)
     return scores
 

@@ -99,8 +99,18 @@ def test_json_has_the_documented_keys(report_dir, subset, detector):
     [model] = report["models"]
     assert set(model) == {
         "label", "model_id", "model_files", "predictions_file", "inference_s", "blur", "thresholds",
-        "coco", "privacy", "raw_labels", "blurred_sweep", "pr_curve",
+        "coco", "privacy", "raw_labels", "blurred_sweep", "pr_curve", "stages",
     }  # fmt: skip
+    stages = model["stages"]
+    assert set(stages) == {"proposal_thresholds", "verify_thresholds", "proposals", "left_unblurred"}
+    assert set(stages["verify_thresholds"]) == set(stages["proposal_thresholds"]) == {"face", "plate"}
+    lost = stages["left_unblurred"]["face"]
+    assert 0 <= lost["left_unblurred"] <= lost["proposed"] and lost["fraction"] is not None
+    # the proposals include every box the deployed detector keeps: they blur at least as many faces
+    assert (
+        stages["proposals"]["face"]["blurred"]["all"]
+        >= model["privacy"]["deployed"]["face"]["blurred"]["all"]
+    )
     assert model["predictions_file"] == "predictions.json"
     assert model["model_id"] == detector.model_id  # the weights that ran (INT8 on CPU)
     assert set(model["coco"]["face"]) == {
@@ -170,7 +180,7 @@ def test_boxes_before_the_merge_give_the_detector_at_any_threshold(detector, sam
         replace(detector.config, thresholds={"face": 0.01, "plate": 0.01}, merge_overlap=math.inf)
     )
     unmerged = scan.detect(image)
-    expected = detector.detect(image)
+    expected = Detector(replace(detector.config, verify="off")).detect(image)  # zoom scores: test_verify
     found = at_thresholds(unmerged, detector.config.thresholds, detector.config.merge_overlap)
     np.testing.assert_array_equal(found.xyxy, expected.xyxy)
     np.testing.assert_array_equal(found.class_id, expected.class_id)

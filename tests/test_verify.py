@@ -28,9 +28,10 @@ def verifying() -> Detector:
     return Detector(DetectorConfig(verify="on", proposal_thresholds=PROPOSAL))
 
 
-def test_with_verification_off_sure_boxes_blur_and_the_other_proposals_are_reported(detector, crowd):
-    screened = Detector(DetectorConfig(proposal_thresholds=PROPOSAL)).screen_batch([crowd])[0]
-    assert np.array_equal(screened.blurred.xyxy, detector.detect(crowd).xyxy)  # as before the two stages
+def test_with_verification_off_sure_boxes_blur_and_the_other_proposals_are_reported(crowd):
+    screened = Detector(DetectorConfig(verify="off", proposal_thresholds=PROPOSAL)).screen_batch([crowd])[0]
+    plain = Detector(DetectorConfig(verify="off", proposal_thresholds=SURE))  # no proposals: one stage
+    assert np.array_equal(screened.blurred.xyxy, plain.detect(crowd).xyxy)  # proposals change no sure box
     unblurred = screened.unblurred
     assert len(unblurred) > 0
     assert set(screened.stages) == {"detector"}
@@ -40,7 +41,7 @@ def test_with_verification_off_sure_boxes_blur_and_the_other_proposals_are_repor
 
 
 def test_verified_proposals_blur_and_rejected_ones_are_reported_by_the_verifier(verifying, crowd):
-    plain = Detector(DetectorConfig(proposal_thresholds=PROPOSAL)).screen_batch([crowd])[0]
+    plain = Detector(DetectorConfig(verify="off", proposal_thresholds=PROPOSAL)).screen_batch([crowd])[0]
     everything = replace(verifying.config, verify_thresholds=dict.fromkeys(CLASS_NAMES, 0.0))
     verifying.config = everything  # every proposal passes
     try:
@@ -61,7 +62,7 @@ def test_zoom_scores_a_labelled_face_above_a_patch_of_background(verifying, crow
         [[0, 0, 24, 24], [width - 24, height - 24, width, height]], [0.1, 0.1], [FACE] * 2
     )
     boxes = Detections.concat([Detections(faces.xyxy, np.full(len(faces), 0.1), faces.class_id), background])
-    scores = verifying.zoom_scores(crowd, boxes, np.ones(len(boxes), bool))
+    scores = verifying.zoom_scores(crowd, boxes)
     assert np.median(scores[: len(faces)]) > 0.5
     assert (scores[len(faces) :] < 0.1).all()
 
