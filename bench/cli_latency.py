@@ -48,8 +48,8 @@ PHOTOS = {
     "small": sorted((DATASETS / "faces-crowd" / "images").glob("*.jpg")),
 }
 PLANS = {
-    "tiles": {},  # the defaults: 640 px tiles overlapping by 20%, plus the whole image at 640; verify on
-    "tiles-verify-off": {"detect.verify": "off"},  # the same views, sure boxes only (before issue 27)
+    "tiles": {},  # the defaults: 640 px tiles overlapping by 20%, plus the whole image at 640
+    "tiles-verify": {"detect.verify": "on"},  # the same views, then the zoom-in verifier (detection.verify)
     "whole-1280": {"detect.tile_size": 0, "detect.imgsz": 1280},  # one pass at native size up to 1280
     "tiles-736": {"detect.tile_size": 736, "detect.imgsz": 736},  # 2 tiles + whole for 1280x720
 }

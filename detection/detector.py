@@ -51,7 +51,7 @@ class DetectorConfig:
     # Second stage (detection.verify): "on" re-detects each proposal (a box scored from its class's
     # `proposal_thresholds` up to its `thresholds`) zoomed in, and blurs it when the combined score
     # reaches `verify_thresholds`; "off" blurs sure boxes only. Unblurred proposals are reported either way.
-    verify: str = "on"
+    verify: str = "off"
     proposal_thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PROPOSAL_THRESHOLDS))
     verify_thresholds: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_VERIFY_THRESHOLDS))
     verify_object_px: int = 48  # a proposal's longer side in its zoomed-in crop

@@ -76,7 +76,7 @@ def test_cli_prints_the_thresholds_to_set(tmp_path, capsys):
     assert main(args) == 0
     printed = capsys.readouterr().out
     assert "--set detect.thresholds.plate=" in printed and "face" not in printed.splitlines()[-1]
-    assert "## plate: 20 images" in out.read_text()
+    assert "## plate, detect.thresholds: 20 images" in out.read_text()
 
 
 def test_pooled_sets_whose_image_ids_collide_are_scored_image_by_image(tmp_path, dashcam_plate):

@@ -24,7 +24,7 @@ from blurring.config import Config
 from blurring.image_io import decode_image
 from blurring.pipeline import blur_image_bytes
 from detection.detections import CLASS_NAMES, Detections
-from detection.detector import DEFAULT_PROPOSAL_THRESHOLDS
+from detection.detector import DEFAULT_THRESHOLDS
 from jobs.cli.main import build_parser, main
 from jobs.cli.options import config_from_args
 from tests.conftest import SAMPLES
@@ -162,7 +162,7 @@ def test_detections_report_has_the_documented_shape(crowd_run, detector):
     for det in record["detections"]:
         assert set(det) == {"class", "score", "box"}
         assert det["class"] in CLASS_NAMES
-        assert DEFAULT_PROPOSAL_THRESHOLDS[det["class"]] <= det["score"] <= 1.0  # sure, or verified
+        assert DEFAULT_THRESHOLDS[det["class"]] <= det["score"] <= 1.0
         x1, y1, x2, y2 = det["box"]
         assert 0 <= x1 < x2 <= record["width"]
         assert 0 <= y1 < y2 <= record["height"]

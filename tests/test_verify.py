@@ -11,7 +11,9 @@ from blurring.pipeline import blur_image_bytes
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import Detector, DetectorConfig
 from detection.verify import blurred_by_cascade, cascade_score
-from tests.conftest import SAMPLES, sample_labels
+from eval.datasets import load_split
+from eval.evaluate import read_pixels, run_evaluation
+from tests.conftest import DATASETS, SAMPLES, requires_datasets, sample_labels
 
 FACE, PLATE = CLASS_NAMES.index("face"), CLASS_NAMES.index("plate")
 SURE = {"face": 0.35, "plate": 0.25}
@@ -42,13 +44,14 @@ def test_with_verification_off_sure_boxes_blur_and_the_other_proposals_are_repor
 
 def test_verified_proposals_blur_and_rejected_ones_are_reported_by_the_verifier(verifying, crowd):
     plain = Detector(DetectorConfig(verify="off", proposal_thresholds=PROPOSAL)).screen_batch([crowd])[0]
-    everything = replace(verifying.config, verify_thresholds=dict.fromkeys(CLASS_NAMES, 0.0))
-    verifying.config = everything  # every proposal passes
+    original = verifying.config
     try:
-        passed = verifying.screen_batch([crowd])[0]
+        verifying.config = replace(original, verify_thresholds=dict.fromkeys(CLASS_NAMES, 0.0))
+        passed = verifying.screen_batch([crowd])[0]  # every proposal passes
+        verifying.config = replace(original, verify_thresholds=dict.fromkeys(CLASS_NAMES, 1.0))
+        rejected = verifying.screen_batch([crowd])[0]  # none passes: the plain detector's blur
     finally:
-        verifying.config = replace(everything, verify_thresholds=dict.fromkeys(CLASS_NAMES, 1.0))
-    rejected = verifying.screen_batch([crowd])[0]  # none passes: the plain detector's blur
+        verifying.config = original
     assert len(passed.unblurred) == 0 and len(passed.blurred) > len(plain.blurred)
     assert np.array_equal(rejected.blurred.xyxy, plain.blurred.xyxy)
     assert np.array_equal(rejected.unblurred.xyxy, plain.unblurred.xyxy)
@@ -87,6 +90,19 @@ def test_the_pipeline_records_the_unblurred_proposals_with_their_stage(verifying
     assert {r["stage"] for r in records} == {"verifier"}
     assert set(records[0]) == {"class", "score", "box", "stage"}
     assert len(records) == len(outcome.proposals)
+
+
+@requires_datasets
+def test_eval_with_verification_scores_what_the_verifying_detector_blurs(verifying):
+    """Eval's scan and zoom passes, thresholded afterwards, give the deployed two-stage detector's boxes."""
+    images = load_split(DATASETS / "street-faces-plates", "dev")[:4]
+    config = load_config(overrides={"detect.verify": "on", "detect.proposal_thresholds": PROPOSAL})
+    model = run_evaluation(images, [config], progress=False).models[0]
+    for image, evaluated in zip(images, model.detections["deployed"], strict=True):
+        expected = verifying.detect(read_pixels(image, 10**9))
+        np.testing.assert_array_equal(evaluated.xyxy, expected.xyxy)
+        np.testing.assert_array_equal(evaluated.scores, expected.scores)
+    assert model.stages["verify_thresholds"] == config.detect.verify_thresholds
 
 
 def test_the_cascade_rule_on_hand_made_scores():
