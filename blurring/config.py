@@ -46,6 +46,16 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
 # Options that decide how fast, not what: they leave every output pixel and byte as it is. `models`,
 # `runtime` and `precision` are replaced by what really runs (`output_settings`).
 SPEED_ONLY_OPTIONS = ("device", "batch_size", "threads", "models", "runtime", "precision")
+# The second stage's options (detection.verify): with `detect.verify` off they change no pixel, so they
+# are left out of the settings then, and outputs made before the stage existed keep their digest.
+VERIFY_OPTIONS = (
+    "verify",
+    "proposal_thresholds",
+    "verify_thresholds",
+    "verify_object_px",
+    "verify_context",
+    "verify_imgsz",
+)
 
 
 def output_settings(config: Config, model: str, runtime: str, precision: str) -> dict[str, Any]:
@@ -55,6 +65,9 @@ def output_settings(config: Config, model: str, runtime: str, precision: str) ->
     settings = dataclasses.asdict(config)
     for name in SPEED_ONLY_OPTIONS:
         del settings["detect"][name]
+    if config.detect.verify == "off":
+        for name in VERIFY_OPTIONS:
+            del settings["detect"][name]
     return {"model": model, "runtime": runtime, "precision": precision, **settings}
 
 

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from blurring.config import load_config
+from blurring.config import load_config, output_settings, settings_digest
 from blurring.pipeline import blur_image_bytes
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import Detector, DetectorConfig
@@ -103,6 +103,18 @@ def test_eval_with_verification_scores_what_the_verifying_detector_blurs(verifyi
         np.testing.assert_array_equal(evaluated.xyxy, expected.xyxy)
         np.testing.assert_array_equal(evaluated.scores, expected.scores)
     assert model.stages["verify_thresholds"] == config.detect.verify_thresholds
+
+
+def test_second_stage_options_enter_the_settings_digest_only_with_verification_on():
+    def digest(**overrides) -> str:
+        return settings_digest(output_settings(load_config(overrides=overrides), "m@1", "openvino", "int8"))
+
+    plain = digest()
+    assert digest(**{"detect.proposal_thresholds.face": 0.1, "detect.verify_imgsz": 256}) == plain
+    assert "verify" not in output_settings(load_config(), "m@1", "openvino", "int8")["detect"]
+    verifying = digest(**{"detect.verify": "on"})
+    assert verifying != plain
+    assert digest(**{"detect.verify": "on", "detect.verify_thresholds.face": 0.5}) != verifying
 
 
 def test_the_cascade_rule_on_hand_made_scores():
