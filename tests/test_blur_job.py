@@ -76,6 +76,10 @@ def test_every_input_is_accounted_for_once_with_the_right_status(first_run, buck
     assert (
         first["blurred"] + first["failed"] == len(bucket) and first["skipped"] == first["skipped_failed"] == 0
     )
+    # the proposals left unblurred (verification off: under their class's threshold) ride along
+    proposed = [p for r in rows for p in r["proposals"]]
+    assert proposed and {p["stage"] for p in proposed} == {"detector"}
+    assert all(r["proposals"] == [] for r in rows if r["status"] == "failed")
     errors = {r["key"]: r["error"] for r in rows}
     assert "empty" in errors["bad/zero-bytes.jpg"]
     assert "not an image" in errors["bad/text-named.jpg"]
