@@ -54,7 +54,7 @@ def link_tracks(
     times: np.ndarray,
     max_gap_s: float,
     min_iou: float = 0.1,
-    max_distance: float = 1.0,
+    max_distance: float = 2.0,
 ) -> list[Track]:
     """Every detection of `per_frame` (frame by frame, timestamps `times` in seconds) in exactly one
     track. Tracks are closed once `max_gap_s` passes without a detection of them."""

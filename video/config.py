@@ -39,7 +39,7 @@ class VideoConfig:
     # A detection joins a track when it overlaps the track's predicted box by this IoU, or when its
     # centre lies within `link_distance` box sizes of the predicted centre (small, fast objects).
     link_iou: float = 0.1
-    link_distance: float = 1.0
+    link_distance: float = 2.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.crf <= 51:
