@@ -303,7 +303,13 @@ def _blur_pass(
                 if orientation.matrix:
                     stream_out.set_display_matrix(orientation.matrix)
                 copies = {}
-                for stream in plan.copied:
+                for stream in list(plan.copied):
+                    if not _can_carry(output, container_format, stream.name):
+                        plan.copied.remove(stream)
+                        plan.dropped.append(
+                            f"{describe(stream)}: the {container_format} output cannot hold it"
+                        )
+                        continue
                     copies[stream.index] = output.add_stream_from_template(stream)
                     copies[stream.index].metadata.update(allowed_metadata(stream.metadata))
                 index = _remux(container, plan, stream_out, copies, boxes, pts, config, timings, progress)
@@ -322,6 +328,12 @@ def _blur_pass(
             "copied": [describe(s) for s in plan.copied],
             "dropped": plan.dropped,
         }
+
+
+def _can_carry(output: av.container.OutputContainer, container_format: str, codec: str | None) -> bool:
+    """Whether `output` can hold a stream of `codec` copied as it is. MP4 and QuickTime take data
+    tracks (GoPro `gpmd`, CAMM) that their codec list does not name."""
+    return codec in output.supported_codecs or (codec == "bin_data" and container_format in ("mp4", "mov"))
 
 
 def _remux(container, plan, stream_out, copies, boxes, pts, config, timings, progress) -> int:
