@@ -58,7 +58,7 @@ class VideoOutcome:
     frames: int = 0
     width: int = 0
     height: int = 0
-    detections: int = 0  # boxes the detector found, over all frames
+    detections: dict[str, int] = field(default_factory=dict)  # boxes the detector found, per class
     filled: int = 0  # boxes tracks added (gaps and padding)
     tracks: int = 0
     streams_copied: list[str] = field(default_factory=list)
@@ -151,7 +151,7 @@ def blur_video(
     outcome.frames = len(parts.frames)
     outcome.width, outcome.height = streams["width"], streams["height"]
     outcome.streams_copied, outcome.streams_dropped = streams["copied"], streams["dropped"]
-    outcome.detections = sum(len(d) for d in parts.frames)
+    outcome.detections = Detections.concat(parts.frames).counts()
     outcome.filled = len(added)
     return outcome
 

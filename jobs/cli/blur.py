@@ -157,7 +157,8 @@ def _blur_one_video(source: Path, target: Path, detector, config) -> dict:
         print(
             f"streetblur: {source}: {outcome.frames} frames blurred "
             f"({outcome.frames / seconds:.1f} frames/s over both passes), "
-            f"{outcome.detections} boxes detected, {outcome.filled} added by {outcome.tracks} tracks",
+            f"{sum(outcome.detections.values())} boxes detected, "
+            f"{outcome.filled} added by {outcome.tracks} tracks",
             file=sys.stderr,
         )
         for dropped in outcome.streams_dropped:
