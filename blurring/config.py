@@ -18,17 +18,19 @@ import yaml
 
 from blurring.blur import BlurConfig
 from detection.detector import DetectorConfig
+from video.config import VideoConfig
 
 
 @dataclass(frozen=True)
 class Config:
-    """All options: `detect.*`, `blur.*` and the image input/output options below."""
+    """All options: `detect.*`, `blur.*`, `video.*` and the image input/output options below."""
 
     detect: DetectorConfig = field(default_factory=DetectorConfig)
     blur: BlurConfig = field(default_factory=BlurConfig)
     max_pixels: int = 250_000_000  # larger images are refused (a 16k x 8k panorama is 134 M)
     keep_metadata: bool = True  # keep EXIF (orientation reset) and ICC profile in outputs
     quality: int = 95  # JPEG/WebP output quality
+    video: VideoConfig = field(default_factory=VideoConfig)  # video encoding and tracks (video/)
 
 
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:

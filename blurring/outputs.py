@@ -8,7 +8,9 @@ from pathlib import Path
 from blurring.image_io import FORMAT_BY_SUFFIX, BadImageError, output_format
 
 
-def plan_outputs(source: Path, output: Path, into_folder: bool = False) -> list[tuple[Path, Path]]:
+def plan_outputs(
+    source: Path, output: Path, into_folder: bool = False, video_suffixes: tuple[str, ...] = ()
+) -> list[tuple[Path, Path]]:
     """`(input, output)` file pairs for `streetblur blur SOURCE -o OUTPUT`, checked, before any model
     loads, so that no input is lost and every output can be written.
 
@@ -19,15 +21,17 @@ def plan_outputs(source: Path, output: Path, into_folder: bool = False) -> list[
     folder, lies inside it or holds it; an output file that is an input file (through any spelling,
     symlink or hard link) or lies in the input folder through a link; two inputs whose outputs differ
     only in case (one file on macOS and Windows). Also for a photo's output whose extension names no
-    format we write.
+    format we write. Files ending in one of `video_suffixes` are taken too, and a video's output must
+    be one (any of them: the container is chosen by the output's suffix).
     """
     if not source.exists():
         raise FileNotFoundError(f"{source}: no such file or folder")
     if source.is_dir():
-        suffixes = tuple(FORMAT_BY_SUFFIX)
+        suffixes = tuple(FORMAT_BY_SUFFIX) + video_suffixes
         inputs = sorted(p for p in source.rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
         if not inputs:
-            raise ValueError(f"{source}: no images ({', '.join(suffixes)}) in this folder")
+            kinds = "images or videos" if video_suffixes else "images"
+            raise ValueError(f"{source}: no {kinds} ({', '.join(suffixes)}) in this folder")
         if output.exists() and not output.is_dir():
             raise ValueError(f"{output}: must be a folder when the input is a folder")
         folder, out = source.resolve(), output.resolve()
@@ -59,10 +63,17 @@ def plan_outputs(source: Path, output: Path, into_folder: bool = False) -> list[
                 f"output {output}: no such folder, and no extension to name a file's format "
                 f"({', '.join(FORMAT_BY_SUFFIX)}); end it with / to write into a new folder"
             )
-        try:
-            output_format(target)
-        except BadImageError as error:
-            raise ValueError(str(error)) from None
+        is_video = source.suffix.lower() in video_suffixes
+        if is_video != (target.suffix.lower() in video_suffixes):
+            raise ValueError(
+                f"output {target} of {source}: a video is written as a video ({', '.join(video_suffixes)}) "
+                "and a photo as a photo"
+            )
+        if not is_video:
+            try:
+                output_format(target)
+            except BadImageError as error:
+                raise ValueError(str(error)) from None
         pairs = [(source, target)]
     by_name: dict[str, Path] = {}
     for source_file, target in pairs:

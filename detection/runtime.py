@@ -51,6 +51,7 @@ INT8_SOURCE_FILE = "quantized-from.json"  # in an INT8 model folder: the digest 
 def prepare_ultralytics() -> None:
     """Set the environment ultralytics reads on import (idempotent)."""
     os.environ.setdefault("YOLO_OFFLINE", "1")
+    os.environ.setdefault("YOLO_AUTOINSTALL", "false")  # never pip-install a missing package (e.g. lap)
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()  # Linux
     os.environ.setdefault("OMP_NUM_THREADS", str(usable or 1))

@@ -56,12 +56,15 @@ from jobs.batch.manifest import (
     read_index,
     uncompacted_runs,
 )
+from jobs.batch.videos import is_video_key
 from jobs.ray_cluster import ACTOR_CPUS, BATCH_SIZE, IO_CPUS, start_ray, with_actor_pool
 from storage.objects import InvalidKey, NotFound, Storage, check_key
+from video.config import VIDEO_SUFFIXES
 
 log = logging.getLogger("streetblur.job")
 
-INPUT_SUFFIXES = tuple(FORMAT_BY_SUFFIX)  # outputs keep the input's format, so only writable ones
+# Outputs keep the input's format, so only writable ones; and videos (`jobs.batch.videos`)
+INPUT_SUFFIXES = tuple(FORMAT_BY_SUFFIX) + VIDEO_SUFFIXES
 LISTING_CPUS = 0  # the listing task waits on storage: it reserves no CPU, so actors never starve it
 STREAM_BLOCK_BYTES = 8 * 1024  # Ray Data's block size target: small, so blocks of keys flow at once
 
@@ -234,7 +237,7 @@ def run_pipeline(
     dataset = with_actor_pool(
         dataset,
         ImagePipelineActor,
-        {"config": options.config},
+        {"config": options.config, "source": source, "target": target},
         options.actors,
         options.batch_size,
         options.actor_cpus,
@@ -296,6 +299,9 @@ class _ReadStage:
             row["read_ms"] = 0.0
             return row
         try:
+            if is_video_key(check_key(row["key"])):  # read by the actor that blurs it, from storage
+                row["format"], row["read_ms"] = "video", 0.0
+                return row
             row["format"] = output_format(check_key(row["key"]))
             size = row["size"]
             if size <= self.max_bytes:
@@ -326,12 +332,12 @@ class _WriteStage:
     def __call__(self, row: dict) -> dict:
         start = time.perf_counter()
         status, error = row["status"], row["error"]
-        if status == "blurred":
+        if status == "blurred" and not row["video"]:  # a video's actor wrote it
             try:
                 self.target.write(row["key"], bytes(row["output"]))
             except Exception as failure:  # noqa: BLE001 -- recorded in the manifest, job goes on
                 status, error = "failed", f"write failed: {type(failure).__name__}: {failure}"
-        boxes = json.loads(row["boxes"]) if status == "blurred" else []
+        blurred = status == "blurred"
         return {
             "key": row["key"],
             "output_key": row["key"] if status == "blurred" else None,
@@ -339,9 +345,9 @@ class _WriteStage:
             "error": error,
             "width": row["width"],
             "height": row["height"],
-            "faces": sum(b["class"] == "face" for b in boxes),
-            "plates": sum(b["class"] == "plate" for b in boxes),
-            "boxes": boxes,
+            "faces": row["faces"] if blurred else 0,
+            "plates": row["plates"] if blurred else 0,
+            "boxes": json.loads(row["boxes"]) if blurred else [],
             "model_id": row["model_id"],
             "settings_digest": row["settings_digest"],
             **{c: float(row[c]) for c in TIMING_COLUMNS if c != "write_ms"},
@@ -353,4 +359,7 @@ class _WriteStage:
             "proposals": json.loads(row["proposals"]) if status == "blurred" else [],
             "block": row["block"],
             "block_todo": row["block_todo"],
+            "frames": row["frames"],
+            "streams_dropped": row["streams_dropped"],
+            "detections_key": row["detections_key"],
         }

@@ -81,6 +81,10 @@ MANIFEST_SCHEMA = pa.schema(
         # Proposals that were not blurred (blurring.pipeline.Outcome.proposals); [] in rows written before
         # this column existed
         ("proposals", pa.list_(PROPOSAL_TYPE)),
+        # Videos only (null for photos, and in manifests written before videos):
+        ("frames", pa.int64()),
+        ("streams_dropped", pa.list_(pa.string())),  # streams the output does not carry, with why
+        ("detections_key", pa.string()),  # the boxes of every frame (jobs.batch.videos.detections_key)
     ]
 )
 TIMING_COLUMNS = ("read_ms", "decode_ms", "detect_ms", "blur_ms", "encode_ms", "write_ms")

@@ -1,4 +1,4 @@
-"""`streetblur blur`: blur a photo, or a folder of them, on this machine."""
+"""`streetblur blur`: blur a photo or a video, or a folder of them, on this machine."""
 
 from __future__ import annotations
 
@@ -13,14 +13,16 @@ from jobs.cli.options import MODELS_HELP, add_config_options, config_from_args
 
 def add_parsers(commands: argparse._SubParsersAction) -> None:
     """`streetblur blur`."""
-    p = commands.add_parser("blur", help="blur faces and plates in a photo or a folder")
-    p.add_argument("input", type=Path, help="a photo, or a folder searched recursively")
+    p = commands.add_parser("blur", help="blur faces and plates in a photo, a video or a folder")
+    p.add_argument(
+        "input", type=Path, help="a photo or video (.mp4 .mov .mkv .avi), or a folder searched recursively"
+    )
     p.add_argument(
         "-o",
         "--output",
         required=True,
-        help="output photo (format from its extension), or folder: for a folder input, or a photo's "
-        "folder given ending in / (created if missing); never the input or a folder around it",
+        help="output photo or video (format from its extension), or folder: for a folder input, or a "
+        "file's folder given ending in / (created if missing); never the input or a folder around it",
     )
     add_config_options(p, MODELS_HELP)
     # The defaults of `blurring.config.Config`, which tests/test_cli.py checks against these.
@@ -72,12 +74,25 @@ def _run_blur(args: argparse.Namespace) -> int:
     from blurring.pipeline import Outcome, blur_image_bytes
     from detection.detector import Detector
     from storage.files import write_file_atomically
+    from video.config import VIDEO_SUFFIXES
 
     config = config_from_args(args, _blur_flags(args))
-    pairs = plan_outputs(args.input, Path(args.output), into_folder=args.output.endswith(("/", os.sep)))
+    pairs = plan_outputs(
+        args.input,
+        Path(args.output),
+        into_folder=args.output.endswith(("/", os.sep)),
+        video_suffixes=VIDEO_SUFFIXES,
+    )
     detector = Detector(config.detect)
     records, failures = [], []
-    for source, target in tqdm(pairs, unit="image", disable=len(pairs) == 1 or None, file=sys.stderr):
+    videos = [(s, t) for s, t in pairs if s.suffix.lower() in VIDEO_SUFFIXES]
+    for source, target in videos:
+        record = _blur_one_video(source, target, detector, config)
+        if record["status"] != "blurred":
+            failures.append((source, record["error"]))
+        records.append(record)
+    photos = [(s, t) for s, t in pairs if s.suffix.lower() not in VIDEO_SUFFIXES]
+    for source, target in tqdm(photos, unit="image", disable=len(photos) <= 1 or None, file=sys.stderr):
         try:
             outcome = blur_image_bytes(source.read_bytes(), output_format(target), detector, config)
             if outcome.output is not None:
@@ -103,9 +118,62 @@ def _run_blur(args: argparse.Namespace) -> int:
         write_file_atomically(args.detections, (json.dumps(report, indent=1) + "\n").encode())
     if args.input.is_dir():
         blurred = len(pairs) - len(failures)
-        print(
-            f"streetblur: {blurred} blurred, {len(failures)} failed of {len(pairs)} images", file=sys.stderr
-        )
+        kinds = f"{len(photos)} images and {len(videos)} videos" if videos else f"{len(pairs)} images"
+        print(f"streetblur: {blurred} blurred, {len(failures)} failed of {kinds}", file=sys.stderr)
         for source, error_text in failures:
             print(f"  failed: {source}: {error_text}", file=sys.stderr)
     return 1 if failures else 0
+
+
+def _blur_one_video(source: Path, target: Path, detector, config) -> dict:
+    """Blur one video with progress bars in frames/s and an ETA, and say what its output does not
+    carry; the record `--detections` writes for it. Its boxes go to `TARGET.detections.parquet`, and
+    pass 1's parts to a hidden folder beside the output, from which a killed run resumes."""
+    from tqdm import tqdm
+
+    from video.pipeline import blur_video
+
+    bars: dict[str, tqdm] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage not in bars:
+            for bar in bars.values():  # the pass before is done
+                bar.close()
+            label = "detect (pass 1)" if stage == "detect" else "blur (pass 2)"
+            bars[stage] = tqdm(
+                total=total or None, unit="frame", desc=f"{source.name}: {label}", file=sys.stderr
+            )
+        bars[stage].update(done - bars[stage].n)
+
+    audit = target.with_name(target.name + ".detections.parquet")
+    work = target.with_name(f".{target.name}.streetblur-parts")
+    try:
+        outcome = blur_video(source, target, detector, config, work, audit, progress)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if outcome.status == "blurred":
+        seconds = sum(outcome.timings_s.values())
+        print(
+            f"streetblur: {source}: {outcome.frames} frames blurred "
+            f"({outcome.frames / seconds:.1f} frames/s over both passes), "
+            f"{sum(outcome.detections.values())} boxes detected, "
+            f"{outcome.filled} added by {outcome.tracks} tracks",
+            file=sys.stderr,
+        )
+        for dropped in outcome.streams_dropped:
+            print(f"streetblur: {source}: not carried: stream {dropped}", file=sys.stderr)
+    else:
+        print(f"streetblur: error: {source}: {outcome.error}", file=sys.stderr)
+    return {
+        "input": str(source),
+        "output": str(target) if outcome.output is not None else None,
+        "status": outcome.status,
+        "error": outcome.error,
+        "width": outcome.width,
+        "height": outcome.height,
+        "frames": outcome.frames,
+        "detections_file": str(audit) if outcome.output is not None else None,
+        "streams_copied": outcome.streams_copied,
+        "streams_dropped": outcome.streams_dropped,
+    }

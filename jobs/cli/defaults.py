@@ -22,7 +22,8 @@ TRAINED_MODEL = Path("runs") / "train" / "streetblur-n.pt"
 DATASETS_ENV = "STREETBLUR_DATASETS"  # the folder holding the labelled sets, for train and quantize
 
 # The batch job (jobs.batch.job.JobOptions and jobs.ray_cluster)
-INPUT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp")  # the formats blurring.image_io writes
+# the formats blurring.image_io writes, and video.config.VIDEO_SUFFIXES
+INPUT_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".mp4", ".mov", ".mkv", ".avi")
 ACTOR_CPUS = 0.75  # jobs.ray_cluster.ACTOR_CPUS
 BATCH_SIZE = 4  # jobs.ray_cluster.BATCH_SIZE
 BLOCK_ROWS = 64  # jobs.batch.job.JobOptions.block_rows

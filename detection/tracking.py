@@ -1,0 +1,192 @@
+"""Tracks: one object's boxes across the frames of a video, linked from per-frame detections, and the
+boxes that cover the frames where the detector missed it.
+
+Linking runs offline, on every frame's detections at once. A forward pass joins each frame's boxes to
+the open tracks of their class (Hungarian assignment on overlap with each track's box moved on by its
+velocity, or on centre distance for small, fast objects whose boxes no longer overlap from one frame
+to the next). A backward pass then joins fragments that the forward pass left apart: a track's start,
+moved back in time by its own velocity, against an earlier track's end moved forward. Gaps are filled
+by interpolating between the boxes on both sides (in time, from the frames' timestamps, so variable
+frame rates fill correctly), and each track is padded by a few frames at both ends. Linking only adds
+boxes: every detection is still blurred.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from detection.detections import Detections
+
+_NO_LINK = 1e6  # assignment cost of a pair outside the gates
+
+
+@dataclass
+class Track:
+    """One object's detections: `frames` (increasing frame indices), and per frame its box `xyxy`,
+    `scores` and `det_index` (the box's position in that frame's `Detections`)."""
+
+    class_id: int
+    frames: list[int] = field(default_factory=list)
+    xyxy: list[np.ndarray] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    det_index: list[int] = field(default_factory=list)
+
+    def velocity(self, times: np.ndarray, at_end: bool = True) -> np.ndarray:
+        """Box corner velocity (pixels per second) over its last (or first) two detections; zero for one."""
+        if len(self.frames) < 2:
+            return np.zeros(4, np.float32)
+        a, b = (-2, -1) if at_end else (0, 1)
+        dt = float(times[self.frames[b]] - times[self.frames[a]])
+        return (self.xyxy[b] - self.xyxy[a]) / dt if dt > 0 else np.zeros(4, np.float32)
+
+    def box_at(self, time: float, times: np.ndarray, from_end: bool = True) -> np.ndarray:
+        """Its end (or start) box moved at its velocity to `time` (before its start, for the start)."""
+        end = -1 if from_end else 0
+        return self.xyxy[end] + self.velocity(times, from_end) * (time - float(times[self.frames[end]]))
+
+
+def link_tracks(
+    per_frame: Sequence[Detections],
+    times: np.ndarray,
+    max_gap_s: float,
+    min_iou: float = 0.1,
+    max_distance: float = 2.0,
+) -> list[Track]:
+    """Every detection of `per_frame` (frame by frame, timestamps `times` in seconds) in exactly one
+    track. Tracks are closed once `max_gap_s` passes without a detection of them."""
+    open_tracks: list[Track] = []
+    closed: list[Track] = []
+    for frame, dets in enumerate(per_frame):
+        now = float(times[frame])
+        still_open = []
+        for track in open_tracks:
+            (still_open if now - float(times[track.frames[-1]]) <= max_gap_s else closed).append(track)
+        open_tracks = still_open
+        for class_id in np.unique(dets.class_id):
+            indices = np.flatnonzero(dets.class_id == class_id)
+            candidates = [t for t in open_tracks if t.class_id == class_id and t.frames[-1] < frame]
+            predicted = np.array([t.box_at(now, times) for t in candidates], np.float32).reshape(-1, 4)
+            cost = _link_cost(predicted, dets.xyxy[indices], min_iou, max_distance)
+            joined = set()
+            for row, col in zip(*linear_sum_assignment(cost), strict=True):
+                if cost[row, col] < _NO_LINK:
+                    _extend(candidates[row], frame, dets, int(indices[col]))
+                    joined.add(col)
+            for col in set(range(len(indices))) - joined:
+                track = Track(int(class_id))
+                _extend(track, frame, dets, int(indices[col]))
+                open_tracks.append(track)
+    return _join_fragments(closed + open_tracks, times, max_gap_s, min_iou, max_distance)
+
+
+def _extend(track: Track, frame: int, dets: Detections, index: int) -> None:
+    track.frames.append(frame)
+    track.xyxy.append(dets.xyxy[index].copy())
+    track.scores.append(float(dets.scores[index]))
+    track.det_index.append(index)
+
+
+def _join_fragments(
+    tracks: list[Track], times: np.ndarray, max_gap_s: float, min_iou: float, max_distance: float
+) -> list[Track]:
+    """Tracks with fragments of one object joined: the later one's start moved back (its own velocity)
+    must meet the earlier one's end moved forward, within `max_gap_s`. Closest gaps first."""
+    pairs = []
+    for i, early in enumerate(tracks):
+        for j, late in enumerate(tracks):
+            if early.class_id != late.class_id or late.frames[0] <= early.frames[-1]:
+                continue
+            t_end, t_start = float(times[early.frames[-1]]), float(times[late.frames[0]])
+            if t_start - t_end > max_gap_s:
+                continue
+            forward = early.box_at(t_start, times)[None]
+            backward = late.box_at(t_end, times, from_end=False)[None]
+            cost = min(
+                _link_cost(forward, late.xyxy[0][None], min_iou, max_distance)[0, 0],
+                _link_cost(backward, early.xyxy[-1][None], min_iou, max_distance)[0, 0],
+            )
+            if cost < _NO_LINK:
+                pairs.append((t_start - t_end, cost, i, j))
+    merged_into = list(range(len(tracks)))  # each track's head, after joins
+    has_next, has_prev = set(), set()
+    for _, _, i, j in sorted(pairs):
+        if i in has_next or j in has_prev:
+            continue
+        has_next.add(i)
+        has_prev.add(j)
+        merged_into[j] = i
+
+    def head(k: int) -> int:
+        while merged_into[k] != k:
+            k = merged_into[k]
+        return k
+
+    joined: dict[int, Track] = {}
+    for k in sorted(range(len(tracks)), key=lambda k: tracks[k].frames[0]):
+        target = joined.setdefault(head(k), Track(tracks[k].class_id))
+        for name in ("frames", "xyxy", "scores", "det_index"):
+            getattr(target, name).extend(getattr(tracks[k], name))
+    return sorted(joined.values(), key=lambda t: t.frames[0])
+
+
+def _link_cost(predicted: np.ndarray, boxes: np.ndarray, min_iou: float, max_distance: float) -> np.ndarray:
+    """(P, B) costs: 1 - IoU where the IoU reaches `min_iou`; else 1 + the centre distance in units of
+    `max_distance` times the larger box's larger side, for boxes of similar size (within 2x) that close;
+    `_NO_LINK` otherwise."""
+    cost = np.full((len(predicted), len(boxes)), _NO_LINK)
+    if not len(predicted) or not len(boxes):
+        return cost
+    p, b = predicted[:, None, :], boxes[None, :, :]
+    inter_wh = np.clip(np.minimum(p[..., 2:], b[..., 2:]) - np.maximum(p[..., :2], b[..., :2]), 0, None)
+    inter = inter_wh[..., 0] * inter_wh[..., 1]
+    area_p = np.prod(np.clip(p[..., 2:] - p[..., :2], 0, None), axis=-1)
+    area_b = np.prod(np.clip(b[..., 2:] - b[..., :2], 0, None), axis=-1)
+    iou = inter / np.maximum(area_p + area_b - inter, 1e-9)
+    size = np.maximum((p[..., 2:] - p[..., :2]).max(-1), (b[..., 2:] - b[..., :2]).max(-1))
+    distance = np.linalg.norm((p[..., :2] + p[..., 2:]) / 2 - (b[..., :2] + b[..., 2:]) / 2, axis=-1)
+    ratio = np.maximum(area_p, 1e-9) / np.maximum(area_b, 1e-9)
+    near = (distance <= max_distance * size) & (ratio >= 0.25) & (ratio <= 4)
+    cost[near] = 1 + distance[near] / np.maximum(max_distance * size[near], 1e-9)
+    cost[iou >= min_iou] = 1 - iou[iou >= min_iou]
+    return cost
+
+
+def filled_boxes(
+    tracks: Sequence[Track], times: np.ndarray, max_gap_s: float, pad_frames: int
+) -> list[tuple[int, int, Detections]]:
+    """Boxes the tracks add: `(frame, track number, boxes)` for each frame inside a gap of at most
+    `max_gap_s` (interpolated in time between the detections on both sides) and each of the
+    `pad_frames` frames before a track's start and after its end (its end box, joined with that box
+    moved on at the track's velocity). Scores are the lower of the two boxes they come from."""
+    added: list[tuple[int, int, Detections]] = []
+    n_frames = len(times)
+    for number, track in enumerate(tracks):
+        cls = [track.class_id]
+        for (fa, ba, sa), (fb, bb, sb) in zip(
+            zip(track.frames, track.xyxy, track.scores, strict=True),
+            zip(track.frames[1:], track.xyxy[1:], track.scores[1:], strict=True),
+            strict=False,
+        ):
+            ta, tb = float(times[fa]), float(times[fb])
+            if fb - fa < 2 or tb - ta > max_gap_s:
+                continue
+            for frame in range(fa + 1, fb):
+                w = (float(times[frame]) - ta) / (tb - ta) if tb > ta else 0.5
+                added.append((frame, number, Detections([(1 - w) * ba + w * bb], [min(sa, sb)], cls)))
+        for step in range(1, pad_frames + 1):
+            for frame, from_end in ((track.frames[0] - step, False), (track.frames[-1] + step, True)):
+                if 0 <= frame < n_frames:
+                    end = -1 if from_end else 0
+                    moved = track.box_at(float(times[frame]), times, from_end)
+                    box = np.concatenate(
+                        [
+                            np.minimum(track.xyxy[end][:2], moved[:2]),
+                            np.maximum(track.xyxy[end][2:], moved[2:]),
+                        ]
+                    )
+                    added.append((frame, number, Detections([box], [track.scores[end]], cls)))
+    return added

@@ -1,0 +1,50 @@
+"""`streetblur blur` on videos: one file, and a folder of photos and videos with a truncated one."""
+
+from __future__ import annotations
+
+import shutil
+
+import av
+import pytest
+
+from jobs.cli.main import main
+from tests.conftest import SAMPLES
+from tests.video_clips import write_clip
+
+
+def _frame_count(path) -> int:
+    with av.open(str(path)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def test_a_folder_of_photos_and_videos_with_a_truncated_video(tmp_path, capsys):
+    folder = tmp_path / "in"
+    (folder / "drive").mkdir(parents=True)
+    shutil.copy(SAMPLES / "crowd_1.jpg", folder / "crowd_1.jpg")
+    write_clip(folder / "drive" / "walk.mp4", frames=10)
+    whole = (folder / "drive" / "walk.mp4").read_bytes()
+    (folder / "drive" / "cut.mov").write_bytes(whole[: len(whole) // 2])
+    out = tmp_path / "out"
+    assert main(["blur", str(folder), "-o", str(out), "--set", "video.crf=23"]) == 1
+    err = capsys.readouterr().err
+    assert "2 blurred, 1 failed of 1 images and 2 videos" in err
+    assert f"failed: {folder / 'drive' / 'cut.mov'}: " in err
+    assert (out / "crowd_1.jpg").exists()
+    assert _frame_count(out / "drive" / "walk.mp4") == 10
+    assert (out / "drive" / "walk.mp4.detections.parquet").exists()
+    assert sorted(p.name for p in (out / "drive").iterdir()) == ["walk.mp4", "walk.mp4.detections.parquet"]
+
+
+def test_one_video_to_another_container_and_usage_errors(tmp_path, capsys):
+    source = tmp_path / "walk.mp4"
+    write_clip(source, frames=6)
+    assert main(["blur", str(source), "-o", str(tmp_path / "walk-blurred.mkv")]) == 0
+    with av.open(str(tmp_path / "walk-blurred.mkv")) as container:
+        assert container.format.name == "matroska,webm"
+        assert [s.type for s in container.streams] == ["video", "audio"]
+    # Matroska has no place for GoPro's GPS stream: the run says so
+    assert "not carried: stream #2 data bin_data (GoPro MET): the matroska output" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["blur", "--help"])
+    assert main(["blur", str(source), "-o", str(tmp_path / "walk.jpg")]) == 2
+    assert "a video is written as a video" in capsys.readouterr().err

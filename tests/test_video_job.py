@@ -1,0 +1,76 @@
+"""The Ray batch job on photos and videos together, from a local folder and from S3; a re-run skips
+what is done."""
+
+from __future__ import annotations
+
+import io
+import shutil
+
+import av
+import boto3
+import pyarrow.parquet as pq
+import pytest
+
+from jobs.batch.job import JobOptions, run_job
+from jobs.batch.manifest import read_manifest_rows
+from jobs.batch.videos import detections_key
+from storage.objects import Storage
+from tests.conftest import SAMPLES
+from tests.video_clips import write_clip
+
+
+@pytest.fixture
+def ray_session():
+    """A local Ray per test, started by the job: so that its workers see the test's S3 settings."""
+    import ray
+
+    yield
+    ray.shutdown()
+
+
+def _frames(data: bytes) -> int:
+    with av.open(io.BytesIO(data)) as container:
+        return sum(1 for _ in container.decode(video=0))
+
+
+def test_a_folder_of_photos_and_videos_then_a_rerun_that_skips_them(tmp_path, ray_session):
+    source = tmp_path / "in"
+    (source / "drive").mkdir(parents=True)
+    for name in ("crowd_1.jpg", "dashcam_0.jpg"):
+        shutil.copy(SAMPLES / name, source / name)
+    write_clip(source / "drive" / "walk.mp4", frames=10)
+    whole = (source / "drive" / "walk.mp4").read_bytes()
+    (source / "drive" / "cut.mp4").write_bytes(whole[: len(whole) // 2])
+    options = JobOptions(str(source), str(tmp_path / "out"), actors=1, block_rows=2)
+    summary = run_job(options)
+    assert (summary["blurred"], summary["failed"]) == (3, 1)
+    rows = {row["key"]: row for row in read_manifest_rows(Storage(str(tmp_path / "out")))}
+    assert sorted(rows) == ["crowd_1.jpg", "dashcam_0.jpg", "drive/cut.mp4", "drive/walk.mp4"]
+    video = rows["drive/walk.mp4"]
+    assert video["status"] == "blurred" and video["frames"] == 10 and video["streams_dropped"] == []
+    assert video["faces"] >= 10 and video["plates"] >= 10  # each object, in each frame
+    assert (video["width"], video["height"]) == (640, 360)
+    assert _frames((tmp_path / "out" / "drive" / "walk.mp4").read_bytes()) == 10
+    boxes = pq.read_table(tmp_path / "out" / detections_key("drive/walk.mp4")).to_pandas()
+    assert set(boxes.frame) == set(range(10))
+    cut = rows["drive/cut.mp4"]
+    assert cut["status"] == "failed" and cut["error"] and cut["frames"] is None
+    assert not (tmp_path / "out" / "drive" / "cut.mp4").exists()
+    assert rows["crowd_1.jpg"]["status"] == "blurred" and rows["crowd_1.jpg"]["frames"] is None
+    again = run_job(options)
+    assert (again["blurred"], again["skipped"], again["skipped_failed"]) == (0, 4, 1)  # the failed one too
+
+
+def test_videos_from_s3_to_s3(s3_endpoint, tmp_path, ray_session):
+    write_clip(tmp_path / "walk.mov", frames=6)
+    client = boto3.client("s3", endpoint_url=s3_endpoint)
+    client.put_object(Bucket="photos", Key="clips/a/walk.mov", Body=(tmp_path / "walk.mov").read_bytes())
+    client.put_object(Bucket="photos", Key="clips/crowd_2.jpg", Body=(SAMPLES / "crowd_2.jpg").read_bytes())
+    options = JobOptions("s3://photos/clips", "s3://photos/out", endpoint_url=s3_endpoint, actors=1)
+    summary = run_job(options)
+    assert (summary["blurred"], summary["failed"]) == (2, 0)
+    output = client.get_object(Bucket="photos", Key="out/a/walk.mov")["Body"].read()
+    assert _frames(output) == 6
+    rows = {r["key"]: r for r in read_manifest_rows(Storage("s3://photos/out", s3_endpoint))}
+    assert rows["a/walk.mov"]["detections_key"] == detections_key("a/walk.mov")
+    client.head_object(Bucket="photos", Key=f"out/{detections_key('a/walk.mov')}")

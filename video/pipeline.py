@@ -1,0 +1,398 @@
+"""One video in, its blurred copy out, in two passes with bounded memory. Fails closed.
+
+Pass 1 decodes every frame, detects faces and plates (in the frame's display orientation) and stores
+each frame's boxes in Parquet parts (`video.store`), so a killed run resumes after the last part.
+Between the passes the boxes are linked into tracks (`detection.tracking`), which fill the frames
+the detector missed. Pass 2 decodes again, blurs the union of detected and filled boxes with
+`blurring.anonymize`, encodes H.264 with every frame's own timestamp (variable frame rates stay
+variable), and copies the audio, subtitle and data streams packet by packet (`video.streams`).
+Frames without boxes are encoded from the decoded picture itself, untouched by colour conversion.
+
+The output is written under a temporary name and renamed only when the whole video was decoded,
+blurred and encoded, and its frame count matches the input's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+from av.sidedata.sidedata import Type as SideDataType
+
+from blurring import anonymize
+from blurring.config import Config, output_settings, settings_digest
+from detection.detections import Detections
+from detection.detector import Detector
+from detection.tracking import filled_boxes, link_tracks
+from video.store import DetectionParts, write_audit
+from video.streams import allowed_metadata, describe, plan_streams
+
+CONTAINER_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}
+"""The muxer written for each output suffix (`video.config.VIDEO_SUFFIXES`)."""
+
+# Pixel formats libx264 encodes: a source in one of them keeps it, any other becomes yuv420p.
+_X264_PIXEL_FORMATS = ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "yuvj444p", "nv12")
+_DETECT_FRAMES = 4  # frames sent to the detector at once (their views share model batches)
+
+Progress = Callable[[str, int, int], None]
+"""`progress(stage, frames_done, frames_total)`; stage "detect" (pass 1) or "blur" (pass 2); total 0
+when the container does not say."""
+
+
+@dataclass
+class VideoOutcome:
+    """What happened to one video. `output` is set only when `status == "blurred"`."""
+
+    status: str  # "blurred" or "failed"
+    error: str = ""
+    output: Path | None = None
+    frames: int = 0
+    width: int = 0
+    height: int = 0
+    detections: dict[str, int] = field(default_factory=dict)  # boxes the detector found, per class
+    filled: int = 0  # boxes tracks added (gaps and padding)
+    tracks: int = 0
+    streams_copied: list[str] = field(default_factory=list)
+    streams_dropped: list[str] = field(default_factory=list)  # "#index type codec: reason"
+    timings_s: dict[str, float] = field(default_factory=dict)  # decode, detect, link, blur, encode
+
+
+@dataclass(frozen=True)
+class _Orientation:
+    """The first frame's display matrix (9 int32, or None) and its rotation in degrees counterclockwise."""
+
+    matrix: tuple[int, ...] | None
+    rotation: int
+
+
+def blur_video(
+    source: Path,
+    target: Path,
+    detector: Detector,
+    config: Config,
+    work: Path,
+    audit: Path | None = None,
+    progress: Progress | None = None,
+) -> VideoOutcome:
+    """Blur every face and plate in the video `source` into `target` (container from its suffix).
+
+    `work` holds pass 1's detection parts (a re-run with the same input and detection settings
+    resumes from them; removed on success). `audit`, if given, receives every box blurred (Parquet,
+    `video.store.AUDIT_SCHEMA`). Never raises for a bad video: the outcome says why it failed, and
+    nothing is written to `target`.
+    """
+    outcome = VideoOutcome("failed")
+    timings = dict.fromkeys(("decode", "detect", "link", "blur", "encode"), 0.0)
+    outcome.timings_s = timings
+    stage = "open"
+    try:
+        container_format = CONTAINER_FORMATS[target.suffix.lower()]
+        orientation = _orientation(source)
+        parts = DetectionParts(work, _detection_key(source, detector, config))
+        stage = "detection"
+        _detect_pass(source, parts, detector, orientation, timings, progress)
+        stage = "tracking"
+        start = time.perf_counter()
+        times = np.array(parts.times, np.float64)
+        track_of = [np.full(len(d), -1) for d in parts.frames]
+        added: list[tuple[int, int, Detections]] = []
+        if config.video.tracking:
+            tracks = link_tracks(
+                parts.frames, times, config.video.max_gap_s, config.video.link_iou, config.video.link_distance
+            )
+            for number, track in enumerate(tracks):
+                for frame, index in zip(track.frames, track.det_index, strict=True):
+                    track_of[frame][index] = number
+            added = filled_boxes(tracks, times, config.video.max_gap_s, config.video.pad_frames)
+            outcome.tracks = len(tracks)
+        to_blur = [[d] for d in parts.frames]
+        for frame, _, boxes in added:
+            to_blur[frame].append(boxes)
+        timings["link"] = time.perf_counter() - start
+        stage = "blurring"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")
+        try:
+            streams = _blur_pass(
+                source,
+                partial,
+                container_format,
+                [Detections.concat(b) for b in to_blur],
+                parts.pts,
+                orientation,
+                config,
+                timings,
+                progress,
+            )
+            if audit is not None:
+                metadata = {
+                    "source": str(source),
+                    "frames": str(len(parts.frames)),
+                    "model": detector.model_id,
+                }
+                write_audit(audit, parts.frames, parts.times, track_of, added, metadata)
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
+        parts.remove()
+    except Exception as error:  # noqa: BLE001 -- any failure fails this video closed, with its reason
+        outcome.error = f"{stage} failed: {type(error).__name__}: {error}"
+        return outcome
+    outcome.status, outcome.output = "blurred", target
+    outcome.frames = len(parts.frames)
+    outcome.width, outcome.height = streams["width"], streams["height"]
+    outcome.streams_copied, outcome.streams_dropped = streams["copied"], streams["dropped"]
+    outcome.detections = Detections.concat(parts.frames).counts()
+    outcome.filled = len(added)
+    return outcome
+
+
+def _detection_key(source: Path, detector: Detector, config: Config) -> str:
+    """The input (size, modification time) and everything pass 1's boxes depend on."""
+    settings = output_settings(config, detector.model_id, detector.runtime, detector.precision)
+    detection = {k: settings[k] for k in ("model", "runtime", "precision", "detect")}
+    status = source.stat()
+    return json.dumps([str(source.resolve()), status.st_size, status.st_mtime_ns, settings_digest(detection)])
+
+
+def _orientation(source: Path) -> _Orientation:
+    """The display matrix of the first frame of `source`'s video."""
+    with av.open(str(source)) as container:
+        frame = next(container.decode(plan_streams(container).video), None)
+        if frame is None:
+            raise ValueError("the video has no frame that decodes")
+        data = frame.side_data.get(SideDataType.DISPLAYMATRIX)
+        matrix = struct.unpack("<9i", bytes(data)) if data is not None else None
+        return _Orientation(matrix, frame.rotation if matrix else 0)
+
+
+def _frame_time(frame: av.VideoFrame, index: int, rate: Fraction | None) -> float:
+    """A frame's presentation time in seconds; from its index and the stream's rate if it has no pts."""
+    if frame.pts is not None and frame.time_base is not None:
+        return float(frame.pts * frame.time_base)
+    return index / float(rate) if rate else float(index)
+
+
+def _detect_pass(
+    source: Path,
+    parts: DetectionParts,
+    detector: Detector,
+    orientation: _Orientation,
+    timings: dict[str, float],
+    progress: Progress | None,
+) -> None:
+    """Decode every frame; detect in those `parts` does not hold yet and add their boxes to it.
+    `ValueError` when the video does not decode to its end."""
+    with av.open(str(source)) as container:
+        stream = plan_streams(container).video
+        stream.thread_type = "AUTO"
+        expected = stream.frames
+        already = len(parts.frames)
+        batch: list[tuple[int | None, float, np.ndarray]] = []
+        index = 0
+        start = time.perf_counter()
+        for frame in container.decode(stream):
+            if index >= already:
+                batch.append(
+                    (
+                        frame.pts,
+                        _frame_time(frame, index, stream.average_rate),
+                        frame.to_ndarray(format="bgr24"),
+                    )
+                )
+            index += 1
+            if len(batch) == _DETECT_FRAMES:
+                timings["decode"] += time.perf_counter() - start
+                _detect_batch(batch, parts, detector, orientation, timings)
+                start = time.perf_counter()
+                batch = []
+                if progress:
+                    progress("detect", index, expected)
+        timings["decode"] += time.perf_counter() - start
+        _check_complete(index, expected)
+        if batch:
+            _detect_batch(batch, parts, detector, orientation, timings)
+        parts.flush()
+        if progress:
+            progress("detect", index, expected)
+        if index != len(parts.frames):
+            raise ValueError(f"decoded {index} frames, but the stored detections cover {len(parts.frames)}")
+
+
+def _check_complete(decoded: int, expected: int) -> None:
+    """`ValueError` unless every frame the container's index lists (when it lists them) decoded."""
+    if decoded == 0:
+        raise ValueError("no frame decodes")
+    if expected and decoded != expected:
+        raise ValueError(f"only {decoded} of the {expected} frames the container lists decode (truncated?)")
+
+
+def _detect_batch(
+    batch: list[tuple[int | None, float, np.ndarray]],
+    parts: DetectionParts,
+    detector: Detector,
+    orientation: _Orientation,
+    timings: dict[str, float],
+) -> None:
+    start = time.perf_counter()
+    turns = round(orientation.rotation / 90) % 4
+    upright = [np.ascontiguousarray(np.rot90(pixels, turns)) for _, _, pixels in batch]
+    found = detector.detect_batch(upright)
+    for (pts, time_s, pixels), dets in zip(batch, found, strict=True):
+        parts.add(pts, time_s, _unrotate(dets, turns, pixels.shape[1], pixels.shape[0]))
+    timings["detect"] += time.perf_counter() - start
+
+
+def _unrotate(dets: Detections, turns: int, width: int, height: int) -> Detections:
+    """Boxes found in `np.rot90(image, turns)` as boxes of `image` (`width` x `height`)."""
+    xyxy = dets.xyxy.copy()
+    for step in range(turns, 0, -1):  # undo one counterclockwise quarter turn at a time
+        before_width = width if step % 2 == 1 else height  # the image's width before this turn
+        x1, y1, x2, y2 = xyxy.T.copy()
+        xyxy = np.stack([before_width - y2, x1, before_width - y1, x2], axis=1)
+    return Detections(xyxy, dets.scores, dets.class_id)
+
+
+def _blur_pass(
+    source: Path,
+    partial: Path,
+    container_format: str,
+    boxes: list[Detections],
+    pts: list[int | None],
+    orientation: _Orientation,
+    config: Config,
+    timings: dict[str, float],
+    progress: Progress | None,
+) -> dict:
+    """Decode `source` again, blur each frame's `boxes`, encode and remux into `partial` (flushed to
+    disk). Returns the size and the streams copied and dropped."""
+    with av.open(str(source)) as container:
+        plan = plan_streams(container)
+        stream_in = plan.video
+        stream_in.thread_type = "AUTO"
+        decoder = stream_in.codec_context
+        with open(partial, "wb") as handle:
+            output = av.open(handle, "w", format=container_format)
+            try:
+                output.metadata.update(allowed_metadata(container.metadata))
+                stream_out = output.add_stream(
+                    "libx264", options={"crf": str(config.video.crf), "preset": config.video.preset}
+                )
+                stream_out.width, stream_out.height = decoder.width, decoder.height
+                source_format = decoder.pix_fmt
+                stream_out.pix_fmt = source_format if source_format in _X264_PIXEL_FORMATS else "yuv420p"
+                stream_out.time_base = stream_in.time_base
+                stream_out.codec_context.time_base = stream_in.time_base
+                rate = stream_in.average_rate or stream_in.guessed_rate
+                if rate:
+                    stream_out.codec_context.framerate = rate
+                for tag in ("color_range", "color_primaries", "color_trc", "colorspace"):
+                    setattr(stream_out.codec_context, tag, getattr(decoder, tag))
+                stream_out.metadata.update(allowed_metadata(stream_in.metadata))
+                if plan.timecode:
+                    stream_out.metadata["timecode"] = plan.timecode
+                if orientation.matrix:
+                    stream_out.set_display_matrix(orientation.matrix)
+                copies = {}
+                for stream in list(plan.copied):
+                    if not _can_carry(output, container_format, stream.name):
+                        plan.copied.remove(stream)
+                        plan.dropped.append(
+                            f"{describe(stream)}: the {container_format} output cannot hold it"
+                        )
+                        continue
+                    copies[stream.index] = output.add_stream_from_template(stream)
+                    copies[stream.index].metadata.update(allowed_metadata(stream.metadata))
+                index = _remux(container, plan, stream_out, copies, boxes, pts, config, timings, progress)
+                start = time.perf_counter()
+                output.mux(stream_out.encode())
+                timings["encode"] += time.perf_counter() - start
+            finally:
+                output.close()
+            handle.flush()
+            os.fsync(handle.fileno())
+        if index != len(boxes):
+            raise ValueError(f"pass 2 decoded {index} frames, pass 1 {len(boxes)}")
+        return {
+            "width": decoder.width,
+            "height": decoder.height,
+            "copied": [describe(s) for s in plan.copied],
+            "dropped": plan.dropped,
+        }
+
+
+def _can_carry(output: av.container.OutputContainer, container_format: str, codec: str | None) -> bool:
+    """Whether `output` can hold a stream of `codec` copied as it is. MP4 and QuickTime take data
+    tracks (GoPro `gpmd`, CAMM) that their codec list does not name."""
+    return codec in output.supported_codecs or (codec == "bin_data" and container_format in ("mp4", "mov"))
+
+
+def _remux(container, plan, stream_out, copies, boxes, pts, config, timings, progress) -> int:
+    """Every packet of `container`: video decoded, blurred and encoded, the others copied. Returns the
+    number of video frames."""
+    index = 0
+    start = time.perf_counter()
+    for packet in container.demux(plan.video, *plan.copied):
+        if packet.stream.index in copies:
+            if packet.dts is not None:
+                packet.stream = copies[packet.stream.index]
+                stream_out.container.mux(packet)
+            continue
+        for frame in packet.decode():
+            timings["decode"] += time.perf_counter() - start
+            if index >= len(boxes):
+                raise ValueError(f"pass 2 decoded more frames than pass 1 ({len(boxes)})")
+            if frame.pts != pts[index]:
+                raise ValueError(f"frame {index}: pts {frame.pts} in pass 2, {pts[index]} in pass 1")
+            start = time.perf_counter()
+            if len(boxes[index]):
+                frame = _blurred_frame(frame, boxes[index], config)
+            else:
+                frame.pict_type = av.video.frame.PictureType.NONE  # let the encoder choose
+            if frame.pts is None:
+                rate = plan.video.average_rate or Fraction(25)
+                frame.pts = round(index / rate / plan.video.time_base)
+            timings["blur"] += time.perf_counter() - start
+            start = time.perf_counter()
+            stream_out.container.mux(stream_out.encode(frame))
+            timings["encode"] += time.perf_counter() - start
+            index += 1
+            if progress and index % _DETECT_FRAMES == 0:
+                progress("blur", index, len(boxes))
+            start = time.perf_counter()
+    timings["decode"] += time.perf_counter() - start
+    if progress:
+        progress("blur", index, len(boxes))
+    return index
+
+
+def _blurred_frame(frame: av.VideoFrame, boxes: Detections, config: Config) -> av.VideoFrame:
+    """`frame` with `boxes` blurred. A YUV 4:2:0 frame keeps its own samples wherever the blur left
+    the pixels as they were (the BGR round trip would shift them by a grey level or two); only the
+    changed pixels, and the chroma samples they share, come from the blurred picture."""
+    pixels = frame.to_ndarray(format="bgr24")
+    blurred_pixels = anonymize(pixels, boxes, config.blur)
+    blurred = av.VideoFrame.from_ndarray(blurred_pixels, format="bgr24")
+    if frame.format.name in ("yuv420p", "yuvj420p") and frame.width % 2 == 0 and frame.height % 2 == 0:
+        converted = blurred.reformat(format=frame.format.name).to_ndarray()
+        planes = frame.to_ndarray()
+        changed = np.any(blurred_pixels != pixels, axis=2)
+        height, width = changed.shape
+        shared = changed.reshape(height // 2, 2, width // 2, 2).any(axis=(1, 3))
+        luma, chroma = planes[:height], planes[height:].reshape(2, height // 2, width // 2)
+        luma[changed] = converted[:height][changed]
+        chroma[:, shared] = converted[height:].reshape(2, height // 2, width // 2)[:, shared]
+        blurred = av.VideoFrame.from_ndarray(planes, format=frame.format.name)
+        for tag in ("color_range", "colorspace"):
+            setattr(blurred, tag, getattr(frame, tag))
+    blurred.pts, blurred.time_base = frame.pts, frame.time_base
+    return blurred

@@ -1,0 +1,142 @@
+"""Per-frame detections on disk: pass 1's Parquet parts (a killed run resumes after the last whole
+part) and the audit file of every box blurred, detected or added by a track."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from detection.detections import CLASS_NAMES, Detections
+from storage.files import write_file_atomically
+
+PART_FRAMES = 200  # frames per Parquet part: what a killed run loses at most
+
+PART_SCHEMA = pa.schema(
+    [
+        ("frame", pa.int64()),
+        ("pts", pa.int64()),
+        ("time_s", pa.float64()),
+        ("xyxy", pa.list_(pa.float32())),  # 4 numbers per box
+        ("scores", pa.list_(pa.float32())),
+        ("class_id", pa.list_(pa.int8())),
+    ]
+)
+
+AUDIT_SCHEMA = pa.schema(
+    [
+        ("frame", pa.int64()),
+        ("time_s", pa.float64()),
+        ("class", pa.string()),
+        ("score", pa.float32()),
+        ("x1", pa.float32()),
+        ("y1", pa.float32()),
+        ("x2", pa.float32()),
+        ("y2", pa.float32()),
+        ("track", pa.int64()),  # null: a detection no track holds (tracking off)
+        ("source", pa.string()),  # "detector", or "track" for a box a track added
+    ]
+)
+
+
+class DetectionParts:
+    """Pass 1's detections in `folder`, one Parquet part per `PART_FRAMES` frames, each written whole.
+
+    `key` names the input and the settings the detections depend on; parts written under another key
+    are removed on opening, so a resumed run never reuses another input's or model's boxes.
+    """
+
+    def __init__(self, folder: Path, key: str) -> None:
+        self.folder = folder
+        key_file = folder / "key.json"
+        if folder.exists() and (not key_file.exists() or json.loads(key_file.read_text()) != key):
+            shutil.rmtree(folder)
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            write_file_atomically(key_file, json.dumps(key).encode())
+        self.frames: list[Detections] = []
+        self.pts: list[int | None] = []
+        self.times: list[float] = []
+        for part in sorted(folder.glob("part-*.parquet")):
+            table = pq.read_table(part, schema=PART_SCHEMA)
+            if table["frame"][0].as_py() != len(self.frames):  # a gap: keep what is contiguous
+                break
+            for row in table.to_pylist():
+                self._append(row["pts"], row["time_s"], _detections(row))
+        self._written = len(self.frames)
+
+    def add(self, pts: int | None, time_s: float, detections: Detections) -> None:
+        """The next frame's detections; a part is written every `PART_FRAMES` frames."""
+        self._append(pts, time_s, detections)
+        if len(self.frames) - self._written >= PART_FRAMES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the frames added since the last part."""
+        start = self._written
+        if start == len(self.frames):
+            return
+        table = pa.table(
+            {
+                "frame": list(range(start, len(self.frames))),
+                "pts": self.pts[start:],
+                "time_s": self.times[start:],
+                "xyxy": [d.xyxy.reshape(-1).tolist() for d in self.frames[start:]],
+                "scores": [d.scores.tolist() for d in self.frames[start:]],
+                "class_id": [d.class_id.tolist() for d in self.frames[start:]],
+            },
+            schema=PART_SCHEMA,
+        )
+        write_file_atomically(self.folder / f"part-{start:09d}.parquet", _parquet_bytes(table))
+        self._written = len(self.frames)
+
+    def remove(self) -> None:
+        """Delete the parts (once the video is published and its audit file written)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    def _append(self, pts: int | None, time_s: float, detections: Detections) -> None:
+        self.frames.append(detections)
+        self.pts.append(pts)
+        self.times.append(time_s)
+
+
+def write_audit(
+    path: Path,
+    frames: Sequence[Detections],
+    times: Sequence[float],
+    track_of: Sequence[np.ndarray],
+    added: Sequence[tuple[int, int, Detections]],
+    metadata: dict[str, str],
+) -> None:
+    """One row per box blurred: each frame's detections (`track_of[frame]`: their track numbers, -1
+    for none) and the boxes tracks `added` (`(frame, track, boxes)`), with `metadata` in the file."""
+    rows = []
+    for frame, (dets, tracks) in enumerate(zip(frames, track_of, strict=True)):
+        rows += [(frame, dets[i : i + 1], int(tracks[i]), "detector") for i in range(len(dets))]
+    rows += [(frame, dets, track, "track") for frame, track, dets in added]
+    rows.sort(key=lambda row: (row[0], row[3]))
+    columns: dict[str, list] = {name: [] for name in AUDIT_SCHEMA.names}
+    for frame, dets, track, source in rows:
+        x1, y1, x2, y2 = (float(v) for v in dets.xyxy[0])
+        values = (frame, times[frame], CLASS_NAMES[int(dets.class_id[0])], float(dets.scores[0]))
+        values += (x1, y1, x2, y2, track if track >= 0 else None, source)
+        for name, value in zip(AUDIT_SCHEMA.names, values, strict=True):
+            columns[name].append(value)
+    table = pa.table(columns, schema=AUDIT_SCHEMA).replace_schema_metadata(metadata)
+    write_file_atomically(path, _parquet_bytes(table))
+
+
+def _detections(row: dict) -> Detections:
+    return Detections(np.array(row["xyxy"], np.float32).reshape(-1, 4), row["scores"], row["class_id"])
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = io.BytesIO()
+    pq.write_table(table, sink)
+    return sink.getvalue()

@@ -1,0 +1,100 @@
+"""What a video holds, and which of its streams the blurred copy carries.
+
+The first video stream is decoded, blurred and encoded again. Audio, subtitle and data streams
+(GoPro `gpmd` GPS, CAMM, dashcam NMEA subtitles) are copied packet by packet. Dropped, and named in
+the result: cover art and thumbnails (attached pictures: unblurred frames), any further video stream
+(previews, other angles: they would need blurring of their own), and streams with no codec the
+output can carry. A QuickTime timecode track is carried as the video stream's `timecode` tag, from
+which the muxer writes it again.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from fractions import Fraction
+
+import av
+from av.stream import Disposition
+
+from video.config import METADATA_KEYS
+
+
+@dataclass
+class StreamPlan:
+    """`video`: the stream to blur; `copied`: streams remuxed as they are; `dropped`: one line each,
+    `#index type codec: reason`; `timecode`: the timecode tag the output's video stream gets."""
+
+    video: av.VideoStream
+    copied: list[av.stream.Stream] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    timecode: str | None = None
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """A video's first video stream: size, frame count from the container's index (0: unknown),
+    average rate, duration in seconds, codec, and the other streams as `StreamPlan.dropped` names them."""
+
+    width: int
+    height: int
+    frames: int
+    rate: Fraction | None
+    duration_s: float
+    codec: str
+    streams: list[str]
+
+
+def plan_streams(container: av.container.InputContainer) -> StreamPlan:
+    """Which streams of `container` are blurred, copied and dropped. `ValueError` without a video."""
+    videos = [s for s in container.streams.video if not s.disposition & Disposition.attached_pic]
+    if not videos:
+        raise ValueError("no video stream (only cover art or none at all)")
+    plan = StreamPlan(video=videos[0])
+    for stream in container.streams:
+        if stream is plan.video:
+            continue
+        name = describe(stream)
+        if stream.type == "video":
+            attached = stream.disposition & Disposition.attached_pic
+            reason = "cover art or thumbnail (an unblurred picture)" if attached else "a second video stream"
+            plan.dropped.append(f"{name}: {reason}")
+        elif stream.type == "data" and stream.metadata.get("handler_name") == "TimeCodeHandler":
+            plan.timecode = stream.metadata.get("timecode")
+            if plan.timecode is None:
+                plan.dropped.append(f"{name}: a timecode track without a timecode tag")
+        elif stream.type in ("audio", "subtitle", "data") and (stream.codec_context or stream.name):
+            plan.copied.append(stream)
+        else:
+            plan.dropped.append(f"{name}: no codec the output container can carry")
+    plan.timecode = plan.timecode or plan.video.metadata.get("timecode")
+    return plan
+
+
+def describe(stream: av.stream.Stream) -> str:
+    """`#2 data bin_data (GoPro MET)`: a stream as the result names it."""
+    handler = stream.metadata.get("handler_name")
+    return f"#{stream.index} {stream.type} {stream.name or 'unknown'}" + (f" ({handler})" if handler else "")
+
+
+def allowed_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """The entries of `metadata` whose keys are in `video.config.METADATA_KEYS`."""
+    return {key: value for key, value in metadata.items() if key in METADATA_KEYS}
+
+
+def probe(path: str) -> VideoInfo:
+    """What `plan_streams` sees in the video at `path`, read from its header alone."""
+    with av.open(path) as container:
+        plan = plan_streams(container)
+        video = plan.video
+        duration = float(video.duration * video.time_base) if video.duration else 0.0
+        if not duration and container.duration:
+            duration = container.duration / av.time_base
+        return VideoInfo(
+            width=video.codec_context.width,
+            height=video.codec_context.height,
+            frames=video.frames,
+            rate=video.average_rate,
+            duration_s=duration,
+            codec=video.name,
+            streams=[f"{describe(s)}: copied" for s in plan.copied] + plan.dropped,
+        )
