@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import time
 import uuid
@@ -85,10 +86,10 @@ def blur_video(
 ) -> VideoOutcome:
     """Blur every face and plate in the video `source` into `target` (container from its suffix).
 
-    `work` holds pass 1's detection parts (a re-run with the same input and detection settings
-    resumes from them; removed on success). `audit`, if given, receives every box blurred (Parquet,
-    `video.store.AUDIT_SCHEMA`). Never raises for a bad video: the outcome says why it failed, and
-    nothing is written to `target`.
+    `work` holds pass 1's detection parts (a run that was killed resumes from them, given the same
+    input and detection settings; removed when the video is done or has failed). `audit`, if given,
+    receives every box blurred (Parquet, `video.store.AUDIT_SCHEMA`). Never raises for a bad video:
+    the outcome says why it failed, and nothing is written to `target`.
     """
     outcome = VideoOutcome("failed")
     timings = dict.fromkeys(("decode", "detect", "link", "blur", "encode"), 0.0)
@@ -146,6 +147,7 @@ def blur_video(
         parts.remove()
     except Exception as error:  # noqa: BLE001 -- any failure fails this video closed, with its reason
         outcome.error = f"{stage} failed: {type(error).__name__}: {error}"
+        shutil.rmtree(work, ignore_errors=True)  # a video that failed starts afresh next time
         return outcome
     outcome.status, outcome.output = "blurred", target
     outcome.frames = len(parts.frames)
