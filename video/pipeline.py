@@ -387,14 +387,31 @@ def _blurred_frame(frame: av.VideoFrame, boxes: Detections, config: Config) -> a
     if frame.format.name in ("yuv420p", "yuvj420p") and frame.width % 2 == 0 and frame.height % 2 == 0:
         converted = blurred.reformat(format=frame.format.name).to_ndarray()
         planes = frame.to_ndarray()
-        changed = np.any(blurred_pixels != pixels, axis=2)
-        height, width = changed.shape
-        shared = changed.reshape(height // 2, 2, width // 2, 2).any(axis=(1, 3))
-        luma, chroma = planes[:height], planes[height:].reshape(2, height // 2, width // 2)
-        luma[changed] = converted[:height][changed]
-        chroma[:, shared] = converted[height:].reshape(2, height // 2, width // 2)[:, shared]
+        height, width = pixels.shape[:2]
+        new_luma, luma = converted[:height], planes[:height]
+        new_chroma = converted[height:].reshape(2, height // 2, width // 2)
+        chroma = planes[height:].reshape(2, height // 2, width // 2)
+        for r0, r1, c0, c1 in _touched_regions(boxes, config, width, height):
+            changed = np.any(blurred_pixels[r0:r1, c0:c1] != pixels[r0:r1, c0:c1], axis=2)
+            luma[r0:r1, c0:c1][changed] = new_luma[r0:r1, c0:c1][changed]
+            shared = changed.reshape((r1 - r0) // 2, 2, (c1 - c0) // 2, 2).any(axis=(1, 3))
+            rows, cols = slice(r0 // 2, r1 // 2), slice(c0 // 2, c1 // 2)
+            chroma[:, rows, cols][:, shared] = new_chroma[:, rows, cols][:, shared]
         blurred = av.VideoFrame.from_ndarray(planes, format=frame.format.name)
         for tag in ("color_range", "colorspace"):
             setattr(blurred, tag, getattr(frame, tag))
     blurred.pts, blurred.time_base = frame.pts, frame.time_base
     return blurred
+
+
+def _touched_regions(boxes: Detections, config: Config, width: int, height: int) -> list[tuple[int, ...]]:
+    """Per box, the rows and columns `(r0, r1, c0, c1)`, at even bounds, outside which `anonymize`
+    leaves every pixel as it was: the box grown by the blur's margin, and a pixel more."""
+    regions = []
+    for x1, y1, x2, y2 in boxes.xyxy.astype(np.float64):
+        mx, my = config.blur.margin * (x2 - x1) + 1, config.blur.margin * (y2 - y1) + 1
+        c0, c1 = max(int(np.floor(x1 - mx)) // 2 * 2, 0), min(int(np.ceil(x2 + mx) + 1) // 2 * 2, width)
+        r0, r1 = max(int(np.floor(y1 - my)) // 2 * 2, 0), min(int(np.ceil(y2 + my) + 1) // 2 * 2, height)
+        if c0 < c1 and r0 < r1:
+            regions.append((r0, r1, c0, c1))
+    return regions
