@@ -44,6 +44,14 @@ def test_one_video_to_another_container_and_usage_errors(tmp_path, capsys):
         assert [s.type for s in container.streams] == ["video", "audio"]
     # Matroska has no place for GoPro's GPS stream: the run says so
     assert "not carried: stream #2 data bin_data (GoPro MET): the matroska output" in capsys.readouterr().err
+    with av.open(str(tmp_path / "walk-blurred.mkv")) as result, av.open(str(source)) as original:
+        times = [float(f.pts * f.time_base) for f in result.decode(video=0)]
+        assert times == pytest.approx(
+            [float(f.pts * f.time_base) for f in original.decode(video=0)], abs=1e-3
+        )
+    assert main(["blur", str(source), "-o", str(tmp_path / "walk.avi")]) == 1  # no variable rate in AVI
+    assert "cannot hold a variable frame rate" in capsys.readouterr().err
+    assert not (tmp_path / "walk.avi").exists()
     with pytest.raises(SystemExit):
         main(["blur", "--help"])
     assert main(["blur", str(source), "-o", str(tmp_path / "walk.jpg")]) == 2

@@ -120,6 +120,8 @@ def blur_video(
             to_blur[frame].append(boxes)
         timings["link"] = time.perf_counter() - start
         stage = "blurring"
+        if container_format == "avi" and len(times) > 2 and np.ptp(np.diff(times)) > 1e-3:
+            raise ValueError("an AVI file cannot hold a variable frame rate: write .mp4, .mov or .mkv")
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")
         try:
@@ -283,12 +285,15 @@ def _blur_pass(
         stream_in.thread_type = "AUTO"
         decoder = stream_in.codec_context
         with open(partial, "wb") as handle:
-            output = av.open(handle, "w", format=container_format)
+            # Timestamps as they are: no shift of the whole file to make the first B-frame's decoding
+            # time non-negative (Matroska would move every frame by a few milliseconds).
+            output = av.open(handle, "w", format=container_format, options={"avoid_negative_ts": "disabled"})
             try:
                 output.metadata.update(allowed_metadata(container.metadata))
-                stream_out = output.add_stream(
-                    "libx264", options={"crf": str(config.video.crf), "preset": config.video.preset}
-                )
+                encoder = {"crf": str(config.video.crf), "preset": config.video.preset}
+                if container_format == "avi":  # AVI has no presentation times: frames in decoding order
+                    encoder["bf"] = "0"
+                stream_out = output.add_stream("libx264", options=encoder)
                 stream_out.width, stream_out.height = decoder.width, decoder.height
                 source_format = decoder.pix_fmt
                 stream_out.pix_fmt = source_format if source_format in _X264_PIXEL_FORMATS else "yuv420p"
@@ -306,7 +311,7 @@ def _blur_pass(
                     stream_out.set_display_matrix(orientation.matrix)
                 copies = {}
                 for stream in list(plan.copied):
-                    if not _can_carry(output, container_format, stream.name):
+                    if not _can_carry(output, container_format, getattr(stream, "name", None)):
                         plan.copied.remove(stream)
                         plan.dropped.append(
                             f"{describe(stream)}: the {container_format} output cannot hold it"
