@@ -350,7 +350,7 @@ def _remux(container, plan, stream_out, copies, boxes, pts, config, timings, pro
     start = time.perf_counter()
     for packet in container.demux(plan.video, *plan.copied):
         if packet.stream.index in copies:
-            if packet.dts is not None:
+            if packet.size:  # not the empty packet that ends each stream
                 packet.stream = copies[packet.stream.index]
                 stream_out.container.mux(packet)
             continue
