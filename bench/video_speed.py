@@ -24,39 +24,24 @@ import argparse
 import os
 import tempfile
 import time
-from fractions import Fraction
 from pathlib import Path
 
 import av
 import cv2
-import numpy as np
-import pyarrow.parquet as pq
 import simplejpeg
 
 from blurring.config import Config, load_config, parse_overrides
 from blurring.pipeline import blur_image_bytes
-from detection.detections import CLASS_NAMES, Detections
+from detection.detections import Detections
 from detection.detector import Detector
 from eval.datasets import load_split
-from eval.sequences import moving_crop, sequence_figures
+from eval.sequences import moving_crop
+from jobs.video_eval import markdown_table, tracking_figures, write_h264
 from video.pipeline import blur_video
 
 REPO = Path(__file__).resolve().parents[1]
 DATASETS = Path(os.environ.get("STREETBLUR_DATASETS") or REPO.parent / "shared" / "datasets")
 STAGES = ("decode", "detect", "link", "blur", "encode")
-
-
-def write_h264(path: Path, frames: list[np.ndarray], crf: int, rate: int = 25) -> None:
-    """`frames` (BGR) as an H.264 MP4 at `rate` frames/s."""
-    with av.open(str(path), "w") as output:
-        stream = output.add_stream("libx264", rate=rate, options={"crf": str(crf)})
-        stream.height, stream.width = frames[0].shape[:2]
-        stream.pix_fmt = "yuv420p"
-        for index, pixels in enumerate(frames):
-            frame = av.VideoFrame.from_ndarray(pixels, format="bgr24")
-            frame.pts, frame.time_base = index, Fraction(1, rate)
-            output.mux(stream.encode(frame))
-        output.mux(stream.encode())
 
 
 def speed(config: Config, frames: int) -> None:
@@ -93,58 +78,13 @@ def speed(config: Config, frames: int) -> None:
 
 
 def tracking(config: Config, photos: int, frames: int, split: str) -> None:
-    detector = Detector(config.detect)
     images = []
     for name in ("street-faces-plates", "plates-dashcam"):
         labelled = [im for im in load_split(DATASETS / name, split) if len(im.boxes)]
         images += labelled[:: max(1, len(labelled) // (photos // 2))][: photos // 2]
-    figures: dict[str, list[dict]] = {"off": [], "on": []}
-    with tempfile.TemporaryDirectory() as scratch:
-        folder = Path(scratch)
-        for number, image in enumerate(images):
-            clip = moving_crop(cv2.imread(str(image.path)), image.boxes, frames, (640, 384), seed=number)
-            write_h264(folder / "clip.mp4", clip.frames, crf=28)
-            outcome = blur_video(
-                folder / "clip.mp4",
-                folder / "out.mp4",
-                detector,
-                config,
-                folder / "work",
-                folder / "boxes.pq",
-            )
-            assert outcome.status == "blurred", outcome.error
-            rows = pq.read_table(folder / "boxes.pq").to_pandas()
-            for setting, chosen in (("off", rows[rows.source == "detector"]), ("on", rows)):
-                blurred = []
-                for index in range(frames):
-                    here = chosen[chosen.frame == index]
-                    blurred.append(
-                        Detections(
-                            here[["x1", "y1", "x2", "y2"]].to_numpy(),
-                            here.score.to_numpy(),
-                            [CLASS_NAMES.index(c) for c in here["class"]],
-                        )
-                    )
-                figures[setting].append(
-                    sequence_figures(clip.boxes, clip.objects, blurred, (640, 384), config.blur)
-                )
-    print(f"{len(images)} clips of {frames} frames at 640x384 from {split} photos, H.264 CRF 28")
-    print(
-        "| tracking | objects | object-frames | blurred fraction | leaked objects (leak rate) "
-        "| flicker frames (rate) |"
-    )
-    print("|---|---|---|---|---|---|")
-    for setting, rows in figures.items():
-        total = {
-            k: sum(r[k] for r in rows)
-            for k in ("objects", "object_frames", "leaked_objects", "flicker_frames")
-        }
-        blurred = sum(r["blurred_fraction"] * r["object_frames"] for r in rows) / total["object_frames"]
-        print(
-            f"| {setting} | {total['objects']} | {total['object_frames']} | {blurred:.3f} | "
-            f"{total['leaked_objects']} ({total['leaked_objects'] / total['objects']:.3f}) | "
-            f"{total['flicker_frames']} ({total['flicker_frames'] / total['object_frames']:.4f}) |"
-        )
+    result = tracking_figures(images, Detector(config.detect), config, frames, (640, 384))
+    print(f"{split} photos of street-faces-plates and plates-dashcam")
+    print(markdown_table(result))
 
 
 def main() -> None:

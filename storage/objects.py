@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-from storage.files import write_file_atomically
+from storage.files import copy_file_atomically, write_file_atomically
 
 
 @dataclass(frozen=True)
@@ -208,6 +209,23 @@ class Storage:
             self.client().put_object(Bucket=self.bucket, Key=self.prefix + key, Body=data)
         else:
             write_file_atomically(self.root / key, data)
+
+    def download(self, key: str, path: Path) -> None:
+        """Copy the object `key` to the local file `path`, streamed (S3: in parallel ranges)."""
+        check_key(key)
+        if self.is_s3:
+            self.client().download_file(self.bucket, self.prefix + key, str(path))
+        else:
+            shutil.copyfile(self.root / key, path)
+
+    def upload(self, path: Path, key: str) -> None:
+        """Store the local file `path` under `key`, streamed, whole or not at all (S3: a multipart
+        upload, which the object appears by only once complete)."""
+        check_key(key)
+        if self.is_s3:
+            self.client().upload_file(str(path), self.bucket, self.prefix + key)
+        else:
+            copy_file_atomically(path, self.root / key)
 
     def read_versioned(self, key: str) -> tuple[bytes, str]:
         """The object's bytes and version, for `write_if`/`delete_if` (S3: its ETag as S3 gives it; a

@@ -126,6 +126,7 @@ def test_truncated_video_fails_closed(tmp_path, detector, faststart):
     assert outcome.status == "failed" and outcome.output is None
     assert outcome.error.startswith(("open failed", "detection failed")), outcome.error
     assert not out.exists() or not any(out.iterdir())
+    assert not (tmp_path / "work").exists()
 
 
 def test_rotation_is_kept_and_boxes_found_in_the_displayed_orientation(tmp_path, detector):

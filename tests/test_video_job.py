@@ -74,3 +74,14 @@ def test_videos_from_s3_to_s3(s3_endpoint, tmp_path, ray_session):
     rows = {r["key"]: r for r in read_manifest_rows(Storage("s3://photos/out", s3_endpoint))}
     assert rows["a/walk.mov"]["detections_key"] == detections_key("a/walk.mov")
     client.head_object(Bucket="photos", Key=f"out/{detections_key('a/walk.mov')}")
+
+
+def test_files_are_uploaded_and_downloaded_whole_locally_and_on_s3(tmp_path, s3_endpoint):
+    data = bytes(range(256)) * 5000  # 1.3 MB
+    (tmp_path / "file.bin").write_bytes(data)
+    for storage in (Storage(str(tmp_path / "store")), Storage("s3://photos/files", s3_endpoint)):
+        storage.upload(tmp_path / "file.bin", "a/b.mp4")
+        assert storage.read("a/b.mp4") == data
+        storage.download("a/b.mp4", tmp_path / "back.bin")
+        assert (tmp_path / "back.bin").read_bytes() == data
+    assert sorted(p.name for p in (tmp_path / "store" / "a").iterdir()) == ["b.mp4"]  # no partial left

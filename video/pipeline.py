@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import struct
 import time
 import uuid
@@ -85,10 +86,10 @@ def blur_video(
 ) -> VideoOutcome:
     """Blur every face and plate in the video `source` into `target` (container from its suffix).
 
-    `work` holds pass 1's detection parts (a re-run with the same input and detection settings
-    resumes from them; removed on success). `audit`, if given, receives every box blurred (Parquet,
-    `video.store.AUDIT_SCHEMA`). Never raises for a bad video: the outcome says why it failed, and
-    nothing is written to `target`.
+    `work` holds pass 1's detection parts (a run that was killed resumes from them, given the same
+    input and detection settings; removed when the video is done or has failed). `audit`, if given,
+    receives every box blurred (Parquet, `video.store.AUDIT_SCHEMA`). Never raises for a bad video:
+    the outcome says why it failed, and nothing is written to `target`.
     """
     outcome = VideoOutcome("failed")
     timings = dict.fromkeys(("decode", "detect", "link", "blur", "encode"), 0.0)
@@ -119,6 +120,8 @@ def blur_video(
             to_blur[frame].append(boxes)
         timings["link"] = time.perf_counter() - start
         stage = "blurring"
+        if container_format == "avi" and len(times) > 2 and np.ptp(np.diff(times)) > 1e-3:
+            raise ValueError("an AVI file cannot hold a variable frame rate: write .mp4, .mov or .mkv")
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")
         try:
@@ -146,6 +149,7 @@ def blur_video(
         parts.remove()
     except Exception as error:  # noqa: BLE001 -- any failure fails this video closed, with its reason
         outcome.error = f"{stage} failed: {type(error).__name__}: {error}"
+        shutil.rmtree(work, ignore_errors=True)  # a video that failed starts afresh next time
         return outcome
     outcome.status, outcome.output = "blurred", target
     outcome.frames = len(parts.frames)
@@ -281,12 +285,15 @@ def _blur_pass(
         stream_in.thread_type = "AUTO"
         decoder = stream_in.codec_context
         with open(partial, "wb") as handle:
-            output = av.open(handle, "w", format=container_format)
+            # Timestamps as they are: no shift of the whole file to make the first B-frame's decoding
+            # time non-negative (Matroska would move every frame by a few milliseconds).
+            output = av.open(handle, "w", format=container_format, options={"avoid_negative_ts": "disabled"})
             try:
                 output.metadata.update(allowed_metadata(container.metadata))
-                stream_out = output.add_stream(
-                    "libx264", options={"crf": str(config.video.crf), "preset": config.video.preset}
-                )
+                encoder = {"crf": str(config.video.crf), "preset": config.video.preset}
+                if container_format == "avi":  # AVI has no presentation times: frames in decoding order
+                    encoder["bf"] = "0"
+                stream_out = output.add_stream("libx264", options=encoder)
                 stream_out.width, stream_out.height = decoder.width, decoder.height
                 source_format = decoder.pix_fmt
                 stream_out.pix_fmt = source_format if source_format in _X264_PIXEL_FORMATS else "yuv420p"
@@ -304,7 +311,7 @@ def _blur_pass(
                     stream_out.set_display_matrix(orientation.matrix)
                 copies = {}
                 for stream in list(plan.copied):
-                    if not _can_carry(output, container_format, stream.name):
+                    if not _can_carry(output, container_format, getattr(stream, "name", None)):
                         plan.copied.remove(stream)
                         plan.dropped.append(
                             f"{describe(stream)}: the {container_format} output cannot hold it"
@@ -343,7 +350,7 @@ def _remux(container, plan, stream_out, copies, boxes, pts, config, timings, pro
     start = time.perf_counter()
     for packet in container.demux(plan.video, *plan.copied):
         if packet.stream.index in copies:
-            if packet.dts is not None:
+            if packet.size:  # not the empty packet that ends each stream
                 packet.stream = copies[packet.stream.index]
                 stream_out.container.mux(packet)
             continue
@@ -385,14 +392,31 @@ def _blurred_frame(frame: av.VideoFrame, boxes: Detections, config: Config) -> a
     if frame.format.name in ("yuv420p", "yuvj420p") and frame.width % 2 == 0 and frame.height % 2 == 0:
         converted = blurred.reformat(format=frame.format.name).to_ndarray()
         planes = frame.to_ndarray()
-        changed = np.any(blurred_pixels != pixels, axis=2)
-        height, width = changed.shape
-        shared = changed.reshape(height // 2, 2, width // 2, 2).any(axis=(1, 3))
-        luma, chroma = planes[:height], planes[height:].reshape(2, height // 2, width // 2)
-        luma[changed] = converted[:height][changed]
-        chroma[:, shared] = converted[height:].reshape(2, height // 2, width // 2)[:, shared]
+        height, width = pixels.shape[:2]
+        new_luma, luma = converted[:height], planes[:height]
+        new_chroma = converted[height:].reshape(2, height // 2, width // 2)
+        chroma = planes[height:].reshape(2, height // 2, width // 2)
+        for r0, r1, c0, c1 in _touched_regions(boxes, config, width, height):
+            changed = np.any(blurred_pixels[r0:r1, c0:c1] != pixels[r0:r1, c0:c1], axis=2)
+            luma[r0:r1, c0:c1][changed] = new_luma[r0:r1, c0:c1][changed]
+            shared = changed.reshape((r1 - r0) // 2, 2, (c1 - c0) // 2, 2).any(axis=(1, 3))
+            rows, cols = slice(r0 // 2, r1 // 2), slice(c0 // 2, c1 // 2)
+            chroma[:, rows, cols][:, shared] = new_chroma[:, rows, cols][:, shared]
         blurred = av.VideoFrame.from_ndarray(planes, format=frame.format.name)
         for tag in ("color_range", "colorspace"):
             setattr(blurred, tag, getattr(frame, tag))
     blurred.pts, blurred.time_base = frame.pts, frame.time_base
     return blurred
+
+
+def _touched_regions(boxes: Detections, config: Config, width: int, height: int) -> list[tuple[int, ...]]:
+    """Per box, the rows and columns `(r0, r1, c0, c1)`, at even bounds, outside which `anonymize`
+    leaves every pixel as it was: the box grown by the blur's margin, and a pixel more."""
+    regions = []
+    for x1, y1, x2, y2 in boxes.xyxy.astype(np.float64):
+        mx, my = config.blur.margin * (x2 - x1) + 1, config.blur.margin * (y2 - y1) + 1
+        c0, c1 = max(int(np.floor(x1 - mx)) // 2 * 2, 0), min(int(np.ceil(x2 + mx) + 1) // 2 * 2, width)
+        r0, r1 = max(int(np.floor(y1 - my)) // 2 * 2, 0), min(int(np.ceil(y2 + my) + 1) // 2 * 2, height)
+        if c0 < c1 and r0 < r1:
+            regions.append((r0, r1, c0, c1))
+    return regions

@@ -11,7 +11,6 @@ which the muxer writes it again.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from fractions import Fraction
 
 import av
 from av.stream import Disposition
@@ -28,20 +27,6 @@ class StreamPlan:
     copied: list[av.stream.Stream] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
     timecode: str | None = None
-
-
-@dataclass(frozen=True)
-class VideoInfo:
-    """A video's first video stream: size, frame count from the container's index (0: unknown),
-    average rate, duration in seconds, codec, and the other streams as `StreamPlan.dropped` names them."""
-
-    width: int
-    height: int
-    frames: int
-    rate: Fraction | None
-    duration_s: float
-    codec: str
-    streams: list[str]
 
 
 def plan_streams(container: av.container.InputContainer) -> StreamPlan:
@@ -62,7 +47,9 @@ def plan_streams(container: av.container.InputContainer) -> StreamPlan:
             plan.timecode = stream.metadata.get("timecode")
             if plan.timecode is None:
                 plan.dropped.append(f"{name}: a timecode track without a timecode tag")
-        elif stream.type in ("audio", "subtitle", "data") and (stream.codec_context or stream.name):
+        elif stream.type in ("audio", "subtitle", "data") and (
+            stream.codec_context or getattr(stream, "name", None)
+        ):
             plan.copied.append(stream)
         else:
             plan.dropped.append(f"{name}: no codec the output container can carry")
@@ -73,28 +60,11 @@ def plan_streams(container: av.container.InputContainer) -> StreamPlan:
 def describe(stream: av.stream.Stream) -> str:
     """`#2 data bin_data (GoPro MET)`: a stream as the result names it."""
     handler = stream.metadata.get("handler_name")
-    return f"#{stream.index} {stream.type} {stream.name or 'unknown'}" + (f" ({handler})" if handler else "")
+    return f"#{stream.index} {stream.type} {getattr(stream, 'name', None) or 'unknown'}" + (
+        f" ({handler})" if handler else ""
+    )
 
 
 def allowed_metadata(metadata: dict[str, str]) -> dict[str, str]:
     """The entries of `metadata` whose keys are in `video.config.METADATA_KEYS`."""
     return {key: value for key, value in metadata.items() if key in METADATA_KEYS}
-
-
-def probe(path: str) -> VideoInfo:
-    """What `plan_streams` sees in the video at `path`, read from its header alone."""
-    with av.open(path) as container:
-        plan = plan_streams(container)
-        video = plan.video
-        duration = float(video.duration * video.time_base) if video.duration else 0.0
-        if not duration and container.duration:
-            duration = container.duration / av.time_base
-        return VideoInfo(
-            width=video.codec_context.width,
-            height=video.codec_context.height,
-            frames=video.frames,
-            rate=video.average_rate,
-            duration_s=duration,
-            codec=video.name,
-            streams=[f"{describe(s)}: copied" for s in plan.copied] + plan.dropped,
-        )

@@ -1,4 +1,5 @@
-"""Ray batch job: blur every image under an input URI into an output URI, with an audit manifest.
+"""Ray batch job: blur every image and video under an input URI into an output URI, with an audit
+manifest. A video is blurred whole by one detector actor (`jobs.batch.videos`).
 
     streetblur run --input DIR_OR_URI --output DIR_OR_URI [--address ADDR]   # local Ray if none
     ray job submit --address ADDR -- streetblur run --input s3://bucket/raw --output s3://bucket/blurred

@@ -30,22 +30,23 @@ def blur_stored_video(
     key: str, source: Storage, target: Storage, detector: Detector, config: Config
 ) -> VideoOutcome:
     """Blur the video `key` of `source` into `target` under the same key, its boxes under
-    `detections_key(key)`. A local input is read in place; an S3 one is copied to a temporary folder
-    first. Nothing is written to `target` unless the video was blurred whole."""
+    `detections_key(key)`. A local input is read in place; an S3 one is downloaded to a temporary
+    folder first. Files are streamed, never held in memory whole. Nothing is written to `target`
+    unless the video was blurred whole."""
     with tempfile.TemporaryDirectory(prefix="streetblur-video-") as scratch:
         folder = Path(scratch)
         suffix = PurePosixPath(key).suffix.lower()
         if source.is_s3:
             local = folder / f"input{suffix}"
-            local.write_bytes(source.read(key))
+            source.download(key, local)
         else:
             local = source.root / key
         output, audit = folder / f"output{suffix}", folder / "detections.parquet"
         outcome = blur_video(local, output, detector, config, folder / "parts", audit)
         if outcome.status == "blurred":
             try:
-                target.write(detections_key(key), audit.read_bytes())
-                target.write(key, output.read_bytes())
+                target.upload(audit, detections_key(key))
+                target.upload(output, key)
             except Exception as error:  # noqa: BLE001 -- recorded in the manifest, job goes on
                 outcome.status, outcome.output = "failed", None
                 outcome.error = f"write failed: {type(error).__name__}: {error}"

@@ -102,17 +102,7 @@ def _run_blur(args: argparse.Namespace) -> int:
         if outcome.output is None:
             failures.append((source, outcome.error))
             tqdm.write(f"streetblur: error: {source}: {outcome.error}", file=sys.stderr)
-        records.append(
-            {
-                "input": str(source),
-                "output": str(target) if outcome.output is not None else None,
-                "status": outcome.status,
-                "error": outcome.error,
-                "width": outcome.width,
-                "height": outcome.height,
-                "detections": outcome.detections.to_records(),
-            }
-        )
+        records.append(_record(source, target, outcome) | {"detections": outcome.detections.to_records()})
     if args.detections:
         report = {"model": detector.model_id, "images": records}
         write_file_atomically(args.detections, (json.dumps(report, indent=1) + "\n").encode())
@@ -165,6 +155,16 @@ def _blur_one_video(source: Path, target: Path, detector, config) -> dict:
             print(f"streetblur: {source}: not carried: stream {dropped}", file=sys.stderr)
     else:
         print(f"streetblur: error: {source}: {outcome.error}", file=sys.stderr)
+    return _record(source, target, outcome) | {
+        "frames": outcome.frames,
+        "detections_file": str(audit) if outcome.output is not None else None,
+        "streams_copied": outcome.streams_copied,
+        "streams_dropped": outcome.streams_dropped,
+    }
+
+
+def _record(source: Path, target: Path, outcome) -> dict:
+    """What `--detections` writes of every input, photo or video (a pipeline's outcome)."""
     return {
         "input": str(source),
         "output": str(target) if outcome.output is not None else None,
@@ -172,8 +172,4 @@ def _blur_one_video(source: Path, target: Path, detector, config) -> dict:
         "error": outcome.error,
         "width": outcome.width,
         "height": outcome.height,
-        "frames": outcome.frames,
-        "detections_file": str(audit) if outcome.output is not None else None,
-        "streams_copied": outcome.streams_copied,
-        "streams_dropped": outcome.streams_dropped,
     }

@@ -1,0 +1,36 @@
+"""`streetblur eval-video` on a small labelled folder: clips made from its photos, figures with
+tracking on and off."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from jobs.cli.main import main
+from tests.conftest import SAMPLES, sample_labels
+
+
+def test_eval_video_scores_tracking_on_and_off(tmp_path, capsys):
+    data = tmp_path / "set"
+    data.mkdir()
+    images, annotations = [], []
+    for number, (name, boxes) in enumerate(sample_labels().items()):
+        if not name.startswith("dashcam"):
+            continue
+        shutil.copy(SAMPLES / name, data / name)
+        images.append({"id": number, "file_name": name, "width": 1280, "height": 720})
+        for x1, y1, x2, y2 in boxes.xyxy.tolist():
+            bbox = [x1, y1, x2 - x1, y2 - y1]
+            annotations.append({"id": len(annotations), "image_id": number, "category_id": 1, "bbox": bbox})
+    coco = {"images": images, "annotations": annotations, "categories": [{"id": 1, "name": "plate"}]}
+    (data / "annotations.json").write_text(json.dumps(coco))
+    out = tmp_path / "report"
+    args = ["eval-video", "--data", str(data), "--split", "all", "--clips", "2", "--frames", "8"]
+    assert main([*args, "--out", str(out)]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["clips"] == 2 and report["frames"] == 8
+    off, on = report["off"], report["on"]
+    assert off["objects"] == on["objects"] > 0 and off["object_frames"] == on["object_frames"]
+    assert on["blurred_fraction"] >= off["blurred_fraction"]  # tracks only add boxes
+    assert on["leaked_objects"] <= off["leaked_objects"]
+    assert "| on |" in (out / "report.md").read_text() and "| off |" in capsys.readouterr().out
