@@ -53,6 +53,16 @@ INDEX_KEY = f"{AUDIT_DIR}/manifest.json"
 STATE_PART_ROWS = 20_000
 READ_AHEAD = 4  # parts read in parallel while merging (each source)
 BOX_TYPE = pa.struct([("class", pa.string()), ("score", pa.float32()), ("box", pa.list_(pa.float32(), 4))])
+# A box found but not blurred: `stage` "detector" (under the blur threshold) or "verifier" (rejected by a
+# verification stage). Manifests written before this column read it as null (no proposals).
+PROPOSAL_TYPE = pa.struct(
+    [
+        ("class", pa.string()),
+        ("score", pa.float32()),
+        ("box", pa.list_(pa.float32(), 4)),
+        ("stage", pa.string()),
+    ]
+)
 MANIFEST_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
@@ -76,6 +86,7 @@ MANIFEST_SCHEMA = pa.schema(
         ("size", pa.int64()),
         ("run_id", pa.string()),
         ("finished_at", pa.timestamp("ms", tz="UTC")),
+        ("proposals", pa.list_(PROPOSAL_TYPE)),
     ]
 )
 TIMING_COLUMNS = ("read_ms", "decode_ms", "detect_ms", "blur_ms", "encode_ms", "write_ms")
