@@ -302,3 +302,64 @@ def test_the_command_says_what_is_missing_and_imports_the_server_only_when_run(o
     code = "import sys; from jobs.cli.main import build_parser; build_parser(); print(sorted(sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "starlette" not in loaded and "uvicorn" not in loaded and "'review" not in loaded
+
+
+def test_stats_export_and_training_follow_the_verdicts(output, tmp_path, capsys):
+    from jobs.cli import main
+    from jobs.training.dataset import write_yolo_dataset
+    from review.export import export_dataset, review_stats
+
+    rows = {k: r for k, r in output.rows().items() if r["status"] == "blurred"}
+    seed = seed_with_slice(sorted(rows))
+    in_slice = sorted(k for k in rows if in_random_slice(k, seed))
+    others = sorted(k for k in rows if k not in in_slice and rows[k]["boxes"])
+    assert in_slice and len(others) >= 2
+    client = client_of(output, seed)
+    drawn = {"kind": "add", "class": "face", "box": [1.0, 1.0, 21.0, 31.0]}
+    expected = {"images": 0, "true_boxes": 0, "missed": 0, "blurred_boxes": 0, "false_blurs": 0}
+    for key in in_slice:  # one blur false (where there is one), one box drawn
+        boxes = rows[key]["boxes"]
+        if boxes:
+            client.post("/api/verdict", json={"key": key, "kind": "false", "id": box_id(boxes[0])})
+        client.post("/api/verdict", json={"key": key, **drawn})
+        client.post("/api/verdict", json={"key": key, "kind": "reviewed"})
+        false = 1 if boxes else 0
+        expected["images"] += 1
+        expected["true_boxes"] += len(boxes) - false + 1
+        expected["missed"] += 1
+        expected["blurred_boxes"] += len(boxes)
+        expected["false_blurs"] += false
+    labelled, background = others[0], others[1]
+    client.post("/api/verdict", json={"key": labelled, "kind": "reviewed"})
+    for box in rows[background]["boxes"]:
+        client.post("/api/verdict", json={"key": background, "kind": "false", "id": box_id(box)})
+    client.post("/api/verdict", json={"key": background, "kind": "reviewed"})
+    stats = review_stats(output, seed)["random_slice"]
+    expected["miss_rate"] = round(expected["missed"] / expected["true_boxes"], 4)
+    rate = expected["false_blurs"] / expected["blurred_boxes"] if expected["blurred_boxes"] else None
+    expected["false_blur_rate"] = None if rate is None else round(rate, 4)
+    assert stats == expected | {"images_in_slice": len(in_slice)}
+    assert main.main(["review", "stats", output.target.uri, "--seed", seed]) == 0
+    assert json.loads(capsys.readouterr().out)["random_slice"] == stats
+
+    result = export_dataset(output, tmp_path / "ds", seed, max_background=1.0)
+    provenance = json.loads((tmp_path / "ds" / "provenance.json").read_text())
+    assert provenance["dataset_id"] == result["dataset_id"]
+    splits = {e["key"]: e["split"] for e in provenance["images"]}
+    assert splits == {**dict.fromkeys(in_slice, "heldout"), labelled: "train", background: "train"}
+    for entry in provenance["images"]:
+        image = tmp_path / "ds" / entry["split"] / "images" / entry["file"]
+        assert hashlib.sha256(image.read_bytes()).hexdigest()[:20] == image.stem
+        lines = (image.parent.parent / "labels" / f"{image.stem}.txt").read_text().splitlines()
+        assert len(lines) == entry["boxes"]
+        assert (entry["boxes"] == 0) == (entry["key"] == background)
+    assert export_dataset(output, tmp_path / "ds", seed, max_background=0.0)["counts"]["train"] == 1
+    with pytest.raises(ValueError, match="not a review export"):
+        export_dataset(output, tmp_path, seed)
+
+    _, counts = write_yolo_dataset({}, tmp_path / "train-ds", review_exports=(tmp_path / "ds",))
+    trained = sorted(p.name for p in (tmp_path / "train-ds" / "train" / "labels").iterdir())
+    assert len(trained) == 1 and trained[0].startswith("review-")
+    assert not (tmp_path / "train-ds" / "dev").exists() and list(counts.values()) == [1]
+    with pytest.raises(ValueError, match="not a dataset written by"):
+        write_yolo_dataset({}, tmp_path / "train-ds2", review_exports=(tmp_path / "inputs-none",))
