@@ -22,7 +22,11 @@ async function loadQueue() {
   $("where").textContent = `${queue.output} (${queue.images} images, reviewer ${queue.reviewer})`;
   $("failed-count").textContent = queue.failed.length;
   $("failed").replaceChildren(...queue.failed.slice(0, 20).map((f) => item(`${f.key}: ${f.error}`)));
-  const firstOpen = state.queue.findIndex((i) => !i.reviewed);
+  const wanted = new URLSearchParams(location.search).get("key");  // a link to one image
+  if (wanted && !state.queue.some((i) => i.key === wanted)) {
+    state.queue.unshift({ key: wanted, reasons: [], random_slice: false, reviewed: false });
+  }
+  const firstOpen = wanted ? state.queue.findIndex((i) => i.key === wanted) : state.queue.findIndex((i) => !i.reviewed);
   await show(firstOpen < 0 ? 0 : firstOpen);
 }
 
