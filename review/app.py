@@ -20,6 +20,7 @@ import math
 import secrets
 import threading
 from pathlib import Path
+from urllib.parse import urlencode
 
 import cv2
 from starlette.applications import Starlette
@@ -69,7 +70,7 @@ class TokenGate:
         if not secrets.compare_digest(given.encode(), self.token.encode()):
             response: Response = PlainTextResponse("a token is needed: open the URL that was printed", 403)
         elif in_query:
-            query = "&".join(f"{k}={v}" for k, v in request.query_params.multi_items() if k != "token")
+            query = urlencode([(k, v) for k, v in request.query_params.multi_items() if k != "token"])
             response = RedirectResponse(request.url.path + (f"?{query}" if query else ""), 303)
             response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict")
         else:

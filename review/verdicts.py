@@ -24,6 +24,8 @@ import json
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
+import numpy as np
+
 from jobs.batch.manifest import AUDIT_DIR
 from storage.objects import ConditionFailed, NotFound, Storage
 
@@ -35,9 +37,10 @@ RANDOM_SLICE_FRACTION = 0.1
 
 
 def box_id(record: dict) -> str:
-    """The identity of a box record (`class`, `box`): its class and corners to 0.1 px, so a box read
-    back from the manifest (float32) is the same box as the one the browser sent."""
-    return f"{record['class']}:" + ",".join(f"{float(v):.1f}" for v in record["box"])
+    """The identity of a box record (`class`, `box`): its class and corners as float32 (as the manifest
+    stores them) to 0.1 px, so a box read back from the manifest is the same box as the one written or
+    sent by the browser."""
+    return f"{record['class']}:" + ",".join(f"{float(np.float32(v)):.1f}" for v in record["box"])
 
 
 def in_random_slice(key: str, seed: str, fraction: float = RANDOM_SLICE_FRACTION) -> bool:
