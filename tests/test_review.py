@@ -375,3 +375,34 @@ def test_a_box_keeps_its_id_between_the_manifests_float32_and_json():
     stored = {"class": "face", "box": [float(np.float32(v)) for v in written["box"]]}  # as read back
     assert box_id(written) == box_id(stored)
     assert box_id(written) != box_id({"class": "plate", "box": written["box"]})
+
+
+def test_a_manifest_written_before_proposals_reads_as_none_and_queues(job_output, tmp_path):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.batch.manifest import MANIFEST_SCHEMA
+    from review.queue import image_reasons
+
+    shutil.copytree(job_output[1], tmp_path / "out")
+    target = Storage(str(tmp_path / "out"))
+    old_schema = pa.schema([f for f in MANIFEST_SCHEMA if f.name != "proposals"])
+    index = json.loads(target.read("_streetblur/manifest.json"))
+    for part in index["parts"]:  # rewritten as a job before the column wrote them
+        rows = pq.read_table(io.BytesIO(target.read(part["key"]))).to_pylist()
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows, schema=old_schema), buffer)
+        target.write(part["key"], buffer.getvalue())
+    output = ReviewedOutput(target)
+    assert all(row.get("proposals") is None for row in output.rows().values())
+    queue = client_of(output).get("/api/queue").json()
+    assert not any(r.startswith("likely miss") for item in queue["items"] for r in item["reasons"])
+    key = next(k for k, r in output.rows().items() if r["status"] == "blurred")
+    assert client_of(output).get("/api/image", params={"key": key}).json()["proposals"] == []
+    verifier = {"class": "face", "score": 0.8, "box": [0, 0, 9, 9], "stage": "verifier"}
+    row = {"key": "k", "boxes": [], "proposals": [verifier]}
+    assert image_reasons(row, {"face": 0.35}, "seed-without-k") == [
+        "disagreement: verifier rejected a face (0.80)"
+    ]
