@@ -10,7 +10,8 @@ Security: a key from the browser names an image only if the manifest has a blurr
 one box of at most `MAX_LOOK_FRACTION` of the image. With a token every request needs it (`?token=`,
 which sets a cookie, or `Authorization: token T`); the runner binds 127.0.0.1 unless told otherwise,
 and anywhere else only with a token. Bound to loopback, only loopback host names are served (no DNS
-rebinding).
+rebinding), and a verdict must be a JSON request from the page's own origin (another site's page
+cannot post one: a cross-site JSON post needs a CORS preflight, which is never granted).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import math
 import secrets
 import threading
 from pathlib import Path
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import cv2
 from starlette.applications import Starlette
@@ -259,6 +260,11 @@ def create_app(
     async def verdict(request: Request) -> Response:
         from starlette.concurrency import run_in_threadpool
 
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/json":
+            raise ReviewError("a verdict is a JSON body (Content-Type: application/json)")
+        origin = request.headers.get("origin")
+        if origin is not None and urlsplit(origin).netloc != request.headers.get("host"):
+            raise ReviewError(f"a verdict from another site ({origin}) is refused")
         try:
             body = await request.json()
         except ValueError:

@@ -233,6 +233,11 @@ def test_the_browser_reaches_only_the_outputs_and_boxes_of_the_manifest(output):
     assert (
         client.get("/api/original", params={"key": key, "box": "face:0.0,0.0,900.0,900.0"}).status_code == 400
     )
+    reviewed = json.dumps({"key": key, "kind": "reviewed"})
+    plain = client.post("/api/verdict", content=reviewed, headers={"content-type": "text/plain"})
+    assert plain.status_code == 400  # what a form or fetch of another site may send without preflight
+    foreign = {"content-type": "application/json", "origin": "http://evil.example"}
+    assert client.post("/api/verdict", content=reviewed, headers=foreign).status_code == 400
     assert read_verdicts(output.target) == []  # nothing refused was recorded
     box = row["boxes"][0]
     reply = client.get("/api/original", params={"key": key, "box": box_id(box)})
