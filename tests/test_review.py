@@ -122,6 +122,7 @@ def test_a_false_blur_is_unblurred_from_the_original_and_logged(output):
     key = "dashcam_1.png"
     row = output.row(key)
     assert row["boxes"], "the model blurs something in this photo"
+    assert output.config(row) == Config()  # the job's settings, read back from its summary
     target = row["boxes"][0]
     before = output.target.read(key)
     reply = client.post("/api/verdict", json={"key": key, "kind": "false", "id": box_id(target)})
