@@ -13,7 +13,7 @@ import argparse
 import functools
 import sys
 
-from jobs.cli import blur, evaluation, run, training, video_eval
+from jobs.cli import blur, evaluation, review, run, training, video_eval
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,6 +66,6 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         parser_class=functools.partial(argparse.ArgumentParser, formatter_class=_HelpFormatter),
     )
-    for module in (blur, run, evaluation, training, video_eval):  # the order of `--help`
+    for module in (blur, run, evaluation, training, video_eval, review):  # the order of `--help`
         module.add_parsers(commands)
     return parser

@@ -97,6 +97,14 @@ def _add_train_parser(p: argparse.ArgumentParser) -> None:
         help="--write-dataset copies larger images as JPEGs shrunk to this longest side",
     )
     p.add_argument(
+        "--review-data",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also train on a dataset of `streetblur review export` (its train part; repeatable)",
+    )
+    p.add_argument(
         "--tiles",
         action="store_true",
         help="also write one of the detector's tiles of each training image, at the scale it sees them",
@@ -158,14 +166,20 @@ def _run_train(args: argparse.Namespace) -> int:
         print(json.dumps(record["self_labels"]))
     if args.write_dataset:
         data_yaml, counts = write_yolo_dataset(
-            sets, args.write_dataset, args.pseudo_labels, args.max_side, args.tiles
+            sets, args.write_dataset, args.pseudo_labels, args.max_side, args.tiles, tuple(args.review_data)
         )
         print(json.dumps({"data": str(data_yaml), "counts": counts}, indent=2))
         return 0
     if args.dataset:
         data_yaml = args.dataset
     else:
-        data_yaml, _ = write_yolo_dataset(sets, args.workdir / "data", args.pseudo_labels, tiles=args.tiles)
+        data_yaml, _ = write_yolo_dataset(
+            sets,
+            args.workdir / "data",
+            args.pseudo_labels,
+            tiles=args.tiles,
+            review_exports=tuple(args.review_data),
+        )
     record = train(
         data_yaml,
         args.out,

@@ -24,6 +24,8 @@ from eval.evaluate import read_pixels
 from jobs.training.labels import load_pseudo_labels
 
 SOURCES_FILE = "sources.json"  # beside a written dataset's data.yaml: its image counts and pseudo-labels
+# `streetblur review export` writes this `kind` in the provenance.json of its datasets
+REVIEW_EXPORT_KIND = "streetblur-review-export"
 TILE_MIN_VISIBLE = 0.4  # a box is labelled in a training tile when this fraction of its area is inside
 
 
@@ -33,6 +35,7 @@ def write_yolo_dataset(
     pseudo_labels: Path | None = None,
     max_side: int | None = None,
     tiles: bool = False,
+    review_exports: tuple[Path, ...] = (),
 ) -> tuple[Path, dict]:
     """Write a two-class YOLO dataset of symlinked images and label files from `sets` (per set name, its
     `train`, `dev` and `val` parts: `eval.datasets.shared_sets`); return data.yaml, counts.
@@ -41,9 +44,11 @@ def write_yolo_dataset(
     from `make_pseudo_labels`) are added to the `train` part only. With `max_side` the images are
     copies instead of symlinks (shrunk where larger, see `write_yolo_example`), so the folder can be
     moved to another machine (a GPU one) and trained on there (`train`); what it holds is recorded
-    in `SOURCES_FILE` beside data.yaml. With `tiles`, each training image also gives one of the
-    default detector's tiles of it as an example of its own (`write_tile_example`, a JPEG copy
-    whatever `max_side`): objects at the scale the model sees them in use.
+    in `SOURCES_FILE` beside data.yaml. The `train/` part of each of `review_exports` (datasets of
+    `streetblur review export`; their held-out part is never written) is added to `train`. With `tiles`,
+    each training image also gives one of the default detector's tiles of it as an example of its own
+    (`write_tile_example`, a JPEG copy whatever `max_side`): objects at the scale the model sees them in
+    use.
     """
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -65,6 +70,8 @@ def write_yolo_dataset(
                     hash_key = f"{name}/{image.path.name}"  # picks the tile
                     if write_tile_example(image, out_dir / part, f"{name}-tile-{i:05d}", hash_key):
                         counts[f"{name}/train tiles"] = counts.get(f"{name}/train tiles", 0) + 1
+    for export in review_exports:
+        counts.update(add_review_export(export, out_dir / "train", copy=max_side is not None))
     sources = {
         "counts": counts,
         "pseudo_labels": model_id((str(pseudo_labels),)) if pseudo_labels else None,
@@ -77,6 +84,30 @@ def write_yolo_dataset(
         json.dumps({"train": "train/images", "val": "dev/images", "names": dict(enumerate(CLASS_NAMES))})
     )
     return data_yaml, counts
+
+
+def add_review_export(export: Path, part_dir: Path, copy: bool) -> dict[str, int]:
+    """Add the `train/` examples of a review export to a YOLO dataset part (images symlinked, or copied
+    with `copy`); `ValueError` for a folder that is not one. Returns its count, under its dataset id."""
+    try:
+        provenance = json.loads((export / "provenance.json").read_text())
+    except (OSError, ValueError):
+        provenance = {}
+    if provenance.get("kind") != REVIEW_EXPORT_KIND:
+        raise ValueError(f"--review-data {export}: not a dataset written by `streetblur review export`")
+    name = f"review-{provenance['dataset_id'][:12]}"
+    for folder in ("images", "labels"):
+        (part_dir / folder).mkdir(parents=True, exist_ok=True)
+    labels = sorted((export / "train" / "labels").glob("*.txt"))
+    for label in labels:
+        image = export / "train" / "images" / f"{label.stem}.jpg"
+        target = part_dir / "images" / f"{name}-{label.stem}.jpg"
+        if copy:
+            shutil.copyfile(image, target)
+        else:
+            target.symlink_to(image.resolve())
+        shutil.copyfile(label, part_dir / "labels" / f"{name}-{label.stem}.txt")
+    return {f"{name}/train": len(labels)}
 
 
 def detector_tile(

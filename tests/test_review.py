@@ -1,0 +1,414 @@
+"""The review page's API (Starlette's TestClient) on a real job output of the sample photos: the queue,
+verdicts and their log, the re-blur from the original, and what the browser may and may not reach."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import cv2
+import numpy as np
+import pytest
+from starlette.testclient import TestClient
+
+from blurring import anonymize, blur_mask
+from blurring.config import Config
+from blurring.image_io import decode_image, encode_image, output_format
+from detection.detections import Detections
+from jobs.batch.manifest import read_manifest_rows
+from review.app import ReviewSession, create_app
+from review.output import ReviewedOutput
+from review.queue import NEAR_THRESHOLD, RANDOM_SLICE
+from review.verdicts import box_id, in_random_slice, read_verdicts
+from storage.objects import Storage
+from tests.conftest import SAMPLES
+from tests.review_output import low_threshold_detector, write_job_output
+
+PNG_SAMPLES = ("crowd_1.jpg", "dashcam_1.jpg")  # written as PNG inputs: lossless outputs, exact checks
+
+
+def copy_samples(folder) -> None:
+    """The sample photos (two as PNG) and one truncated file, as a job's input folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in sorted(SAMPLES.glob("*.jpg")):
+        if path.name in PNG_SAMPLES:
+            cv2.imwrite(str(folder / f"{path.stem}.png"), cv2.imread(str(path)))
+        else:
+            shutil.copy(path, folder / path.name)
+    (folder / "broken.jpg").write_bytes((SAMPLES / "crowd_0.jpg").read_bytes()[:300])
+
+
+@pytest.fixture(scope="module")
+def job_output(tmp_path_factory):
+    """(input folder, output folder) of a job over the samples, proposals included."""
+    inputs, output = tmp_path_factory.mktemp("inputs"), tmp_path_factory.mktemp("output")
+    copy_samples(inputs)
+    write_job_output(Storage(str(inputs)), Storage(str(output)), low_threshold_detector())
+    return inputs, output
+
+
+@pytest.fixture
+def output(job_output, tmp_path) -> ReviewedOutput:
+    """A fresh copy of the job's output for one test (verdicts change it)."""
+    shutil.copytree(job_output[1], tmp_path / "out")
+    return ReviewedOutput(Storage(str(tmp_path / "out")))
+
+
+def seed_with_slice(keys: list[str]) -> str:
+    """A seed whose random slice holds at least one of `keys` (five images: often none)."""
+    return next(s for s in (f"seed-{i}" for i in range(1000)) if any(in_random_slice(k, s) for k in keys))
+
+
+def client_of(output: ReviewedOutput, seed: str = "test", **options) -> TestClient:
+    return TestClient(
+        create_app(ReviewSession(output, "tester", seed), **options), base_url="http://127.0.0.1"
+    )
+
+
+def decoded(data: bytes) -> np.ndarray:
+    return decode_image(data, 10**9).pixels.astype(int)
+
+
+def rendered(output: ReviewedOutput, key: str, boxes: list[dict]) -> bytes:
+    """What the job's blur code makes of `key`'s original with `boxes`: the reference re-render."""
+    row = output.row(key)
+    config = output.config(row)
+    image = decode_image(output.original(row), config.max_pixels)
+    pixels = anonymize(image.pixels, Detections.from_records(boxes), config.blur)
+    return encode_image(image, pixels, output_format(key), config.keep_metadata, config.quality)
+
+
+def assert_changed_only_in(before: np.ndarray, after: np.ndarray, mask: np.ndarray, row: dict) -> None:
+    """No pixel outside `mask` changed, but by one level at the soft edges of the image's other blurs:
+    the job blurs its detector's boxes and records them to 0.01 px, and a re-render blurs the recorded
+    ones (see README, "The review page")."""
+    others = blur_mask(row["height"], row["width"], Detections.from_records(row["boxes"]), Config().blur)
+    difference = np.abs(before - after).max(axis=2)
+    assert not difference[~mask & (others == 0)].any()
+    assert difference[~mask].max(initial=0) <= 1
+
+
+def test_queue_gives_each_image_its_reasons(output):
+    rows = [r for r in output.rows().values() if r["status"] == "blurred"]
+    seed = seed_with_slice([r["key"] for r in rows])
+    queue = client_of(output, seed).get("/api/queue").json()
+    assert queue["images"] == len(rows) == 5
+    assert queue["failed"] == [{"key": "broken.jpg", "error": output.rows()["broken.jpg"]["error"]}]
+    thresholds = Config().detect.thresholds
+    expected = {}
+    for row in rows:
+        misses = [p for p in row["proposals"] if p["score"] >= thresholds[p["class"]] - NEAR_THRESHOLD]
+        false = [b for b in row["boxes"] if b["score"] < thresholds[b["class"]] + NEAR_THRESHOLD]
+        if in_random_slice(row["key"], seed) or misses or false:
+            expected[row["key"]] = (in_random_slice(row["key"], seed), len(misses), len(false))
+    assert any(miss for _, miss, _ in expected.values()), "the samples have near-threshold proposals"
+    got = {
+        item["key"]: (
+            RANDOM_SLICE in item["reasons"],
+            sum(r.startswith("likely miss") for r in item["reasons"]),
+            sum(r.startswith("likely false blur") for r in item["reasons"]),
+        )
+        for item in queue["items"]
+    }
+    assert got == expected
+    assert [item["random_slice"] for item in queue["items"]] == sorted(
+        (item["random_slice"] for item in queue["items"]), reverse=True
+    )
+
+
+def test_a_false_blur_is_unblurred_from_the_original_and_logged(output):
+    client = client_of(output)
+    key = "dashcam_1.png"
+    row = output.row(key)
+    assert row["boxes"], "the model blurs something in this photo"
+    assert output.config(row) == Config()  # the job's settings, read back from its summary
+    target = row["boxes"][0]
+    before = output.target.read(key)
+    reply = client.post("/api/verdict", json={"key": key, "kind": "false", "id": box_id(target)})
+    assert reply.status_code == 200, reply.text
+    after = output.target.read(key)
+    remaining = [b for b in row["boxes"] if box_id(b) != box_id(target)]
+    assert after == rendered(output, key, remaining)  # from the original, never the blurred output
+    original = decoded(output.original(output.row(key)))
+    mask = blur_mask(row["height"], row["width"], Detections.from_records([target]), Config().blur) > 0
+    others = blur_mask(row["height"], row["width"], Detections.from_records(remaining), Config().blur) > 0
+    assert (decoded(before)[mask & ~others] != original[mask & ~others]).any()
+    assert (decoded(after)[mask & ~others] == original[mask & ~others]).all()
+    verdict, reblur = read_verdicts(output.target)
+    assert verdict["kind"] == "false" and verdict["who"] == "tester" and verdict["key"] == key
+    assert verdict["image_sha256"] == hashlib.sha256(before).hexdigest()
+    assert verdict["model_id"] == row["model_id"] and verdict["class"] == target["class"]
+    assert box_id(verdict) == box_id(target) and "reason" in verdict and "at" in verdict
+    assert reblur["kind"] == "reblur" and "-review-" in reblur["run_id"]
+    assert reblur["old_sha256"] == hashlib.sha256(before).hexdigest()
+    assert reblur["new_sha256"] == hashlib.sha256(after).hexdigest()
+    manifest = {r["key"]: r for r in read_manifest_rows(output.target)}
+    assert manifest[key]["run_id"] == reblur["run_id"]
+    assert [box_id(b) for b in manifest[key]["boxes"]] == [box_id(b) for b in remaining]
+    summary = json.loads(output.target.read(f"_streetblur/runs/{reblur['run_id']}/summary.json"))
+    assert summary["review"] is True and summary["new_sha256"] == reblur["new_sha256"]
+    assert manifest["crowd_0.jpg"] == {**output.rows()["crowd_0.jpg"]}  # others untouched
+    shown = reply.json()["image"]
+    assert [b["id"] for b in shown["false"]] == [box_id(target)]
+    assert box_id(target) not in [b["id"] for b in shown["boxes"]]
+    # the ids the page got before the re-render still name the same boxes after it
+    assert [b["id"] for b in shown["boxes"]] == [box_id(b) for b in remaining]
+    second = client.post("/api/verdict", json={"key": key, "kind": "false", "id": box_id(remaining[0])})
+    assert second.status_code == 200, second.text
+    assert output.target.read(key) == rendered(output, key, remaining[1:])
+
+
+def test_a_drawn_box_is_blurred_there_and_nowhere_else(output):
+    client = client_of(output)
+    key = "crowd_1.png"
+    row = output.row(key)
+    box = [5.0, 5.0, 45.0, 35.0]
+    assert not any(b["box"][0] < 45 and b["box"][1] < 35 for b in row["boxes"]), "a free corner"
+    before = decoded(output.target.read(key))
+    reply = client.post("/api/verdict", json={"key": key, "kind": "add", "class": "plate", "box": box})
+    assert reply.status_code == 200, reply.text
+    after = decoded(output.target.read(key))
+    changed = (before != after).any(axis=2)
+    drawn = Detections.from_records([{"class": "plate", "box": box}])
+    mask = blur_mask(row["height"], row["width"], drawn, Config().blur) > 0
+    assert changed[5:35, 5:45].mean() > 0.5
+    assert_changed_only_in(before, after, mask, row)
+    added = [b for b in reply.json()["image"]["boxes"] if b["source"] == "review"]
+    assert [(b["class"], b["box"]) for b in added] == [("plate", box)]
+
+
+def test_an_accepted_proposal_is_blurred(output):
+    client = client_of(output)
+    key, proposal = next(
+        (r["key"], p) for r in output.rows().values() if r["status"] == "blurred" for p in r["proposals"]
+    )
+    row = output.row(key)
+    reply = client.post("/api/verdict", json={"key": key, "kind": "accept", "id": box_id(proposal)})
+    assert reply.status_code == 200, reply.text
+    assert output.target.read(key) == rendered(output, key, [*row["boxes"], proposal])
+    image = reply.json()["image"]
+    assert box_id(proposal) in [b["id"] for b in image["boxes"] if b["source"] == "review"]
+    assert box_id(proposal) not in [p["id"] for p in image["proposals"]]
+
+
+def test_verdicts_fold_in_order_and_reviewed_is_recorded(output):
+    client = client_of(output)
+    key = "crowd_1.png"
+    row = output.row(key)
+    box = {"class": "face", "box": [5.0, 5.0, 45.0, 35.0]}
+    client.post("/api/verdict", json={"key": key, "kind": "add", **box})
+    reply = client.post("/api/verdict", json={"key": key, "kind": "false", **box})
+    assert reply.status_code == 200, reply.text
+    assert output.target.read(key) == rendered(output, key, row["boxes"])  # added, then taken back out
+    reply = client.post("/api/verdict", json={"key": key, "kind": "reviewed"})
+    assert reply.json()["image"]["reviewed"] is True
+    assert [e["kind"] for e in read_verdicts(output.target)] == [
+        "add",
+        "reblur",
+        "false",
+        "reblur",
+        "reviewed",
+    ]
+
+
+def test_the_browser_reaches_only_the_outputs_and_boxes_of_the_manifest(output):
+    client = client_of(output)
+    for key in ("../etc/passwd", "/etc/passwd", "_streetblur/manifest.json", "broken.jpg", "crowd_0.JPG"):
+        assert client.get("/api/output", params={"key": key}).status_code == 404
+        assert client.get("/api/image", params={"key": key}).status_code == 404
+        reply = client.post("/api/verdict", json={"key": key, "kind": "reviewed"})
+        assert reply.status_code == 404
+    key = "dashcam_1.png"
+    row = output.row(key)
+    for wrong in (
+        {"kind": "false", "id": "face:0.0,0.0,9.0,9.0"},
+        {"kind": "accept", "id": box_id(row["boxes"][0])},
+    ):
+        assert client.post("/api/verdict", json={"key": key, **wrong}).status_code == 400
+    for drawn in ([0, 0, 1, 1], [0, 0, "x", 3], ["NaN", 0, 50, 50], [0, 0, "inf", 50]):
+        body = {"key": key, "kind": "add", "class": "face", "box": drawn}
+        assert client.post("/api/verdict", json=body).status_code == 400
+    car = {"key": key, "kind": "add", "class": "car", "box": [0, 0, 50, 50]}
+    assert client.post("/api/verdict", json=car).status_code == 400
+    assert (
+        client.get("/api/original", params={"key": key, "box": "face:0.0,0.0,900.0,900.0"}).status_code == 400
+    )
+    reviewed = json.dumps({"key": key, "kind": "reviewed"})
+    plain = client.post("/api/verdict", content=reviewed, headers={"content-type": "text/plain"})
+    assert plain.status_code == 400  # what a form or fetch of another site may send without preflight
+    foreign = {"content-type": "application/json", "origin": "http://evil.example"}
+    assert client.post("/api/verdict", content=reviewed, headers=foreign).status_code == 400
+    assert read_verdicts(output.target) == []  # nothing refused was recorded
+    box = row["boxes"][0]
+    reply = client.get("/api/original", params={"key": key, "box": box_id(box)})
+    assert reply.status_code == 200
+    crop = cv2.imdecode(np.frombuffer(reply.content, np.uint8), cv2.IMREAD_COLOR)
+    x1, y1, x2, y2 = box["box"]
+    original = decode_image(output.original(row), 10**9).pixels
+    assert crop.shape[:2] == (np.ceil(y2) - np.floor(y1), np.ceil(x2) - np.floor(x1))
+    assert (
+        crop == original[int(np.floor(y1)) : int(np.ceil(y2)), int(np.floor(x1)) : int(np.ceil(x2))]
+    ).all()
+    (look,) = read_verdicts(output.target)
+    assert look["kind"] == "look" and box_id(look) == box_id(box) and look["who"] == "tester"
+    assert client.get("/api/image", params={"key": key}).json()["looks"] == 1
+
+
+def test_a_token_guards_every_request_and_only_loopback_names_are_served(output):
+    client = client_of(output, token="s3cret", allowed_hosts=["127.0.0.1"])
+    assert client.get("/api/queue").status_code == 403
+    assert client.get("/static/review.js").status_code == 403
+    assert client.get("/api/queue", headers={"Authorization": "token wrong"}).status_code == 403
+    assert client.get("/api/queue", headers={"Authorization": "token s3cret"}).status_code == 200
+    page = client.get("/?token=s3cret")  # redirected to / with the token as a cookie
+    assert page.status_code == 200 and "streetblur review" in page.text
+    assert client.get("/api/queue").status_code == 200
+    other = TestClient(create_app(ReviewSession(output, "t", "s"), allowed_hosts=["127.0.0.1"]))
+    assert other.get("/api/queue", headers={"host": "evil.example"}).status_code == 400
+
+
+def test_the_page_is_served(output):
+    client = client_of(output)
+    assert "review.js" in client.get("/").text
+    assert "keydown" in client.get("/static/review.js").text
+
+
+def test_s3_output_is_reviewed_in_place(s3_endpoint, tmp_path):
+    inputs = tmp_path / "inputs"
+    copy_samples(inputs)
+    source = Storage("s3://photos/raw", s3_endpoint)
+    for path in sorted(inputs.iterdir()):
+        source.write(path.name, path.read_bytes())
+    target = Storage("s3://photos/blurred", s3_endpoint)
+    write_job_output(source, target, low_threshold_detector())
+    output = ReviewedOutput(target)
+    client = client_of(output)
+    key = "dashcam_1.png"
+    box = output.row(key)["boxes"][0]
+    reply = client.post("/api/verdict", json={"key": key, "kind": "false", "id": box_id(box)})
+    assert reply.status_code == 200, reply.text
+    remaining = output.rows()[key]["boxes"]
+    assert box_id(box) not in [box_id(b) for b in remaining]
+    assert target.read(key) == rendered(output, key, remaining)
+    assert [e["kind"] for e in read_verdicts(target)] == ["false", "reblur"]
+    assert {r["key"]: r for r in read_manifest_rows(target)}[key]["run_id"].split("-")[1] == "review"
+
+
+def test_the_command_says_what_is_missing_and_imports_the_server_only_when_run(output, monkeypatch, capsys):
+    import subprocess
+    import sys
+
+    from jobs.cli import main, review
+
+    uri = output.target.uri
+    assert main.main(["review", uri, "--host", "0.0.0.0"]) == 2
+    assert "--token" in capsys.readouterr().err
+    assert main.main(["review", "export", uri]) == 2
+    assert "--out" in capsys.readouterr().err
+    assert main.main(["review", "stats", uri, "more"]) == 2
+    monkeypatch.setattr(review, "find_spec", lambda name: None)
+    assert main.main(["review", uri]) == 2
+    assert "pip install 'streetblur[review]'" in capsys.readouterr().err
+    code = "import sys; from jobs.cli.main import build_parser; build_parser(); print(sorted(sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "starlette" not in loaded and "uvicorn" not in loaded and "'review" not in loaded
+
+
+def test_stats_export_and_training_follow_the_verdicts(output, tmp_path, capsys):
+    from jobs.cli import main
+    from jobs.training.dataset import write_yolo_dataset
+    from review.export import export_dataset, review_stats
+
+    rows = {k: r for k, r in output.rows().items() if r["status"] == "blurred"}
+    seed = seed_with_slice(sorted(rows))
+    in_slice = sorted(k for k in rows if in_random_slice(k, seed))
+    others = sorted(k for k in rows if k not in in_slice and rows[k]["boxes"])
+    assert in_slice and len(others) >= 2
+    client = client_of(output, seed)
+    drawn = {"kind": "add", "class": "face", "box": [1.0, 1.0, 21.0, 31.0]}
+    expected = {"images": 0, "true_boxes": 0, "missed": 0, "blurred_boxes": 0, "false_blurs": 0}
+    for key in in_slice:  # one blur false (where there is one), one box drawn
+        boxes = rows[key]["boxes"]
+        if boxes:
+            client.post("/api/verdict", json={"key": key, "kind": "false", "id": box_id(boxes[0])})
+        client.post("/api/verdict", json={"key": key, **drawn})
+        client.post("/api/verdict", json={"key": key, "kind": "reviewed"})
+        false = 1 if boxes else 0
+        expected["images"] += 1
+        expected["true_boxes"] += len(boxes) - false + 1
+        expected["missed"] += 1
+        expected["blurred_boxes"] += len(boxes)
+        expected["false_blurs"] += false
+    labelled, background = others[0], others[1]
+    client.post("/api/verdict", json={"key": labelled, "kind": "reviewed"})
+    for box in rows[background]["boxes"]:
+        client.post("/api/verdict", json={"key": background, "kind": "false", "id": box_id(box)})
+    client.post("/api/verdict", json={"key": background, "kind": "reviewed"})
+    stats = review_stats(output, seed)["random_slice"]
+    expected["miss_rate"] = round(expected["missed"] / expected["true_boxes"], 4)
+    rate = expected["false_blurs"] / expected["blurred_boxes"] if expected["blurred_boxes"] else None
+    expected["false_blur_rate"] = None if rate is None else round(rate, 4)
+    assert stats == expected | {"images_in_slice": len(in_slice)}
+    assert main.main(["review", "stats", output.target.uri, "--seed", seed]) == 0
+    assert json.loads(capsys.readouterr().out)["random_slice"] == stats
+
+    result = export_dataset(output, tmp_path / "ds", seed, max_background=1.0)
+    provenance = json.loads((tmp_path / "ds" / "provenance.json").read_text())
+    assert provenance["dataset_id"] == result["dataset_id"]
+    splits = {e["key"]: e["split"] for e in provenance["images"]}
+    assert splits == {**dict.fromkeys(in_slice, "heldout"), labelled: "train", background: "train"}
+    for entry in provenance["images"]:
+        image = tmp_path / "ds" / entry["split"] / "images" / entry["file"]
+        assert hashlib.sha256(image.read_bytes()).hexdigest()[:20] == image.stem
+        lines = (image.parent.parent / "labels" / f"{image.stem}.txt").read_text().splitlines()
+        assert len(lines) == entry["boxes"]
+        assert (entry["boxes"] == 0) == (entry["key"] == background)
+    assert export_dataset(output, tmp_path / "ds", seed, max_background=0.0)["counts"]["train"] == 1
+    with pytest.raises(ValueError, match="not a review export"):
+        export_dataset(output, tmp_path, seed)
+
+    _, counts = write_yolo_dataset({}, tmp_path / "train-ds", review_exports=(tmp_path / "ds",))
+    trained = sorted(p.name for p in (tmp_path / "train-ds" / "train" / "labels").iterdir())
+    assert len(trained) == 1 and trained[0].startswith("review-")
+    assert not (tmp_path / "train-ds" / "dev").exists() and list(counts.values()) == [1]
+    with pytest.raises(ValueError, match="not a dataset written by"):
+        write_yolo_dataset({}, tmp_path / "train-ds2", review_exports=(tmp_path / "inputs-none",))
+
+
+def test_a_box_keeps_its_id_between_the_manifests_float32_and_json():
+    written = {"class": "face", "box": [123.45, 10.05, 200.0, 220.15]}  # as a re-render writes it
+    stored = {"class": "face", "box": [float(np.float32(v)) for v in written["box"]]}  # as read back
+    assert box_id(written) == box_id(stored)
+    assert box_id(written) != box_id({"class": "plate", "box": written["box"]})
+
+
+def test_a_manifest_written_before_proposals_reads_as_none_and_queues(job_output, tmp_path):
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from jobs.batch.manifest import MANIFEST_SCHEMA
+    from review.queue import image_reasons
+
+    shutil.copytree(job_output[1], tmp_path / "out")
+    target = Storage(str(tmp_path / "out"))
+    old_schema = pa.schema([f for f in MANIFEST_SCHEMA if f.name != "proposals"])
+    index = json.loads(target.read("_streetblur/manifest.json"))
+    for part in index["parts"]:  # rewritten as a job before the column wrote them
+        rows = pq.read_table(io.BytesIO(target.read(part["key"]))).to_pylist()
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist(rows, schema=old_schema), buffer)
+        target.write(part["key"], buffer.getvalue())
+    output = ReviewedOutput(target)
+    assert all(row.get("proposals") is None for row in output.rows().values())
+    queue = client_of(output).get("/api/queue").json()
+    assert not any(r.startswith("likely miss") for item in queue["items"] for r in item["reasons"])
+    key = next(k for k, r in output.rows().items() if r["status"] == "blurred")
+    assert client_of(output).get("/api/image", params={"key": key}).json()["proposals"] == []
+    verifier = {"class": "face", "score": 0.8, "box": [0, 0, 9, 9], "stage": "verifier"}
+    row = {"key": "k", "boxes": [], "proposals": [verifier]}
+    assert image_reasons(row, {"face": 0.35}, "seed-without-k") == [
+        "disagreement: verifier rejected a face (0.80)"
+    ]
