@@ -45,7 +45,8 @@ class ImagePipelineActor:
         images = [i for i in readable if i not in videos]
         outcomes = self._blur({i: (bytes(batch["data"][i]), str(batch["format"][i])) for i in images})
         columns: dict[str, list] = {name: [] for name in ("output", "status", "error", "width", "height")}
-        columns |= {"boxes": [], "proposals": [], "model_id": [], "settings_digest": [], "faces": [], "plates": []}
+        columns |= {"boxes": [], "proposals": [], "model_id": [], "settings_digest": []}
+        columns |= {"faces": [], "plates": []}
         columns |= {"video": [], "frames": [], "streams_dropped": [], "detections_key": []}
         columns |= {c: [] for c in TIMING_COLUMNS if c != "write_ms"}
         for i in range(len(keys)):
