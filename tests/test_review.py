@@ -383,7 +383,7 @@ def test_a_box_keeps_its_id_between_the_manifests_float32_and_json():
     assert box_id(written) != box_id({"class": "plate", "box": written["box"]})
 
 
-def test_a_manifest_written_before_proposals_reads_as_none_and_queues(job_output, tmp_path):
+def test_a_manifest_written_before_proposals_reads_as_empty_and_queues(job_output, tmp_path):
     import io
 
     import pyarrow as pa
@@ -402,7 +402,7 @@ def test_a_manifest_written_before_proposals_reads_as_none_and_queues(job_output
         pq.write_table(pa.Table.from_pylist(rows, schema=old_schema), buffer)
         target.write(part["key"], buffer.getvalue())
     output = ReviewedOutput(target)
-    assert all(row.get("proposals") is None for row in output.rows().values())
+    assert all(row["proposals"] == [] for row in output.rows().values())
     queue = client_of(output).get("/api/queue").json()
     assert not any(r.startswith("likely miss") for item in queue["items"] for r in item["reasons"])
     key = next(k for k, r in output.rows().items() if r["status"] == "blurred")
