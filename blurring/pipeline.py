@@ -68,7 +68,10 @@ def blur_images(inputs: list[tuple[bytes, str]], detector: Detector, config: Con
             continue
         try:
             start = time.perf_counter()
-            blurred = anonymize(image.pixels, result.blurred, config.blur)
+            # The boxes as the manifest records them (to 0.01 px), so that a re-render from the record
+            # (the review page) blurs exactly what the job blurred.
+            boxes = Detections.from_records(result.blurred.to_records())
+            blurred = anonymize(image.pixels, boxes, config.blur)
             outcome.timings_ms["blur"] = _ms_since(start)
             start = time.perf_counter()
             output = encode_image(image, blurred, inputs[i][1], config.keep_metadata, config.quality)
@@ -76,7 +79,7 @@ def blur_images(inputs: list[tuple[bytes, str]], detector: Detector, config: Con
         except Exception as error:  # noqa: BLE001 -- any failure must fail closed, with its reason
             outcome.error = _reason("blurring", error)
             continue
-        outcome.status, outcome.output, outcome.detections = "blurred", output, result.blurred
+        outcome.status, outcome.output, outcome.detections = "blurred", output, boxes
         outcome.proposals, outcome.proposal_stages = result.unblurred, result.stages
     return outcomes
 

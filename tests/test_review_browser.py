@@ -12,12 +12,13 @@ import pytest
 from blurring import blur_mask
 from blurring.config import Config
 from detection.detections import Detections
+from detection.detector import Detector
 from review.app import ReviewSession, create_app
 from review.output import ReviewedOutput
 from review.verdicts import read_verdicts
 from storage.objects import Storage
 from tests.conftest import free_port
-from tests.review_output import low_threshold_detector, write_job_output
+from tests.review_output import write_job_output
 from tests.test_review import assert_changed_only_in, copy_samples, decoded
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -33,7 +34,7 @@ def served(tmp_path):
     """The review page over a fresh job output of the samples, served by uvicorn on loopback."""
     copy_samples(tmp_path / "inputs")
     write_job_output(
-        Storage(str(tmp_path / "inputs")), Storage(str(tmp_path / "out")), low_threshold_detector()
+        Storage(str(tmp_path / "inputs")), Storage(str(tmp_path / "out")), Detector()
     )
     output = ReviewedOutput(Storage(str(tmp_path / "out")))
     port = free_port()
