@@ -39,10 +39,11 @@ class ReviewedOutput:
         self.rows()[row["key"]] = row
 
     def row(self, key: str) -> dict:
-        """The manifest row of a blurred image; `UnknownImage` for any other key, so a key from a
-        browser can name only an output the job wrote (never another object, nor a path)."""
+        """The manifest row of a blurred image; `UnknownImage` for any other key (videos included: the
+        page reviews photos), so a key from a browser can name only an output the job wrote (never
+        another object, nor a path)."""
         row = self.rows().get(key) if isinstance(key, str) else None
-        if row is None or row["status"] != "blurred" or not row["output_key"]:
+        if row is None or row["status"] != "blurred" or not row["output_key"] or row.get("video"):
             raise UnknownImage(key)
         return row
 

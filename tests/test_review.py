@@ -409,3 +409,12 @@ def test_a_manifest_written_before_proposals_reads_as_empty_and_queues(job_outpu
     assert image_reasons(row, {"face": 0.35}, "seed-without-k") == [
         "disagreement: verifier rejected a face (0.80)"
     ]
+
+
+def test_videos_are_neither_queued_nor_served(output):
+    key = "dashcam_1.png"
+    seed = seed_with_slice([key])
+    assert key in [item["key"] for item in client_of(output, seed).get("/api/queue").json()["items"]]
+    output.refresh(output.row(key) | {"video": True})  # as the job records a blurred video
+    assert key not in [item["key"] for item in client_of(output, seed).get("/api/queue").json()["items"]]
+    assert client_of(output, seed).get("/api/image", params={"key": key}).status_code == 404
