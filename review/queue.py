@@ -38,8 +38,8 @@ def build_queue(
     rows: list[dict], thresholds_of, states: dict[str, ImageState], seed: str, margin: float = NEAR_THRESHOLD
 ) -> list[dict]:
     """The queue over the blurred photos of `rows`: `{key, reasons, random_slice, reviewed}` for each
-    image with a reason, those not fully reviewed first, then the random slice, then by key. `thresholds_of(row)`
-    gives a row's thresholds (its run's)."""
+    image with a reason, those not fully reviewed first, then the random slice, then by key.
+    `thresholds_of(row)` gives a row's thresholds (its run's)."""
     queue = []
     for row in rows:
         if row["status"] != "blurred" or row.get("video"):  # the page reviews photos
