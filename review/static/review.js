@@ -108,6 +108,7 @@ canvas.addEventListener("mouseup", (event) => {
   } else {
     state.drawn = [Math.min(x0, x), Math.min(y0, y), Math.max(x0, x), Math.max(y0, y)];
     state.selected = null;
+    say("drawn box: f adds it as a face, p as a plate");
   }
   draw();
 });
@@ -120,7 +121,7 @@ function select(x, y) {
   const area = (b) => (b.box[2] - b.box[0]) * (b.box[3] - b.box[1]);
   candidates.sort((a, b) => area(a.box) - area(b.box));
   state.selected = candidates[0] || null;
-  if (state.selected) say(`selected ${state.selected.kind} ${state.selected.box.class} (${state.selected.box.score ?? "drawn"})`);
+  say(state.selected ? `selected ${state.selected.kind} ${state.selected.box.class} (${state.selected.box.score ?? "drawn"})` : "");
 }
 
 async function verdict(body) {
