@@ -60,11 +60,16 @@ VERIFY_OPTIONS = (
 )
 
 
-def output_settings(config: Config, model: str, runtime: str, precision: str) -> dict[str, Any]:
+def output_settings(
+    config: Config, model: str, runtime: str, precision: str, video: bool = False
+) -> dict[str, Any]:
     """Everything that decides an output's pixels and bytes: the weights that run (`model`, a
     `detection.detector.model_id`), the runtime and precision they run in, and every other option of
-    `config` but the speed-only ones (`SPEED_ONLY_OPTIONS`)."""
+    `config` but the speed-only ones (`SPEED_ONLY_OPTIONS`). The `video` options count only for a
+    `video` output: changing them redoes videos, not photos."""
     settings = dataclasses.asdict(config)
+    if not video:
+        del settings["video"]
     for name in SPEED_ONLY_OPTIONS:
         del settings["detect"][name]
     if config.detect.verify == "off":

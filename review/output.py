@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from blurring.config import Config, load_config, settings_digest
 from jobs.batch.manifest import AUDIT_DIR, read_manifest_rows
 from storage.objects import NotFound, Storage
+from video.config import is_video_key
 
 
 class UnknownImage(KeyError):
@@ -43,7 +44,7 @@ class ReviewedOutput:
         page reviews photos), so a key from a browser can name only an output the job wrote (never
         another object, nor a path)."""
         row = self.rows().get(key) if isinstance(key, str) else None
-        if row is None or row["status"] != "blurred" or not row["output_key"] or row.get("video"):
+        if row is None or row["status"] != "blurred" or not row["output_key"] or is_video_key(key):
             raise UnknownImage(key)
         return row
 

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from review.verdicts import ImageState, in_random_slice
+from video.config import is_video_key
 
 NEAR_THRESHOLD = 0.15  # score margin around a class's threshold that puts a box in the queue
 RANDOM_SLICE = "random slice"
@@ -42,7 +43,7 @@ def build_queue(
     `thresholds_of(row)` gives a row's thresholds (its run's)."""
     queue = []
     for row in rows:
-        if row["status"] != "blurred" or row.get("video"):  # the page reviews photos
+        if row["status"] != "blurred" or is_video_key(row["key"]):  # the page reviews photos
             continue
         reasons = image_reasons(row, thresholds_of(row), seed, margin)
         if reasons:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import shutil
+from dataclasses import replace
 
 import av
 import boto3
@@ -59,6 +60,12 @@ def test_a_folder_of_photos_and_videos_then_a_rerun_that_skips_them(tmp_path, ra
     assert rows["crowd_1.jpg"]["status"] == "blurred" and rows["crowd_1.jpg"]["frames"] is None
     again = run_job(options)
     assert (again["blurred"], again["skipped"], again["skipped_failed"]) == (0, 4, 1)  # the failed one too
+    # Another video quality redoes the videos, not the photos
+    config = replace(options.config, video=replace(options.config.video, crf=30))
+    recoded = run_job(replace(options, config=config))
+    assert (recoded["blurred"], recoded["failed"], recoded["skipped"]) == (1, 1, 2)
+    assert recoded["settings_digest"] == again["settings_digest"]
+    assert recoded["video_settings_digest"] != again["video_settings_digest"]
 
 
 def test_videos_from_s3_to_s3(s3_endpoint, tmp_path, ray_session):

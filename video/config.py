@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import PurePosixPath
 
 VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".mov", ".mkv", ".avi")
 """Inputs read as videos, and the containers written (the output keeps its input's suffix)."""
+
+
+def is_video_key(key: str) -> bool:
+    """Whether an input named `key` (a storage key or a file name) is read as a video."""
+    return PurePosixPath(key).suffix.lower() in VIDEO_SUFFIXES
 
 # Container and stream metadata copied to the output; every other key (encoder, title, comment,
 # vendor tags...) is dropped. The GPS position and time of capture are kept on purpose: dashcam

@@ -34,8 +34,9 @@ class ImagePipelineActor:
         self.source, self.target = source, target
         self.detector = detector or Detector(config.detect)
         found = self.detector
-        self.settings_digest = settings_digest(
-            output_settings(config, found.model_id, found.runtime, found.precision)
+        self.settings_digest, self.video_settings_digest = (
+            settings_digest(output_settings(config, found.model_id, found.runtime, found.precision, video))
+            for video in (False, True)
         )
 
     def __call__(self, batch: dict) -> dict:
@@ -101,7 +102,7 @@ class ImagePipelineActor:
             "streams_dropped": outcome.streams_dropped if blurred else None,
             "detections_key": detections_key(key) if blurred else None,
             "model_id": self.detector.model_id,
-            "settings_digest": self.settings_digest,
+            "settings_digest": self.video_settings_digest,
             "read_ms": read_ms,
             **{f"{stage}_ms": outcome.timings_s.get(stage, 0.0) * 1000 for stage in ("decode", "detect")},
             "blur_ms": (outcome.timings_s.get("link", 0.0) + outcome.timings_s.get("blur", 0.0)) * 1000,

@@ -57,10 +57,9 @@ from jobs.batch.manifest import (
     read_index,
     uncompacted_runs,
 )
-from jobs.batch.videos import is_video_key
 from jobs.ray_cluster import ACTOR_CPUS, BATCH_SIZE, IO_CPUS, start_ray, with_actor_pool
 from storage.objects import InvalidKey, NotFound, Storage, check_key
-from video.config import VIDEO_SUFFIXES
+from video.config import VIDEO_SUFFIXES, is_video_key
 
 log = logging.getLogger("streetblur.job")
 
@@ -118,7 +117,10 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
     actor_device = options.config.detect.device or ("cuda" if options.actor_gpus > 0 else "cpu")
     runtime, precision, weights = resolve_models(options.config.detect, actor_device)
     settings = output_settings(options.config, model_id(weights), runtime, precision)
-    rule = ResumeRule(settings_digest(settings), options.overwrite, options.retry_failed)
+    video_settings = output_settings(options.config, model_id(weights), runtime, precision, video=True)
+    rule = ResumeRule(
+        settings_digest(settings), settings_digest(video_settings), options.overwrite, options.retry_failed
+    )
     run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
     with Lease(target, run_id, wait_s=options.lease_wait_s) as lease:
         index = read_index(target)
@@ -151,8 +153,9 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
         "failed_fraction": round(failed_fraction, 4),
         "max_failed_fraction": options.max_failed_fraction,
         "failed_fraction_exceeded": failed_fraction > options.max_failed_fraction or not listed["inputs"],
-        "settings_digest": rule.settings_digest,
+        "settings_digest": rule.settings_digest,  # of the photos
         "settings": settings,
+        "video_settings_digest": rule.video_settings_digest,  # of the videos: the `video` options too
     }
     target.write(f"{AUDIT_DIR}/runs/{run_id}/summary.json", (json.dumps(summary, indent=2) + "\n").encode())
     log.info("summary: %s", json.dumps(summary))

@@ -22,6 +22,7 @@ from ray.data.datasource import Datasource, ReadTask
 
 from jobs.batch.manifest import AUDIT_DIR, StateCursor, read_index, run_part_key, skipped_row, write_rows
 from storage.objects import Storage, StoredObject, printable_key
+from video.config import is_video_key
 
 log = logging.getLogger("streetblur.listing")
 
@@ -31,20 +32,24 @@ STAT_THREADS = 16  # keys of a keys file stat'ed at once
 
 @dataclass(frozen=True)
 class ResumeRule:
-    """When an input with a row in the manifest is done again."""
+    """When an input with a row in the manifest is done again. The settings digests are this run's
+    (`blurring.config.settings_digest`), of its photos and of its videos (whose `video.*` options count
+    too): a row made with other settings is redone."""
 
-    settings_digest: str  # of this run (`blurring.config.settings_digest`): rows made otherwise are redone
+    settings_digest: str
+    video_settings_digest: str
     overwrite: bool = False  # redo everything
     retry_failed: bool = False  # redo inputs that failed
 
     def redo(self, previous: dict | None, item: StoredObject) -> bool:
-        """True unless `previous` (the input's latest row) has its ETag and this run's settings digest,
-        and did not fail when failures are retried."""
+        """True unless `previous` (the input's latest row) has its ETag and this run's settings digest
+        (of videos for a video), and did not fail when failures are retried."""
+        digest = self.video_settings_digest if is_video_key(item.key) else self.settings_digest
         return (
             self.overwrite
             or previous is None
             or previous["etag"] != item.etag
-            or previous["settings_digest"] != self.settings_digest
+            or previous["settings_digest"] != digest
             or (self.retry_failed and previous["status"] == "failed")
         )
 

@@ -12,13 +12,7 @@ from blurring.config import Config
 from detection.detector import Detector
 from jobs.batch.manifest import AUDIT_DIR
 from storage.objects import Storage
-from video.config import VIDEO_SUFFIXES
 from video.pipeline import VideoOutcome, blur_video
-
-
-def is_video_key(key: str) -> bool:
-    """Whether the batch job reads the input `key` as a video."""
-    return PurePosixPath(key).suffix.lower() in VIDEO_SUFFIXES
 
 
 def detections_key(key: str) -> str:
