@@ -81,8 +81,9 @@ def _clip_figures(
     clips: Iterable[tuple[LabelledClip, int | Fraction]], detector: Detector, config: Config
 ) -> dict:
     """Each `(clip, frame rate)` encoded, blurred once and scored: per setting ("off", "on") the
-    summed `sequence_figures` counts and the rates."""
+    summed `sequence_figures` counts and the rates, and `track_boxes`, the boxes tracks added."""
     totals = {setting: dict.fromkeys(COUNTS, 0) | {"blurred_object_frames": 0.0} for setting in ("off", "on")}
+    track_boxes = 0
     with tempfile.TemporaryDirectory(prefix="streetblur-video-eval-") as scratch:
         folder = Path(scratch)
         for number, (clip, rate) in enumerate(clips):
@@ -98,6 +99,7 @@ def _clip_figures(
             if outcome.status != "blurred":
                 raise RuntimeError(f"clip {number}: {outcome.error}")
             rows = pq.read_table(folder / "boxes.pq").to_pandas()
+            track_boxes += int((rows.source != "detector").sum())
             size = clip.frames[0].shape[1::-1]
             for setting, chosen in (("off", rows[rows.source == "detector"]), ("on", rows)):
                 blurred = [_boxes(chosen[chosen.frame == index]) for index in range(len(clip.frames))]
@@ -107,7 +109,7 @@ def _clip_figures(
                 totals[setting]["blurred_object_frames"] += (
                     figures["blurred_fraction"] * figures["object_frames"]
                 )
-    result = {}
+    result: dict = {"track_boxes": track_boxes}
     for setting, counts in totals.items():
         object_frames = max(counts["object_frames"], 1)
         result[setting] = {
@@ -127,7 +129,7 @@ def markdown_table(result: dict) -> str:
     else:
         made = f"{result['clips']} clips of consecutive video frames, {result['frames']} frames in all"
     lines = [
-        f"{made}, H.264 CRF {result['clip_crf']}",
+        f"{made}, H.264 CRF {result['clip_crf']}; tracks added {result['track_boxes']} boxes",
         "",
         "| tracking | objects | object-frames | blurred fraction | leaked objects | leak rate "
         "| flicker frames | flicker rate |",
