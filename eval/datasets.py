@@ -342,6 +342,14 @@ def _stable_fraction(key: str) -> float:
 
 
 _VIDEO_FRAME = re.compile(r"^(?P<video>.+)#t=(?P<t>[\d.]+)\.\w+$")
+
+
+def video_frame_time(name: str) -> tuple[str, float] | None:
+    """`(VIDEO, SECONDS)` of a frame file named `VIDEO#t=SECONDS.jpg` (a frame of a video), else None."""
+    match = _VIDEO_FRAME.match(name)
+    return (match["video"], float(match["t"])) if match else None
+
+
 _ROBOFLOW_MAX_COPIES = 3
 _ROBOFLOW_SOURCE = re.compile(r"^(?P<source>.+?)_(jpe?g|png|webp)(_jpe?g|_png)*\.rf\.[0-9a-f]+\.\w+$", re.I)
 

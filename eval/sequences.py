@@ -2,10 +2,14 @@
 figures that matter over time.
 
 `moving_crop` turns one labelled photo into a clip by moving a crop window over it (pan, zoom, jitter,
-now and then motion blur), so every frame's boxes are exact. `sequence_figures` scores what a video
-blur covered, per labelled object over the frames: the blurred fraction of object-frames, the
-**leak rate** (objects left visible in at least one frame: one frame is enough to recognise a face)
-and **flicker** (frames where an object is visible between frames where it is blurred).
+now and then motion blur), so every frame's boxes are exact. `video_frame_runs` and `video_frame_clip`
+assemble the labelled frames of a real video (files named `VIDEO#t=SECONDS.jpg`) into clips of
+consecutive frames; their labels name no objects across frames, so the boxes are linked into objects
+by the project's own linker (`detection.tracking.link_tracks`): those identities are approximate.
+`sequence_figures` scores what a video blur covered, per labelled object over the frames: the blurred
+fraction of object-frames, the **leak rate** (objects left visible in at least one frame: one frame
+is enough to recognise a face) and **flicker** (frames where an object is visible between frames
+where it is blurred).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import numpy as np
 
 from blurring import BlurConfig, blur_mask
 from detection.detections import Detections
+from detection.tracking import link_tracks
+from eval.datasets import LabelledImage, video_frame_time
 from eval.metrics import BLURRED_COVERAGE, covered_fraction
 
 MIN_VISIBLE = 0.5  # an object counts in a frame when at least this share of its box is in the frame
@@ -64,6 +70,44 @@ def moving_crop(
         clip.boxes.append(moved[keep].clipped(out_w, out_h))
         clip.objects.append(np.flatnonzero(keep))
     return clip
+
+
+def video_frame_runs(images: Sequence[LabelledImage]) -> list[tuple[np.ndarray, list[LabelledImage]]]:
+    """`images`, frames of videos named `VIDEO#t=SECONDS.jpg`, as runs of consecutive frames:
+    `(timestamps in seconds, frames)` per video in time order, cut wherever two frames lie further
+    apart than the video's smallest step (its frame interval: frames in between are missing).
+    `ValueError` for a file not named so."""
+    by_video: dict[str, list[tuple[float, LabelledImage]]] = {}
+    for image in images:
+        found = video_frame_time(image.path.name)
+        if found is None:
+            raise ValueError(f"{image.path.name}: not a video's frame (named VIDEO#t=SECONDS.jpg)")
+        by_video.setdefault(found[0], []).append((found[1], image))
+    runs = []
+    for frames in by_video.values():
+        frames.sort(key=lambda pair: pair[0])
+        times = np.array([t for t, _ in frames])
+        step = np.diff(times).min() if len(times) > 1 else 0.0
+        for part in np.split(np.arange(len(frames)), np.flatnonzero(np.diff(times) > step + 1e-6) + 1):
+            runs.append((times[part], [frames[i][1] for i in part]))
+    return runs
+
+
+def video_frame_clip(
+    times: np.ndarray, images: Sequence[LabelledImage], min_iou: float = 0.1, max_distance: float = 2.0
+) -> LabelledClip:
+    """The clip of one run of consecutive frames (`video_frame_runs`): the frames as read, their
+    labelled boxes, and objects linked from frame to frame by `link_tracks` (overlap with the box
+    moved on by its velocity, else centre distance; `min_iou`, `max_distance` as `video.link_iou`,
+    `video.link_distance`), a box joining an object of the frame just before or starting a new one.
+    The labels name no objects, so these identities are approximate."""
+    boxes = [image.boxes for image in images]
+    step = float(np.diff(times).min()) if len(times) > 1 else 0.0
+    objects = [np.full(len(b), -1) for b in boxes]
+    for number, track in enumerate(link_tracks(boxes, times, step, min_iou, max_distance)):
+        for frame, index in zip(track.frames, track.det_index, strict=True):
+            objects[frame][index] = number
+    return LabelledClip([cv2.imread(str(image.path)) for image in images], boxes, objects)
 
 
 def _visible(boxes: Detections, width: int, height: int) -> np.ndarray:

@@ -1,14 +1,18 @@
 """What tracks add to video blurring, on labelled clips: leak rate and flicker with tracking on and off.
 
-Each labelled photo becomes a clip with exact boxes in every frame (`eval.sequences.moving_crop`),
-encoded as H.264 at `CLIP_CRF` (compression) and blurred once by `video.pipeline.blur_video`. Its
-audit file says which boxes came from the detector and which from tracks, so the same pass scores
-both settings: tracking off blurs the `detector` rows alone, tracking on all of them.
+Clips are of two kinds: each labelled photo made a clip with exact boxes in every frame
+(`eval.sequences.moving_crop`, `tracking_figures`), or the labelled frames of real videos in runs of
+consecutive frames at their own rate, their boxes linked into approximate objects
+(`eval.sequences.video_frame_clip`, `video_frame_figures`). Each clip is encoded as H.264 at
+`CLIP_CRF` (compression) and blurred once by `video.pipeline.blur_video`. Its audit file says which
+boxes came from the detector and which from tracks, so the same pass scores both settings: tracking
+off blurs the `detector` rows alone, tracking on all of them.
 """
 
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterable
 from fractions import Fraction
 from pathlib import Path
 
@@ -21,14 +25,14 @@ from blurring.config import Config
 from detection.detections import CLASS_NAMES, Detections
 from detection.detector import Detector
 from eval.datasets import LabelledImage
-from eval.sequences import moving_crop, sequence_figures
+from eval.sequences import LabelledClip, moving_crop, sequence_figures, video_frame_clip
 from video.pipeline import blur_video
 
 CLIP_CRF = 28  # how the clips are compressed before they are blurred
 COUNTS = ("objects", "object_frames", "leaked_objects", "flicker_frames")
 
 
-def write_h264(path: Path, frames: list[np.ndarray], crf: int, rate: int = 25) -> None:
+def write_h264(path: Path, frames: list[np.ndarray], crf: int, rate: int | Fraction = 25) -> None:
     """`frames` (BGR, one size) as an H.264 MP4 at `rate` frames/s."""
     with av.open(str(path), "w") as output:
         stream = output.add_stream("libx264", rate=rate, options={"crf": str(crf)})
@@ -36,7 +40,7 @@ def write_h264(path: Path, frames: list[np.ndarray], crf: int, rate: int = 25) -
         stream.pix_fmt = "yuv420p"
         for index, pixels in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(pixels, format="bgr24")
-            frame.pts, frame.time_base = index, Fraction(1, rate)
+            frame.pts, frame.time_base = index, 1 / Fraction(rate)
             output.mux(stream.encode(frame))
         output.mux(stream.encode())
 
@@ -44,14 +48,46 @@ def write_h264(path: Path, frames: list[np.ndarray], crf: int, rate: int = 25) -
 def tracking_figures(
     images: list[LabelledImage], detector: Detector, config: Config, frames: int, size: tuple[int, int]
 ) -> dict:
-    """Figures of clips of `frames` frames of `size` made from `images`, blurred with `config`: per
-    setting ("off", "on") the summed `eval.sequences.sequence_figures` counts and the rates."""
+    """Figures of moving-crop clips of `frames` frames of `size` made from `images` (25 frames/s),
+    blurred with `config`: per setting ("off", "on") the summed `eval.sequences.sequence_figures`
+    counts and the rates."""
+    clips = (
+        (moving_crop(cv2.imread(str(image.path)), image.boxes, frames, size, seed=number), 25)
+        for number, image in enumerate(images)
+    )
+    result = {"clips_from": "photos", "clips": len(images), "frames": frames, "size": list(size)}
+    return result | {"clip_crf": CLIP_CRF} | _clip_figures(clips, detector, config)
+
+
+def video_frame_figures(
+    runs: list[tuple[np.ndarray, list[LabelledImage]]], detector: Detector, config: Config
+) -> dict:
+    """Figures of clips of real video frames: `runs` of consecutive frames (`eval.sequences.
+    video_frame_runs`, timestamps in seconds), each encoded at its own frame rate, its boxes linked
+    into objects with `config.video`'s link settings; as `tracking_figures`."""
+    clips = (
+        (
+            video_frame_clip(times, images, config.video.link_iou, config.video.link_distance),
+            (1 / Fraction(float(np.diff(times).min()))).limit_denominator(1001),
+        )
+        for times, images in runs
+    )
+    frames = sum(len(images) for _, images in runs)
+    result = {"clips_from": "video-frames", "clips": len(runs), "frames": frames, "clip_crf": CLIP_CRF}
+    return result | _clip_figures(clips, detector, config)
+
+
+def _clip_figures(
+    clips: Iterable[tuple[LabelledClip, int | Fraction]], detector: Detector, config: Config
+) -> dict:
+    """Each `(clip, frame rate)` encoded, blurred once and scored: per setting ("off", "on") the
+    summed `sequence_figures` counts and the rates, and `track_boxes`, the boxes tracks added."""
     totals = {setting: dict.fromkeys(COUNTS, 0) | {"blurred_object_frames": 0.0} for setting in ("off", "on")}
+    track_boxes = 0
     with tempfile.TemporaryDirectory(prefix="streetblur-video-eval-") as scratch:
         folder = Path(scratch)
-        for number, image in enumerate(images):
-            clip = moving_crop(cv2.imread(str(image.path)), image.boxes, frames, size, seed=number)
-            write_h264(folder / "clip.mp4", clip.frames, CLIP_CRF)
+        for number, (clip, rate) in enumerate(clips):
+            write_h264(folder / "clip.mp4", clip.frames, CLIP_CRF, rate)
             outcome = blur_video(
                 folder / "clip.mp4",
                 folder / "out.mp4",
@@ -61,17 +97,19 @@ def tracking_figures(
                 folder / "boxes.pq",
             )
             if outcome.status != "blurred":
-                raise RuntimeError(f"{image.path}: {outcome.error}")
+                raise RuntimeError(f"clip {number}: {outcome.error}")
             rows = pq.read_table(folder / "boxes.pq").to_pandas()
+            track_boxes += int((rows.source != "detector").sum())
+            size = clip.frames[0].shape[1::-1]
             for setting, chosen in (("off", rows[rows.source == "detector"]), ("on", rows)):
-                blurred = [_boxes(chosen[chosen.frame == index]) for index in range(frames)]
+                blurred = [_boxes(chosen[chosen.frame == index]) for index in range(len(clip.frames))]
                 figures = sequence_figures(clip.boxes, clip.objects, blurred, size, config.blur)
                 for name in COUNTS:
                     totals[setting][name] += figures[name]
                 totals[setting]["blurred_object_frames"] += (
                     figures["blurred_fraction"] * figures["object_frames"]
                 )
-    result = {"clips": len(images), "frames": frames, "size": list(size), "clip_crf": CLIP_CRF}
+    result: dict = {"track_boxes": track_boxes}
     for setting, counts in totals.items():
         object_frames = max(counts["object_frames"], 1)
         result[setting] = {
@@ -84,10 +122,14 @@ def tracking_figures(
 
 
 def markdown_table(result: dict) -> str:
-    """`tracking_figures` as a Markdown table."""
+    """`tracking_figures` or `video_frame_figures` as a Markdown table."""
+    if result["clips_from"] == "photos":
+        width, height = result["size"]
+        made = f"{result['clips']} clips of {result['frames']} frames at {width}x{height}"
+    else:
+        made = f"{result['clips']} clips of consecutive video frames, {result['frames']} frames in all"
     lines = [
-        f"{result['clips']} clips of {result['frames']} frames at {result['size'][0]}x{result['size'][1]}, "
-        f"H.264 CRF {result['clip_crf']}",
+        f"{made}, H.264 CRF {result['clip_crf']}; tracks added {result['track_boxes']} boxes",
         "",
         "| tracking | objects | object-frames | blurred fraction | leaked objects | leak rate "
         "| flicker frames | flicker rate |",

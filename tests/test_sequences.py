@@ -1,11 +1,15 @@
-"""Labelled moving-crop clips and the per-object figures of video blurring."""
+"""Labelled moving-crop clips, clips of a video's labelled frames, and the per-object figures of video
+blurring."""
 
 from __future__ import annotations
 
+import cv2
 import numpy as np
+import pytest
 
 from detection.detections import CLASS_NAMES, Detections
-from eval.sequences import moving_crop, sequence_figures
+from eval.datasets import LabelledImage
+from eval.sequences import moving_crop, sequence_figures, video_frame_clip, video_frame_runs
 
 FACE = CLASS_NAMES.index("face")
 
@@ -36,3 +40,31 @@ def test_leak_flicker_and_blurred_fraction_per_object():
     assert figures["flicker_frames"] == 1  # only object 0's frame 2 lies between blurred frames
     assert figures["blurred_fraction"] == 5 / 10
     assert figures["leak_rate"] == 1.0 and figures["flicker_rate"] == 1 / 10
+
+
+def test_video_frames_become_runs_of_consecutive_frames_with_linked_objects(tmp_path):
+    plate = CLASS_NAMES.index("plate")
+    frame = np.full((90, 160, 3), 60, np.uint8)
+    cv2.imwrite(str(tmp_path / "frame.jpg"), frame)
+    images = []
+    for video, seconds in (("drive.mp4", [12, 10, 11, 14, 15]), ("other.mp4", [3, 4])):
+        for t in seconds:
+            # one plate moving right 10 px a second; a second plate appears at 11 s, far from the first
+            xyxy = [[10 * t, 20, 10 * t + 30, 30]] + ([[120, 60, 150, 70]] if t == 11 else [])
+            path = tmp_path / f"{video}#t={t}.jpg"
+            path.write_bytes((tmp_path / "frame.jpg").read_bytes())
+            boxes = Detections(xyxy, [1.0] * len(xyxy), [plate] * len(xyxy))
+            images.append(LabelledImage(path, 160, 90, boxes, len(images)))
+    runs = video_frame_runs(images)
+    assert [times.tolist() for times, _ in runs] == [[10, 11, 12], [14, 15], [3, 4]]
+    assert [im.path.name for im in runs[0][1]] == [
+        "drive.mp4#t=10.jpg",
+        "drive.mp4#t=11.jpg",
+        "drive.mp4#t=12.jpg",
+    ]
+    clip = video_frame_clip(*runs[0])
+    assert len(clip.frames) == 3 and clip.frames[0].shape == (90, 160, 3)
+    first, second = clip.objects[1].tolist()
+    assert clip.objects[0].tolist() == [first] and clip.objects[2].tolist() == [first] and second != first
+    with pytest.raises(ValueError, match="not a video's frame"):
+        video_frame_runs([LabelledImage(tmp_path / "frame.jpg", 160, 90, Detections(), 0)])
