@@ -166,7 +166,8 @@ def test_proposals_round_trip_and_parts_written_before_the_column_read_as_none_p
     buffer = io.BytesIO()
     pq.write_table(pa.Table.from_pylist([old_row], schema=old_schema), buffer)
     target.write(run_part_key("20260101T000000Z-aaaaaa", "part", 0), buffer.getvalue())
-    assert MANIFEST_SCHEMA.names[-1] == "proposals"  # appended at the end: old columns keep their places
+    # appended after the columns it found: those keep their places
+    assert MANIFEST_SCHEMA.names.index("proposals") == MANIFEST_SCHEMA.names.index("finished_at") + 1
 
     index = compact(target, read_index(target), uncompacted_runs(target, read_index(target)))
     rows = {r["key"]: r for r in read_manifest_rows(target)}
