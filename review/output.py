@@ -8,7 +8,7 @@ import threading
 from dataclasses import dataclass, field
 
 from blurring.config import Config, load_config, settings_digest
-from jobs.batch.manifest import AUDIT_DIR, read_manifest_rows
+from jobs.batch.manifest import read_manifest_rows, summary_key
 from storage.objects import NotFound, Storage
 from video.config import is_video_key
 
@@ -52,7 +52,7 @@ class ReviewedOutput:
         """The `summary.json` of run `run_id`."""
         if run_id not in self._summaries:
             try:
-                data = self.target.read(f"{AUDIT_DIR}/runs/{run_id}/summary.json")
+                data = self.target.read(summary_key(run_id))
             except NotFound:
                 raise ValueError(f"{self.target.uri}: run {run_id} has no summary.json") from None
             self._summaries[run_id] = json.loads(data)

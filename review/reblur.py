@@ -11,7 +11,6 @@ and the output's old and new SHA-256, which the verdict log records too (a `rebl
 from __future__ import annotations
 
 import hashlib
-import json
 import uuid
 from datetime import datetime, timezone
 
@@ -19,7 +18,7 @@ from blurring import anonymize
 from blurring.image_io import decode_image, encode_image, output_format
 from detection.detections import Detections
 from jobs.batch.lease import Lease
-from jobs.batch.manifest import AUDIT_DIR, TIMING_COLUMNS, run_part_key, write_rows
+from jobs.batch.manifest import TIMING_COLUMNS, run_part_key, write_rows, write_summary
 from review.output import ReviewedOutput
 from review.verdicts import ImageState, append_verdicts, box_id, now_iso
 
@@ -87,9 +86,7 @@ def reblur(output: ReviewedOutput, key: str, state: ImageState, reviewer: str) -
             "settings_digest": row["settings_digest"],
             "settings": output.settings(row),
         }
-        output.target.write(
-            f"{AUDIT_DIR}/runs/{run_id}/summary.json", (json.dumps(summary, indent=2) + "\n").encode()
-        )
+        write_summary(output.target, run_id, summary)
         append_verdicts(output.target, [entry])
     output.refresh(new_row)
     return entry

@@ -6,7 +6,6 @@ code (`write_rows`, `compact`) and settings (`output_settings`), without startin
 
 from __future__ import annotations
 
-import json
 import uuid
 from datetime import datetime, timezone
 
@@ -14,7 +13,7 @@ from blurring.config import Config, output_settings, settings_digest
 from blurring.image_io import output_format
 from blurring.pipeline import blur_image_bytes
 from detection.detector import Detector, model_id, resolve_models
-from jobs.batch.manifest import AUDIT_DIR, TIMING_COLUMNS, compact, read_index, run_part_key, write_rows
+from jobs.batch.manifest import TIMING_COLUMNS, compact, read_index, run_part_key, write_rows, write_summary
 from storage.objects import Storage
 
 
@@ -62,6 +61,6 @@ def write_job_output(
     write_rows(target, run_part_key(run_id, "part", 0), rows)
     summary = {"run_id": run_id, "input": source.uri, "output": target.uri, "blurred": len(rows), "failed": 0}
     summary |= {"settings_digest": digest, "settings": settings}
-    target.write(f"{AUDIT_DIR}/runs/{run_id}/summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    write_summary(target, run_id, summary)
     compact(target, read_index(target), [run_id])
     return run_id

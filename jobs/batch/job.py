@@ -50,12 +50,12 @@ from jobs.batch.actor import ImagePipelineActor
 from jobs.batch.lease import LEASE_WAIT_S, Lease
 from jobs.batch.listing import ListingCounts, ListInputsToDo, ResumeRule
 from jobs.batch.manifest import (
-    AUDIT_DIR,
     TIMING_COLUMNS,
     ManifestPartWriter,
     compact,
     read_index,
     uncompacted_runs,
+    write_summary,
 )
 from jobs.ray_cluster import ACTOR_CPUS, BATCH_SIZE, IO_CPUS, start_ray, with_actor_pool
 from storage.objects import InvalidKey, NotFound, Storage, check_key
@@ -157,7 +157,7 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
         "settings": settings,
         "video_settings_digest": rule.video_settings_digest,  # of the videos: the `video` options too
     }
-    target.write(f"{AUDIT_DIR}/runs/{run_id}/summary.json", (json.dumps(summary, indent=2) + "\n").encode())
+    write_summary(target, run_id, summary)
     log.info("summary: %s", json.dumps(summary))
     if not listed["inputs"]:
         log.error("no inputs under %s with suffixes %s", options.input_uri, ", ".join(options.suffixes))
@@ -344,7 +344,7 @@ class _WriteStage:
         blurred = status == "blurred"
         return {
             "key": row["key"],
-            "output_key": row["key"] if status == "blurred" else None,
+            "output_key": row["key"] if blurred else None,
             "status": status,
             "error": error,
             "width": row["width"],
@@ -360,7 +360,7 @@ class _WriteStage:
             "size": row["size"],
             "run_id": self.run_id,
             "finished_at": datetime.now(timezone.utc),
-            "proposals": json.loads(row["proposals"]) if status == "blurred" else [],
+            "proposals": json.loads(row["proposals"]) if blurred else [],
             "block": row["block"],
             "block_todo": row["block_todo"],
             "frames": row["frames"],

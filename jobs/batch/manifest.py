@@ -109,6 +109,16 @@ def run_part_key(run_id: str, kind: str, number: int) -> str:
     return f"{AUDIT_DIR}/runs/{run_id}/{kind}-{number:09d}.parquet"
 
 
+def summary_key(run_id: str) -> str:
+    """Where a run's `summary.json` is stored."""
+    return f"{AUDIT_DIR}/runs/{run_id}/summary.json"
+
+
+def write_summary(target: Storage, run_id: str, summary: dict) -> None:
+    """Write run `run_id`'s `summary.json` (indented JSON)."""
+    target.write(summary_key(run_id), (json.dumps(summary, indent=2) + "\n").encode())
+
+
 def write_rows(target: Storage, key: str, rows: list[dict]) -> None:
     """Write `rows` (manifest rows) as one Parquet part at `key`, sorted by input key."""
     table = pa.Table.from_pylist(sorted(rows, key=itemgetter("key")), schema=MANIFEST_SCHEMA)
