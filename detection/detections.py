@@ -41,6 +41,25 @@ def canonical_class(name: str, aliases: dict[str, str] | None = None) -> str | N
     return target
 
 
+def box_areas(xyxy: np.ndarray) -> np.ndarray:
+    """Areas of (N, 4) corner boxes in square pixels (0 for a box without width or height)."""
+    wh = np.clip(xyxy[..., 2:] - xyxy[..., :2], 0, None)
+    return wh[..., 0] * wh[..., 1]
+
+
+def intersection_areas(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(A, B) areas where each of the (A, 4) corner boxes `a` overlaps each of the (B, 4) boxes `b`."""
+    a, b = a[:, None, :], b[None, :, :]
+    wh = np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]), 0, None)
+    return wh[..., 0] * wh[..., 1]
+
+
+def pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(A, B) intersection over union of each of the corner boxes `a` with each of `b`."""
+    inter = intersection_areas(a, b)
+    return inter / np.maximum(box_areas(a)[:, None] + box_areas(b)[None, :] - inter, 1e-9)
+
+
 @dataclass(frozen=True)
 class Detections:
     """Boxes found in one image.
@@ -81,8 +100,7 @@ class Detections:
     @property
     def area(self) -> np.ndarray:
         """Box areas in square pixels."""
-        wh = np.clip(self.xyxy[:, 2:] - self.xyxy[:, :2], 0, None)
-        return wh[:, 0] * wh[:, 1]
+        return box_areas(self.xyxy)
 
     def of_class(self, name: str) -> Detections:
         """Only the boxes of class `name`."""

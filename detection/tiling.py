@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from detection.detections import Detections
+from detection.detections import Detections, intersection_areas
 
 
 @dataclass(frozen=True)
@@ -124,10 +124,7 @@ def merge_groups(detections: Detections, overlap_threshold: float) -> np.ndarray
     for i in np.argsort(-scores, kind="stable"):
         if groups[i] >= 0:
             continue
-        inter_wh = np.clip(
-            np.minimum(xyxy[i, 2:], xyxy[:, 2:]) - np.maximum(xyxy[i, :2], xyxy[:, :2]), 0, None
-        )
-        inter = inter_wh[:, 0] * inter_wh[:, 1]
+        inter = intersection_areas(xyxy[i : i + 1], xyxy)[0]
         smaller = np.maximum(np.minimum(area[i], area), 1e-9)
         group = (groups < 0) & (class_id == class_id[i]) & (inter / smaller > overlap_threshold)
         group[i] = True

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from detection.detections import Detections
+from detection.detections import Detections, box_areas, pairwise_iou
 
 _NO_LINK = 1e6  # assignment cost of a pair outside the gates
 
@@ -141,11 +141,8 @@ def _link_cost(predicted: np.ndarray, boxes: np.ndarray, min_iou: float, max_dis
     if not len(predicted) or not len(boxes):
         return cost
     p, b = predicted[:, None, :], boxes[None, :, :]
-    inter_wh = np.clip(np.minimum(p[..., 2:], b[..., 2:]) - np.maximum(p[..., :2], b[..., :2]), 0, None)
-    inter = inter_wh[..., 0] * inter_wh[..., 1]
-    area_p = np.prod(np.clip(p[..., 2:] - p[..., :2], 0, None), axis=-1)
-    area_b = np.prod(np.clip(b[..., 2:] - b[..., :2], 0, None), axis=-1)
-    iou = inter / np.maximum(area_p + area_b - inter, 1e-9)
+    area_p, area_b = box_areas(predicted)[:, None], box_areas(boxes)[None, :]
+    iou = pairwise_iou(predicted, boxes)
     size = np.maximum((p[..., 2:] - p[..., :2]).max(-1), (b[..., 2:] - b[..., :2]).max(-1))
     distance = np.linalg.norm((p[..., :2] + p[..., 2:]) / 2 - (b[..., :2] + b[..., 2:]) / 2, axis=-1)
     ratio = np.maximum(area_p, 1e-9) / np.maximum(area_b, 1e-9)

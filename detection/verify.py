@@ -18,7 +18,7 @@ from collections.abc import Callable
 import cv2
 import numpy as np
 
-from detection.detections import CLASS_NAMES, Detections
+from detection.detections import CLASS_NAMES, Detections, intersection_areas, pairwise_iou
 from detection.tiling import merge_boxes, merge_groups
 
 ZOOM_MATCH_IOU = 0.3  # a box found in a cell confirms the proposal pasted there at this IoU or more
@@ -101,7 +101,7 @@ def zoom_scores(
     found = detect(canvases) if canvases else []
     for group, (canvas, landed, cls) in zip(zoomed, expected, strict=True):
         dets = found[canvas][found[canvas].class_id == cls]
-        matching = _iou(landed, dets.xyxy) >= ZOOM_MATCH_IOU if len(dets) else np.zeros(0, bool)
+        matching = pairwise_iou(landed[None], dets.xyxy)[0] >= ZOOM_MATCH_IOU
         scores[groups == group] = float(dets.scores[matching].max()) if matching.any() else 0.0
     return scores
 
@@ -125,18 +125,8 @@ def covered_by(boxes: Detections, others: Detections, fraction: float) -> np.nda
     """Per box of `boxes`: True when one box of `others` covers more than `fraction` of its area."""
     if not len(boxes) or not len(others):
         return np.zeros(len(boxes), bool)
-    a, b = boxes.xyxy[:, None, :], others.xyxy[None, :, :]
-    inter_wh = np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]), 0, None)
-    inter = inter_wh[..., 0] * inter_wh[..., 1]
+    inter = intersection_areas(boxes.xyxy, others.xyxy)
     return (inter / np.maximum(boxes.area[:, None], 1e-9) > fraction).any(axis=1)
-
-
-def _iou(box: np.ndarray, boxes: np.ndarray) -> np.ndarray:
-    inter_wh = np.clip(np.minimum(box[2:], boxes[:, 2:]) - np.maximum(box[:2], boxes[:, :2]), 0, None)
-    inter = inter_wh[:, 0] * inter_wh[:, 1]
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    return inter / np.maximum(area + areas - inter, 1e-9)
 
 
 def _per_box(thresholds: dict[str, float], class_id: np.ndarray) -> np.ndarray:
