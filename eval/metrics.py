@@ -46,7 +46,7 @@ import numpy as np
 from faster_coco_eval import COCO, COCOeval_faster
 
 from blurring import BlurConfig, blur_mask
-from detection.detections import CLASS_NAMES, Detections
+from detection.detections import CLASS_NAMES, Detections, intersection_areas
 from eval.datasets import LabelledImage
 
 CATEGORY_ID = {name: i + 1 for i, name in enumerate(CLASS_NAMES)}  # COCO category ids start at 1
@@ -208,9 +208,7 @@ def covered_fraction(xyxy: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 def overlaps_nothing(detections: Detections, ground_truth: Detections) -> np.ndarray:
     """Per detection: True when its box shares no area with any ground-truth box (a false blur)."""
-    a, b = detections.xyxy[:, None, :], ground_truth.xyxy[None, :, :]
-    overlap = np.clip(np.minimum(a[..., 2:], b[..., 2:]) - np.maximum(a[..., :2], b[..., :2]), 0, None)
-    return ~(overlap.prod(axis=-1) > 0).any(axis=1)
+    return ~(intersection_areas(detections.xyxy, ground_truth.xyxy) > 0).any(axis=1)
 
 
 def false_blurs(detections: Detections, image: LabelledImage) -> np.ndarray:
