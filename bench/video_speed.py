@@ -2,11 +2,17 @@
 
     python bench/video_speed.py speed [--frames 60] [--set detect.device=cuda:0 ...]
     python bench/video_speed.py tracking [--photos 24] [--frames 30] [--split dev]
+    python bench/video_speed.py job [--frames 480] [--actors 2]
 
 `speed` writes a 1280x720 H.264 clip (a window panning over the two dashcam sample photos, CRF 18),
 blurs it with `video.pipeline.blur_video` (both passes, as `streetblur blur clip.mp4` does) and
 prints frames/s with the share of decode, detect, link, blur and encode; then blurs the same frames
 as JPEG photos (`blurring.pipeline.blur_image_bytes`, as `streetblur blur` does a folder of frames).
+
+`job` blurs one such clip (longer, a keyframe every 2 s) with the Ray batch job on a local Ray, once
+with one actor per video (`--video-chunk-mb 0`) and once cut into chunks spread over the actors,
+and prints each run's wall time and frames/s: what chunking gives when there are fewer videos than
+actors (the end of every job).
 
 `tracking` turns labelled photos of the `dev` split (street-faces-plates: faces and plates; and
 plates-dashcam) into clips with exact boxes in every frame (`eval.sequences.moving_crop`: pan,
@@ -36,6 +42,7 @@ from detection.detections import Detections
 from detection.detector import Detector
 from eval.datasets import load_split
 from eval.sequences import moving_crop
+from jobs.batch.job import JobOptions, run_job
 from jobs.video_eval import markdown_table, tracking_figures, write_h264
 from video.pipeline import blur_video
 
@@ -44,16 +51,21 @@ DATASETS = Path(os.environ.get("STREETBLUR_DATASETS") or REPO.parent / "shared" 
 STAGES = ("decode", "detect", "link", "blur", "encode")
 
 
-def speed(config: Config, frames: int) -> None:
-    detector = Detector(config.detect)
-    print(f"runtime {detector.runtime}, precision {detector.precision}, {os.cpu_count()} CPUs")
+def _dashcam_clip(path: Path, frames: int, keyframe_every: int = 250) -> None:
+    """A 1280x720 H.264 clip (CRF 18, 25 frames/s) of a window panning over the two dashcam samples."""
     pictures = []
     for name in ("dashcam_0.jpg", "dashcam_1.jpg"):
         photo = cv2.resize(cv2.imread(str(REPO / "samples" / name)), None, fx=1.6, fy=1.6)
         pictures += moving_crop(photo, Detections(), frames // 2, (1280, 720)).frames
+    write_h264(path, pictures, crf=18, keyframe_every=keyframe_every)
+
+
+def speed(config: Config, frames: int) -> None:
+    detector = Detector(config.detect)
+    print(f"runtime {detector.runtime}, precision {detector.precision}, {os.cpu_count()} CPUs")
     with tempfile.TemporaryDirectory() as scratch:
         folder = Path(scratch)
-        write_h264(folder / "clip.mp4", pictures, crf=18)
+        _dashcam_clip(folder / "clip.mp4", frames)
         blur_video(folder / "clip.mp4", folder / "warm.mp4", detector, config, folder / "w0")  # warm-up
         start = time.perf_counter()
         outcome = blur_video(folder / "clip.mp4", folder / "out.mp4", detector, config, folder / "w1")
@@ -77,6 +89,24 @@ def speed(config: Config, frames: int) -> None:
         print(f"the same frames as JPEG photos: {len(jpegs) / wall:.2f} frames/s ({shares})")
 
 
+def job(config: Config, frames: int, actors: int) -> None:
+    print(f"{os.cpu_count()} CPUs, {actors} actors")
+    with tempfile.TemporaryDirectory() as scratch:
+        folder = Path(scratch)
+        (folder / "in").mkdir()
+        _dashcam_clip(folder / "in" / "clip.mp4", frames, keyframe_every=50)
+        size_mb = (folder / "in" / "clip.mp4").stat().st_size / 2**20
+        # one actor per video; then chunks in as many batches as there are actors
+        for name, chunk_mb in (("one actor per video", 0.0), ("chunked", size_mb / actors * 0.999)):
+            options = JobOptions(
+                str(folder / "in"), str(folder / name), actors=actors, video_chunk_mb=chunk_mb, config=config
+            )
+            summary = run_job(options)
+            assert summary["blurred"] == 1, summary
+            wall = summary["wall_s"]
+            print(f"{name}: {wall:.1f} s, {frames / wall:.2f} frames/s (job wall time, Ray start included)")
+
+
 def tracking(config: Config, photos: int, frames: int, split: str) -> None:
     images = []
     for name in ("street-faces-plates", "plates-dashcam"):
@@ -89,8 +119,9 @@ def tracking(config: Config, photos: int, frames: int, split: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("what", choices=["speed", "tracking"])
-    parser.add_argument("--frames", type=int, help="frames per clip (speed: 60, tracking: 30)")
+    parser.add_argument("what", choices=["speed", "tracking", "job"])
+    parser.add_argument("--frames", type=int, help="frames per clip (speed: 60, tracking: 30, job: 480)")
+    parser.add_argument("--actors", type=int, default=2, help="job: detector actors")
     parser.add_argument("--photos", type=int, default=24, help="labelled photos turned into clips")
     parser.add_argument("--split", default="dev")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.OPTION=VALUE")
@@ -98,6 +129,8 @@ def main() -> None:
     config = load_config(overrides=parse_overrides(args.set))
     if args.what == "speed":
         speed(config, args.frames or 60)
+    elif args.what == "job":
+        job(config, args.frames or 480, args.actors)
     else:
         tracking(config, args.photos, args.frames or 30, args.split)
 

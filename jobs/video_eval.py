@@ -32,10 +32,14 @@ CLIP_CRF = 28  # how the clips are compressed before they are blurred
 COUNTS = ("objects", "object_frames", "leaked_objects", "flicker_frames")
 
 
-def write_h264(path: Path, frames: list[np.ndarray], crf: int, rate: int | Fraction = 25) -> None:
-    """`frames` (BGR, one size) as an H.264 MP4 at `rate` frames/s."""
+def write_h264(
+    path: Path, frames: list[np.ndarray], crf: int, rate: int | Fraction = 25, keyframe_every: int = 250
+) -> None:
+    """`frames` (BGR, one size) as an H.264 MP4 at `rate` frames/s, a keyframe at most every
+    `keyframe_every` frames."""
     with av.open(str(path), "w") as output:
-        stream = output.add_stream("libx264", rate=rate, options={"crf": str(crf)})
+        options = {"crf": str(crf), "g": str(keyframe_every)}
+        stream = output.add_stream("libx264", rate=rate, options=options)
         stream.height, stream.width = frames[0].shape[:2]
         stream.pix_fmt = "yuv420p"
         for index, pixels in enumerate(frames):

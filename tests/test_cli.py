@@ -758,12 +758,13 @@ def test_the_defaults_that_help_shows_are_the_ones_that_apply(capsys):
     """The help shows copies of values that heavy modules own (jobs/cli/defaults.py): they agree."""
     from detection.detector import DEFAULT_MODEL
     from eval.audit import AUDIT_THRESHOLD
-    from jobs.batch.job import INPUT_SUFFIXES
+    from jobs.batch.job import INPUT_SUFFIXES, JobOptions
     from jobs.cli import defaults
     from jobs.training.labels import SELF_LABEL_THRESHOLD, SHIPPED_PSEUDO_LABELS
 
     assert (defaults.DEFAULT_MODEL, defaults.INPUT_SUFFIXES) == (DEFAULT_MODEL.resolve(), INPUT_SUFFIXES)
     assert defaults.DEFAULT_PSEUDO_LABELS == SHIPPED_PSEUDO_LABELS.resolve()
+    assert defaults.VIDEO_CHUNK_MB == JobOptions("in", "out").video_chunk_mb
     assert help_default(capsys, "train", "--self-label-threshold") == str(SELF_LABEL_THRESHOLD)
     assert help_default(capsys, "audit", "--audit-threshold") == str(AUDIT_THRESHOLD)
     config = Config()

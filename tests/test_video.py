@@ -15,7 +15,7 @@ from blurring.config import load_config, output_settings, settings_digest
 from detection.detections import CLASS_NAMES, Detections
 from tests.video_clips import write_clip
 from video import store
-from video.pipeline import blur_video
+from video.pipeline import Chunk, blur_video, detect_frames
 
 
 @pytest.fixture(scope="module")
@@ -174,6 +174,23 @@ def test_a_killed_run_resumes_after_the_last_stored_part(tmp_path, detector, mon
     seen.clear()
     assert blur_video(source, tmp_path / "again.mp4", detector, config, work).status == "blurred"
     assert len(seen) == 12
+
+
+def test_chunks_hold_every_frame_once_with_the_boxes_of_the_whole_pass(tmp_path, detector):
+    source = tmp_path / "walk.mp4"
+    write_clip(source, frames=30, keyframe_every=7)  # B-frames, keyframes at uneven times
+    whole = store.DetectionParts(tmp_path / "whole", "key")
+    detect_frames(source, whole, detector)
+    for count in (2, 3, 5):
+        chunks = []
+        for index in range(count):
+            chunks.append(store.DetectionParts(tmp_path / f"{count}-{index}", "key"))
+            detect_frames(source, chunks[-1], detector, Chunk(index, count))
+        assert all(chunk.frames for chunk in chunks), count  # each chunk has work
+        assert [p for chunk in chunks for p in chunk.pts] == whole.pts, count
+        assert [t for chunk in chunks for t in chunk.times] == whole.times
+        for joined, alone in zip([d for chunk in chunks for d in chunk.frames], whole.frames, strict=True):
+            np.testing.assert_array_equal(joined.xyxy, alone.xyxy)  # the same pixels decoded after a seek
 
 
 def test_video_options_are_config_options_in_the_digest():

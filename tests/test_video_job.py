@@ -1,5 +1,5 @@
 """The Ray batch job on photos and videos together, from a local folder and from S3; a re-run skips
-what is done."""
+what is done; videos cut into chunks for several actors, and a killed job that resumes them."""
 
 from __future__ import annotations
 
@@ -12,12 +12,14 @@ import boto3
 import pyarrow.parquet as pq
 import pytest
 
+from blurring.config import load_config
 from jobs.batch.job import JobOptions, run_job
-from jobs.batch.manifest import read_manifest_rows
-from jobs.batch.videos import detections_key
+from jobs.batch.manifest import AUDIT_DIR, read_manifest_rows
+from jobs.batch.videos import ChunkTally, VideoChunks, detections_key
 from storage.objects import Storage
 from tests.conftest import SAMPLES
 from tests.video_clips import write_clip
+from video.pipeline import Chunk
 
 
 @pytest.fixture
@@ -92,3 +94,52 @@ def test_files_are_uploaded_and_downloaded_whole_locally_and_on_s3(tmp_path, s3_
         storage.download("a/b.mp4", tmp_path / "back.bin")
         assert (tmp_path / "back.bin").read_bytes() == data
     assert sorted(p.name for p in (tmp_path / "store" / "a").iterdir()) == ["b.mp4"]  # no partial left
+
+
+def test_a_video_cut_into_chunks_for_two_actors_matches_one_actor_per_video(tmp_path, ray_session):
+    source = tmp_path / "in"
+    source.mkdir()
+    write_clip(source / "walk.mp4", frames=30, keyframe_every=5)
+    size = (source / "walk.mp4").stat().st_size
+    whole = run_job(JobOptions(str(source), str(tmp_path / "whole"), actors=2, video_chunk_mb=0))
+    chunked = run_job(
+        JobOptions(str(source), str(tmp_path / "chunked"), actors=2, video_chunk_mb=size / 2 / 2**20)
+    )
+    assert whole["blurred"] == chunked["blurred"] == 1
+    [row] = read_manifest_rows(Storage(str(tmp_path / "chunked")))  # one row for its 8 chunks
+    assert row["status"] == "blurred" and row["frames"] == 30
+    assert _frames((tmp_path / "chunked" / "walk.mp4").read_bytes()) == 30
+    boxes = [
+        pq.read_table(tmp_path / out / detections_key("walk.mp4")).to_pandas() for out in ("whole", "chunked")
+    ]
+    assert len(boxes[0]) and boxes[0].equals(boxes[1])  # the same boxes in every frame
+    assert not (tmp_path / "chunked" / AUDIT_DIR / "video-chunks").exists()  # removed once written
+
+
+def test_a_killed_job_detects_only_the_chunks_it_had_not_stored(tmp_path, detector, monkeypatch):
+    import ray
+
+    source, target = Storage(str(tmp_path / "in")), Storage(str(tmp_path / "out"))
+    (tmp_path / "in").mkdir()
+    write_clip(tmp_path / "in" / "walk.mp4", frames=24, keyframe_every=6)
+    etag = source.stat("walk.mp4").etag
+    config = load_config()
+    ray.init(address="local", num_cpus=1, include_dashboard=False)
+    try:
+        first = VideoChunks(source, target, detector, config, ray.remote(ChunkTally).remote())
+        for index in (0, 2):  # the job is killed before chunk 1 is done
+            assert first.blur_chunk("walk.mp4", etag, Chunk(index, 3)) is None
+        assert not (tmp_path / "out" / "walk.mp4").exists()
+        seen = []
+        original = detector.detect_batch
+        monkeypatch.setattr(detector, "detect_batch", lambda images: seen.extend(images) or original(images))
+        again = VideoChunks(source, target, detector, config, ray.remote(ChunkTally).remote())
+        outcomes = [again.blur_chunk("walk.mp4", etag, Chunk(index, 3)) for index in range(3)]
+    finally:
+        ray.shutdown()
+    assert outcomes[:2] == [None, None] and outcomes[2].status == "blurred", outcomes[2]
+    assert 0 < len(seen) < 24  # chunk 1's frames alone
+    assert outcomes[2].frames == 24 and _frames((tmp_path / "out" / "walk.mp4").read_bytes()) == 24
+    audit = pq.read_table(tmp_path / "out" / detections_key("walk.mp4")).to_pandas()
+    assert set(audit[audit.source == "detector"].frame) == set(range(24))  # both objects seen in each
+    assert not (tmp_path / "out" / AUDIT_DIR / "video-chunks").exists()

@@ -44,9 +44,12 @@ def frame_times(frames: int) -> list[int]:
     return [i * 40 + (7 if i % 3 == 1 else 0) for i in range(frames)]
 
 
-def write_clip(path: Path, frames: int = 24, faststart: bool = True, rotation: int = 0) -> list[np.ndarray]:
-    """Write the test MP4 to `path` (displayed turned `rotation` degrees counterclockwise); returns,
-    per frame, the exact (N, 4) boxes of the objects in the coded pixels."""
+def write_clip(
+    path: Path, frames: int = 24, faststart: bool = True, rotation: int = 0, keyframe_every: int = 250
+) -> list[np.ndarray]:
+    """Write the test MP4 to `path` (displayed turned `rotation` degrees counterclockwise, with B-frames
+    and a keyframe at most every `keyframe_every` frames); returns, per frame, the exact (N, 4) boxes of
+    the objects in the coded pixels."""
     crops = sample_crops()
     base = background()
     options = {"movflags": "faststart"} if faststart else {}
@@ -54,7 +57,7 @@ def write_clip(path: Path, frames: int = 24, faststart: bool = True, rotation: i
     with av.open(str(path), "w", format="mp4", options=options) as output:
         output.metadata["location"] = "+48.8577+002.2950/"
         output.metadata["title"] = "not carried"
-        video = output.add_stream("libx264", rate=25, options={"crf": "12"})
+        video = output.add_stream("libx264", rate=25, options={"crf": "12", "g": str(keyframe_every)})
         turns = rotation // 90 % 4
         video.width, video.height = (HEIGHT, WIDTH) if turns % 2 else (WIDTH, HEIGHT)
         video.pix_fmt = "yuv420p"

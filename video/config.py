@@ -13,6 +13,7 @@ def is_video_key(key: str) -> bool:
     """Whether an input named `key` (a storage key or a file name) is read as a video."""
     return PurePosixPath(key).suffix.lower() in VIDEO_SUFFIXES
 
+
 # Container and stream metadata copied to the output; every other key (encoder, title, comment,
 # vendor tags...) is dropped. The GPS position and time of capture are kept on purpose: dashcam
 # users need them, and they describe the place, not a person.

@@ -8,6 +8,10 @@ the detector missed. Pass 2 decodes again, blurs the union of detected and fille
 variable), and copies the audio, subtitle and data streams packet by packet (`video.streams`).
 Frames without boxes are encoded from the decoded picture itself, untouched by colour conversion.
 
+Pass 1 can also run on a `Chunk` of the video (the frames of one stretch of its duration, decoded
+from the keyframe before it), so that several workers detect one long video at once
+(`detect_frames`); `finish_video` then links, blurs and encodes the joined detections in one go.
+
 The output is written under a temporary name and renamed only when the whole video was decoded,
 blurred and encoded, and its frame count matches the input's.
 """
@@ -20,7 +24,7 @@ import shutil
 import struct
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -75,6 +79,20 @@ class _Orientation:
     rotation: int
 
 
+@dataclass(frozen=True)
+class Chunk:
+    """Part `index` (from 0) of `count` of a video: the frames whose presentation timestamps fall in the
+    `index`-th of `count` equal stretches of its duration. A video whose duration or start is not known
+    is its chunk 0 whole (its other chunks are empty)."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"chunk {self.index} of {self.count}")
+
+
 def blur_video(
     source: Path,
     target: Path,
@@ -91,36 +109,79 @@ def blur_video(
     receives every box blurred (Parquet, `video.store.AUDIT_SCHEMA`). Never raises for a bad video:
     the outcome says why it failed, and nothing is written to `target`.
     """
-    outcome = VideoOutcome("failed")
-    timings = dict.fromkeys(("decode", "detect", "link", "blur", "encode"), 0.0)
-    outcome.timings_s = timings
+    timings = _new_timings()
+    if target.suffix.lower() not in CONTAINER_FORMATS:
+        return VideoOutcome("failed", error=f"open failed: no video container for {target.suffix!r}")
+    try:
+        parts = DetectionParts(work, _detection_key(source, detector, config))
+        detect_frames(source, parts, detector, timings=timings, progress=progress)
+    except Exception as error:  # noqa: BLE001 -- any failure fails this video closed, with its reason
+        shutil.rmtree(work, ignore_errors=True)  # a video that failed starts afresh next time
+        return VideoOutcome(
+            "failed", error=f"detection failed: {type(error).__name__}: {error}", timings_s=timings
+        )
+    outcome = finish_video(
+        source,
+        target,
+        parts.frames,
+        parts.pts,
+        parts.times,
+        detector.model_id,
+        config,
+        audit,
+        progress,
+        timings,
+    )
+    if outcome.status == "blurred":
+        parts.remove()
+    else:
+        shutil.rmtree(work, ignore_errors=True)
+    return outcome
+
+
+def finish_video(
+    source: Path,
+    target: Path,
+    frames: list[Detections],
+    pts: list[int | None],
+    times: list[float],
+    model_id: str,
+    config: Config,
+    audit: Path | None = None,
+    progress: Progress | None = None,
+    timings: dict[str, float] | None = None,
+) -> VideoOutcome:
+    """Link pass 1's boxes (`frames`, with each frame's `pts` and time in seconds, every frame of
+    `source` in presentation order) into tracks, then blur, encode and remux `source` into `target`
+    (pass 2). `audit`, if given, receives every box blurred. Never raises for a bad video: the
+    outcome says why it failed, and nothing is written to `target`."""
+    timings = timings if timings is not None else _new_timings()
+    outcome = VideoOutcome("failed", timings_s=timings)
     stage = "open"
     try:
         container_format = CONTAINER_FORMATS[target.suffix.lower()]
         orientation = _orientation(source)
-        parts = DetectionParts(work, _detection_key(source, detector, config))
-        stage = "detection"
-        _detect_pass(source, parts, detector, orientation, timings, progress)
+        _check_complete(len(frames), _listed_frames(source))
         stage = "tracking"
         start = time.perf_counter()
-        times = np.array(parts.times, np.float64)
-        track_of = [np.full(len(d), -1) for d in parts.frames]
+        seconds = np.array(times, np.float64)
+        track_of = [np.full(len(d), -1) for d in frames]
         added: list[tuple[int, int, Detections]] = []
         if config.video.tracking:
             tracks = link_tracks(
-                parts.frames, times, config.video.max_gap_s, config.video.link_iou, config.video.link_distance
+                frames, seconds, config.video.max_gap_s, config.video.link_iou, config.video.link_distance
             )
             for number, track in enumerate(tracks):
                 for frame, index in zip(track.frames, track.det_index, strict=True):
                     track_of[frame][index] = number
-            added = filled_boxes(tracks, times, config.video.max_gap_s, config.video.pad_frames)
+            added = filled_boxes(tracks, seconds, config.video.max_gap_s, config.video.pad_frames)
             outcome.tracks = len(tracks)
-        to_blur = [[d] for d in parts.frames]
+        to_blur = [[d] for d in frames]
         for frame, _, boxes in added:
             to_blur[frame].append(boxes)
         timings["link"] = time.perf_counter() - start
         stage = "blurring"
-        if container_format == "avi" and len(times) > 2 and np.ptp(np.diff(times)) > 1e-3:
+        if container_format == "avi" and len(seconds) > 2 and np.ptp(np.diff(seconds)) > 1e-3:
             raise ValueError("an AVI file cannot hold a variable frame rate: write .mp4, .mov or .mkv")
         target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.partial")
@@ -130,34 +191,32 @@ def blur_video(
                 partial,
                 container_format,
                 [Detections.concat(b) for b in to_blur],
-                parts.pts,
+                pts,
                 orientation,
                 config,
                 timings,
                 progress,
             )
             if audit is not None:
-                metadata = {
-                    "source": str(source),
-                    "frames": str(len(parts.frames)),
-                    "model": detector.model_id,
-                }
-                write_audit(audit, parts.frames, parts.times, track_of, added, metadata)
+                metadata = {"source": str(source), "frames": str(len(frames)), "model": model_id}
+                write_audit(audit, frames, times, track_of, added, metadata)
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
-        parts.remove()
     except Exception as error:  # noqa: BLE001 -- any failure fails this video closed, with its reason
         outcome.error = f"{stage} failed: {type(error).__name__}: {error}"
-        shutil.rmtree(work, ignore_errors=True)  # a video that failed starts afresh next time
         return outcome
     outcome.status, outcome.output = "blurred", target
-    outcome.frames = len(parts.frames)
+    outcome.frames = len(frames)
     outcome.width, outcome.height = streams["width"], streams["height"]
     outcome.streams_copied, outcome.streams_dropped = streams["copied"], streams["dropped"]
-    outcome.detections = Detections.concat(parts.frames).counts()
+    outcome.detections = Detections.concat(frames).counts()
     outcome.filled = len(added)
     return outcome
+
+
+def _new_timings() -> dict[str, float]:
+    return dict.fromkeys(("decode", "detect", "link", "blur", "encode"), 0.0)
 
 
 def _detection_key(source: Path, detector: Detector, config: Config) -> str:
@@ -179,6 +238,12 @@ def _orientation(source: Path) -> _Orientation:
         return _Orientation(matrix, frame.rotation if matrix else 0)
 
 
+def _listed_frames(source: Path) -> int:
+    """How many frames the container's index lists for the video (0: it does not say)."""
+    with av.open(str(source)) as container:
+        return plan_streams(container).video.frames
+
+
 def _frame_time(frame: av.VideoFrame, index: int, rate: Fraction | None) -> float:
     """A frame's presentation time in seconds; from its index and the stream's rate if it has no pts."""
     if frame.pts is not None and frame.time_base is not None:
@@ -186,25 +251,29 @@ def _frame_time(frame: av.VideoFrame, index: int, rate: Fraction | None) -> floa
     return index / float(rate) if rate else float(index)
 
 
-def _detect_pass(
+def detect_frames(
     source: Path,
     parts: DetectionParts,
     detector: Detector,
-    orientation: _Orientation,
-    timings: dict[str, float],
-    progress: Progress | None,
+    chunk: Chunk = Chunk(),
+    timings: dict[str, float] | None = None,
+    progress: Progress | None = None,
 ) -> None:
-    """Decode every frame; detect in those `parts` does not hold yet and add their boxes to it.
-    `ValueError` when the video does not decode to its end."""
+    """Pass 1 on `chunk` of `source` (default: the whole video): decode its frames, from the keyframe at
+    or before its start, detect in those `parts` does not hold yet (in the display orientation) and add
+    their boxes to it. `ValueError` when the whole video does not decode to its end (a chunk's frames
+    are checked against the container's count once joined, by `finish_video`)."""
+    timings = timings if timings is not None else _new_timings()
+    orientation = _orientation(source)
     with av.open(str(source)) as container:
         stream = plan_streams(container).video
         stream.thread_type = "AUTO"
-        expected = stream.frames
+        expected = stream.frames if chunk.count == 1 else 0
         already = len(parts.frames)
         batch: list[tuple[int | None, float, np.ndarray]] = []
         index = 0
         start = time.perf_counter()
-        for frame in container.decode(stream):
+        for frame in _chunk_frames(container, stream, chunk):
             if index >= already:
                 batch.append(
                     (
@@ -222,7 +291,8 @@ def _detect_pass(
                 if progress:
                     progress("detect", index, expected)
         timings["decode"] += time.perf_counter() - start
-        _check_complete(index, expected)
+        if chunk.count == 1:
+            _check_complete(index, expected)
         if batch:
             _detect_batch(batch, parts, detector, orientation, timings)
         parts.flush()
@@ -230,6 +300,59 @@ def _detect_pass(
             progress("detect", index, expected)
         if index != len(parts.frames):
             raise ValueError(f"decoded {index} frames, but the stored detections cover {len(parts.frames)}")
+
+
+def _chunk_frames(
+    container: av.container.InputContainer, stream: av.VideoStream, chunk: Chunk
+) -> Iterator[av.VideoFrame]:
+    """The frames of `chunk` in presentation order: every frame for a single chunk; else decoding from
+    a keyframe at or before the chunk's start, the frames whose timestamps fall in its stretch."""
+    span = _chunk_span(container, stream, chunk)
+    if span is None:  # nothing to cut by: chunk 0 is the whole video
+        if chunk.index == 0:
+            yield from container.decode(stream)
+        return
+    low, high = span
+    if low is not None:
+        _seek_at_or_before(container, stream, low)
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            raise ValueError("a frame without a timestamp: this video cannot be cut into chunks")
+        if high is not None and frame.pts >= high:
+            return  # frames come out in presentation order: the rest are later still
+        if low is None or frame.pts >= low:
+            yield frame
+
+
+def _chunk_span(
+    container: av.container.InputContainer, stream: av.VideoStream, chunk: Chunk
+) -> tuple[int | None, int | None] | None:
+    """`chunk`'s first and end timestamps in `stream`'s time base (None: open-ended), or None when the
+    video is not cut (a single chunk, or no start or duration to cut by)."""
+    duration = stream.duration
+    if duration is None and container.duration is not None and stream.time_base:
+        duration = round(container.duration / av.time_base / stream.time_base)
+    if chunk.count == 1 or stream.start_time is None or not duration:
+        return None
+    bounds = [stream.start_time + duration * i // chunk.count for i in range(chunk.count + 1)]
+    low = bounds[chunk.index] if chunk.index > 0 else None
+    high = bounds[chunk.index + 1] if chunk.index < chunk.count - 1 else None
+    return low, high
+
+
+def _seek_at_or_before(container: av.container.InputContainer, stream: av.VideoStream, pts: int) -> None:
+    """Seek `stream` so that decoding starts at a keyframe at or before `pts`. A demuxer's index may
+    land later than asked: then seek a second earlier, and twice as far each time, down to the start."""
+    first_pts = stream.start_time or 0
+    step = max(1, round(1 / stream.time_base))  # one second
+    target = pts
+    while True:
+        container.seek(target, stream=stream, backward=True, any_frame=False)
+        first = next(container.decode(stream), None)
+        if first is None or first.pts is None or first.pts <= pts or target <= first_pts:
+            break
+        target, step = max(target - step, first_pts), step * 2
+    container.seek(target, stream=stream, backward=True, any_frame=False)
 
 
 def _check_complete(decoded: int, expected: int) -> None:

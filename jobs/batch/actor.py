@@ -1,6 +1,6 @@
 """The batch job's detector actor: loads the models once, then decodes, detects, blurs and encodes
-batches of images (`blurring.pipeline.blur_images`), failing closed image by image, and blurs each
-video of a batch whole (`jobs.batch.videos`)."""
+batches of images (`blurring.pipeline.blur_images`), failing closed image by image, and detects the
+chunks of videos, blurring a video whole once its last chunk is in (`jobs.batch.videos`)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,18 @@ from blurring.config import Config, output_settings, settings_digest
 from blurring.pipeline import Outcome, blur_images
 from detection.detector import Detector
 from jobs.batch.manifest import TIMING_COLUMNS
-from jobs.batch.videos import blur_stored_video, detections_key
+from jobs.batch.videos import VideoChunks, detections_key
 from storage.objects import Storage
-from video.pipeline import VideoOutcome
+from video.pipeline import Chunk, VideoOutcome
 
 
 class ImagePipelineActor:
     """A detector actor: loads the models once, then decodes, detects, blurs and encodes batches.
 
     `detector`: one already loaded from `config.detect` (default: load it). `source` and `target`: the
-    job's input and output, where a video row's file is read and its output written by the actor
-    itself (without them, a video row fails).
+    job's input and output, where a video's file is read and its output written by the actor itself;
+    `tally`: the job's `jobs.batch.videos.ChunkTally` actor (without them, a video row fails). A video
+    chunk's row comes back only from the actor that finishes its video: one row per video.
     """
 
     def __init__(
@@ -29,10 +30,13 @@ class ImagePipelineActor:
         detector: Detector | None = None,
         source: Storage | None = None,
         target: Storage | None = None,
+        tally=None,
     ) -> None:
         self.config = config
-        self.source, self.target = source, target
         self.detector = detector or Detector(config.detect)
+        self.videos = None
+        if source is not None and target is not None:
+            self.videos = VideoChunks(source, target, self.detector, config, tally)
         found = self.detector
         self.settings_digest, self.video_settings_digest = (
             settings_digest(output_settings(config, found.model_id, found.runtime, found.precision, video))
@@ -50,10 +54,16 @@ class ImagePipelineActor:
         columns |= {"faces": [], "plates": []}
         columns |= {"video": [], "frames": [], "streams_dropped": [], "detections_key": []}
         columns |= {c: [] for c in TIMING_COLUMNS if c != "write_ms"}
+        returned = []  # the rows that come back: all but the video chunks that did not finish a video
         for i in range(len(keys)):
             if i in videos:
-                self._add_video(columns, keys[i], float(batch["read_ms"][i]))
+                chunk = Chunk(int(batch["chunk"][i]), int(batch["chunks"][i]))
+                if self._add_video(
+                    columns, keys[i], str(batch["etag"][i]), chunk, float(batch["read_ms"][i])
+                ):
+                    returned.append(i)
                 continue
+            returned.append(i)
             outcome = outcomes.get(i) or Outcome("failed", error=batch["error"][i])  # unreadable input
             columns["output"].append(outcome.output or b"")
             columns["status"].append(outcome.status)
@@ -67,25 +77,29 @@ class ImagePipelineActor:
             columns["plates"].append(counts["plate"])
             columns["video"].append(False)
             columns["frames"].append(None)
-            columns["streams_dropped"].append(None)
+            columns["streams_dropped"].append("null")
             columns["detections_key"].append(None)
             columns["model_id"].append(self.detector.model_id)
             columns["settings_digest"].append(self.settings_digest)
             columns["read_ms"].append(float(batch["read_ms"][i]))
             for stage in ("decode", "detect", "blur", "encode"):
                 columns[f"{stage}_ms"].append(float(outcome.timings_ms.get(stage, 0.0)))
-        passed_on = {name: list(batch[name]) for name in ("key", "etag", "size", "block", "block_todo")}
+        names = ("key", "etag", "size", "block", "block_todo")
+        passed_on = {name: [batch[name][i] for i in returned] for name in names}
         return {**passed_on, **columns}
 
-    def _add_video(self, columns: dict[str, list], key: str, read_ms: float) -> None:
-        """Blur the video `key` whole, written to the output by this actor, and add its row."""
-        if self.source is None or self.target is None:
+    def _add_video(self, columns: dict[str, list], key: str, etag: str, chunk: Chunk, read_ms: float) -> bool:
+        """Detect `chunk` of the video `key`; when that completes the video, blur it whole (written to
+        the output by this actor) and add its row. Whether a row was added."""
+        if self.videos is None:
             outcome = VideoOutcome("failed", error="this actor was given no storage to read videos from")
         else:
             try:
-                outcome = blur_stored_video(key, self.source, self.target, self.detector, self.config)
+                outcome = self.videos.blur_chunk(key, etag, chunk)
             except Exception as error:  # noqa: BLE001 -- fails closed, with its reason
                 outcome = VideoOutcome("failed", error=f"processing failed: {type(error).__name__}: {error}")
+            if outcome is None:
+                return False
         blurred = outcome.status == "blurred"
         values = {
             "output": b"",
@@ -99,7 +113,8 @@ class ImagePipelineActor:
             "plates": outcome.detections.get("plate", 0),
             "video": True,
             "frames": outcome.frames if blurred else None,
-            "streams_dropped": outcome.streams_dropped if blurred else None,
+            # JSON, as the boxes: a batch's column of empty lists alone would become a 0-wide tensor
+            "streams_dropped": json.dumps(outcome.streams_dropped if blurred else None),
             "detections_key": detections_key(key) if blurred else None,
             "model_id": self.detector.model_id,
             "settings_digest": self.video_settings_digest,
@@ -110,6 +125,7 @@ class ImagePipelineActor:
         }
         for name, value in values.items():
             columns[name].append(value)
+        return True
 
     def _blur(self, inputs: dict[int, tuple[bytes, str]]) -> dict[int, Outcome]:
         """`blur_images` of the batch. Should it raise, image by image: an image that raises fails alone

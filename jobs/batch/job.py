@@ -1,5 +1,6 @@
 """Ray batch job: blur every image and video under an input URI into an output URI, with an audit
-manifest. A video is blurred whole by one detector actor (`jobs.batch.videos`).
+manifest. A video is cut into chunks that several detector actors detect at once, and the actor that
+detects its last chunk blurs and writes it whole (`jobs.batch.videos`).
 
     streetblur run --input DIR_OR_URI --output DIR_OR_URI [--address ADDR]   # local Ray if none
     ray job submit --address ADDR -- streetblur run --input s3://bucket/raw --output s3://bucket/blurred
@@ -57,6 +58,7 @@ from jobs.batch.manifest import (
     uncompacted_runs,
     write_summary,
 )
+from jobs.batch.videos import ChunkTally, chunk_count
 from jobs.ray_cluster import ACTOR_CPUS, BATCH_SIZE, IO_CPUS, start_ray, with_actor_pool
 from storage.objects import InvalidKey, NotFound, Storage, check_key
 from video.config import VIDEO_SUFFIXES, is_video_key
@@ -66,7 +68,9 @@ log = logging.getLogger("streetblur.job")
 # Outputs keep the input's format, so only writable ones; and videos (`jobs.batch.videos`)
 INPUT_SUFFIXES = tuple(FORMAT_BY_SUFFIX) + VIDEO_SUFFIXES
 LISTING_CPUS = 0  # the listing task waits on storage: it reserves no CPU, so actors never starve it
-STREAM_BLOCK_BYTES = 8 * 1024  # Ray Data's block size target: small, so blocks of keys flow at once
+# Ray Data's block size target: one row a block, so that keys flow at once, and so that the chunks of a
+# video (rows without bytes) reach several actors: rows in one block go to one actor.
+STREAM_BLOCK_BYTES = 1
 
 
 @dataclass(frozen=True)
@@ -89,7 +93,10 @@ class JobOptions:
     # how long to wait on another host's unexpired lease of the output (a retry of this job on a new
     # host: the dead try's lease is not renewed, and is taken over once expired); 0: refuse at once
     lease_wait_s: float = LEASE_WAIT_S
-    max_input_bytes: int = 1 << 30  # larger inputs fail from their listed size, unread
+    max_input_bytes: int = 1 << 30  # larger inputs fail from their listed size, unread (videos: no limit)
+    # Per started this many MB of a video, `batch_size` chunks (an actor's batch) that one actor detects
+    # while others detect the rest; 0: one actor per video (`jobs.batch.videos.chunk_count`)
+    video_chunk_mb: float = 64.0
     # memory Ray reserves per detector actor: measured peaks 1.0 GB with 4 1280x720 frames a batch, 2.2 GB
     # with 4 8192x4096 panoramas (OpenVINO INT8, 2026-12); raise it for larger images or batches
     actor_memory_gb: float = 2.0
@@ -232,16 +239,18 @@ def run_pipeline(
     # (fused, one process would list and read every image).
     dataset = ray.data.read_datasource(listing, override_num_blocks=1, num_cpus=LISTING_CPUS)
     io_pool = ray.data.ActorPoolStrategy(min_size=1, max_size=options.actors)
-    dataset = dataset.map(
+    chunk_bytes = round(options.video_chunk_mb * 2**20)
+    dataset = dataset.flat_map(
         _ReadStage,
-        fn_constructor_args=(source, options.max_input_bytes),
+        fn_constructor_args=(source, options.max_input_bytes, chunk_bytes, options.batch_size),
         compute=io_pool,
         num_cpus=options.io_cpus,
     )
+    tally = ray.remote(num_cpus=0)(ChunkTally).remote()
     dataset = with_actor_pool(
         dataset,
         ImagePipelineActor,
-        {"config": options.config, "source": source, "target": target},
+        {"config": options.config, "source": source, "target": target, "tally": tally},
         options.actors,
         options.batch_size,
         options.actor_cpus,
@@ -285,7 +294,8 @@ def _log_progress(done_counts: dict, listing: dict, seconds: float) -> None:
 
 
 class _ReadStage:
-    """Adds the input's output format and bytes to a row, or the reason it cannot be read.
+    """Adds the input's output format and bytes to a row, or the reason it cannot be read; a video's row
+    becomes one row per chunk (`chunk`, `chunks`), which the detector actors read from storage.
 
     Never raises (Ray Data does not retry user-code errors, and one would end the whole job): an
     unsafe key, an unsupported extension, a size over `max_bytes` (from the listing, so the input is
@@ -293,19 +303,21 @@ class _ReadStage:
     a failed manifest row. So is an error the listing found (a name that is not UTF-8).
     """
 
-    def __init__(self, source: Storage, max_bytes: int) -> None:
+    def __init__(self, source: Storage, max_bytes: int, chunk_bytes: int, batch_size: int) -> None:
         self.source, self.max_bytes = source, max_bytes
+        self.chunk_bytes, self.batch_size = chunk_bytes, batch_size
 
-    def __call__(self, row: dict) -> dict:
+    def __call__(self, row: dict) -> list[dict]:
         start = time.perf_counter()
-        row["data"], row["format"] = b"", ""
+        row["data"], row["format"], row["chunk"], row["chunks"] = b"", "", 0, 1
         if row["error"]:
             row["read_ms"] = 0.0
-            return row
+            return [row]
         try:
-            if is_video_key(check_key(row["key"])):  # read by the actor that blurs it, from storage
+            if is_video_key(check_key(row["key"])):  # read by the actors that blur it, from storage
                 row["format"], row["read_ms"] = "video", 0.0
-                return row
+                count = chunk_count(row["size"], self.chunk_bytes, self.batch_size)
+                return [row | {"chunk": index, "chunks": count} for index in range(count)]
             row["format"] = output_format(check_key(row["key"]))
             size = row["size"]
             if size <= self.max_bytes:
@@ -323,7 +335,7 @@ class _ReadStage:
         except Exception as error:  # noqa: BLE001 -- recorded in the manifest, job goes on
             row["error"] = f"read failed: {type(error).__name__}: {error}"
         row["read_ms"] = (time.perf_counter() - start) * 1000
-        return row
+        return [row]
 
 
 class _WriteStage:
@@ -364,6 +376,6 @@ class _WriteStage:
             "block": row["block"],
             "block_todo": row["block_todo"],
             "frames": row["frames"],
-            "streams_dropped": row["streams_dropped"],
+            "streams_dropped": json.loads(row["streams_dropped"]),
             "detections_key": row["detections_key"],
         }

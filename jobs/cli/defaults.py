@@ -29,5 +29,6 @@ BATCH_SIZE = 4  # jobs.ray_cluster.BATCH_SIZE
 BLOCK_ROWS = 64  # jobs.batch.job.JobOptions.block_rows
 LEASE_WAIT_S = 150.0  # jobs.batch.lease.LEASE_WAIT_S
 MAX_INPUT_BYTES = 1 << 30
+VIDEO_CHUNK_MB = 64.0  # jobs.batch.job.JobOptions.video_chunk_mb
 ACTOR_MEMORY_GB = 2.0
 MAX_FAILED_FRACTION = 0.5

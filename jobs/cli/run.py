@@ -71,7 +71,15 @@ def add_parsers(commands: argparse._SubParsersAction) -> None:
         type=int,
         metavar="N",
         default=defaults.MAX_INPUT_BYTES,
-        help="refuse inputs larger than this, from the listing's size, before reading them",
+        help="refuse images larger than this, from the listing's size, before reading them",
+    )
+    p.add_argument(
+        "--video-chunk-mb",
+        type=float,
+        metavar="MB",
+        default=defaults.VIDEO_CHUNK_MB,
+        help="cut videos into --batch-size chunks per started MB of this many, detected by several "
+        "actors at once (0: one actor per video)",
     )
     p.add_argument(
         "--max-failed-fraction",
@@ -126,6 +134,7 @@ def _run_job(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         block_rows=args.block_rows,
         max_input_bytes=args.max_input_bytes,
+        video_chunk_mb=args.video_chunk_mb,
         max_failed_fraction=args.max_failed_fraction,
         lease_wait_s=args.lease_wait,
         verbose=args.verbose,
