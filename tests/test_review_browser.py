@@ -33,9 +33,7 @@ pytestmark = pytest.mark.skipif(
 def served(tmp_path):
     """The review page over a fresh job output of the samples, served by uvicorn on loopback."""
     copy_samples(tmp_path / "inputs")
-    write_job_output(
-        Storage(str(tmp_path / "inputs")), Storage(str(tmp_path / "out")), Detector()
-    )
+    write_job_output(Storage(str(tmp_path / "inputs")), Storage(str(tmp_path / "out")), Detector())
     output = ReviewedOutput(Storage(str(tmp_path / "out")))
     port = free_port()
     app = create_app(ReviewSession(output, "browser", "test"), allowed_hosts=["127.0.0.1"])

@@ -196,6 +196,7 @@ def test_chunks_hold_every_frame_once_with_the_boxes_of_the_whole_pass(tmp_path,
 def test_video_options_are_config_options_in_the_digest():
     config = load_config(overrides={"video.crf": 20, "video.max_gap_s": 1})
     assert config.video.crf == 20 and config.video.max_gap_s == 1.0
+
     def digest(config, video):
         return settings_digest(output_settings(config, "model", "torch", "fp32", video))
 
