@@ -9,6 +9,11 @@ moved back in time by its own velocity, against an earlier track's end moved for
 by interpolating between the boxes on both sides (in time, from the frames' timestamps, so variable
 frame rates fill correctly), and each track is padded by a few frames at both ends. Linking only adds
 boxes: every detection is still blurred.
+
+`tracked_boxes` decides what a video blurs. The detector's proposals that do not blur on their own
+(below the sure threshold, or rejected by the verifier) are linked too, and the verdict is per track
+(`track_verdict`): a track blurs whole (every box, its gap fills and padding) when at least one of its
+boxes blurs on its own; a track of proposals alone blurs nothing.
 """
 
 from __future__ import annotations
@@ -81,6 +86,63 @@ def link_tracks(
                 _extend(track, frame, dets, int(indices[col]))
                 open_tracks.append(track)
     return _join_fragments(closed + open_tracks, times, max_gap_s, min_iou, max_distance)
+
+
+@dataclass
+class TrackedBoxes:
+    """What a video blurs of its stored boxes. Per frame and stored box: `blurred` (on its own, or by
+    its track's verdict) and `track_of` (the number of the track that blurs it, -1 for none); `added`,
+    the boxes those tracks add (`filled_boxes`); `tracks`, how many tracks blur; `by_verdict`, how
+    many proposals blur only because of their track."""
+
+    blurred: list[np.ndarray]
+    track_of: list[np.ndarray]
+    added: list[tuple[int, int, Detections]]
+    tracks: int
+    by_verdict: int
+
+
+def tracked_boxes(
+    per_frame: Sequence[Detections],
+    blurs: Sequence[np.ndarray],
+    times: np.ndarray,
+    *,
+    tracking: bool,
+    track_verdict: bool,
+    max_gap_s: float,
+    pad_frames: int,
+    min_iou: float = 0.1,
+    max_distance: float = 2.0,
+) -> TrackedBoxes:
+    """Which of `per_frame`'s boxes blur (`blurs`: per box, whether it blurs on its own) and what tracks
+    add. Tracking off: the boxes that blur on their own, nothing added. Tracking on: with
+    `track_verdict`, every box is linked (`link_tracks`) and the tracks holding at least one box that
+    blurs on its own blur whole, the others nothing; without it, only the boxes that blur on their own
+    are linked. Either way, every box that blurs on its own blurs: linking only adds."""
+    track_of = [np.full(len(d), -1) for d in per_frame]
+    if not tracking:
+        return TrackedBoxes([np.asarray(b, bool).copy() for b in blurs], track_of, [], 0, 0)
+    linked = [
+        np.arange(len(d)) if track_verdict else np.flatnonzero(b)
+        for d, b in zip(per_frame, blurs, strict=True)
+    ]
+    kept = []
+    for track in link_tracks(
+        [d[i] for d, i in zip(per_frame, linked, strict=True)], times, max_gap_s, min_iou, max_distance
+    ):
+        track.det_index = [int(linked[f][i]) for f, i in zip(track.frames, track.det_index, strict=True)]
+        if any(blurs[f][i] for f, i in zip(track.frames, track.det_index, strict=True)):
+            kept.append(track)
+    for number, track in enumerate(kept):
+        for frame, index in zip(track.frames, track.det_index, strict=True):
+            track_of[frame][index] = number
+    blurred = [np.asarray(b, bool) | (t >= 0) for b, t in zip(blurs, track_of, strict=True)]
+    by_verdict = sum(
+        int((now & ~np.asarray(own, bool)).sum()) for now, own in zip(blurred, blurs, strict=True)
+    )
+    return TrackedBoxes(
+        blurred, track_of, filled_boxes(kept, times, max_gap_s, pad_frames), len(kept), by_verdict
+    )
 
 
 def _extend(track: Track, frame: int, dets: Detections, index: int) -> None:

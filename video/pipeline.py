@@ -33,7 +33,7 @@ from blurring import anonymize
 from blurring.config import Config, output_settings, settings_digest
 from detection.detections import Detections
 from detection.detector import Detector
-from detection.tracking import filled_boxes, link_tracks
+from detection.tracking import tracked_boxes
 from video.store import DetectionParts, write_audit
 from video.streams import allowed_metadata, describe, plan_streams
 
@@ -59,8 +59,8 @@ class VideoOutcome:
     frames: int = 0
     width: int = 0
     height: int = 0
-    detections: dict[str, int] = field(default_factory=dict)  # boxes the detector found, per class
-    filled: int = 0  # boxes tracks added (gaps and padding)
+    detections: dict[str, int] = field(default_factory=dict)  # boxes that blur on their own, per class
+    filled: int = 0  # boxes tracks added (gaps, padding) or blurred by their verdict (proposals)
     tracks: int = 0
     streams_copied: list[str] = field(default_factory=list)
     streams_dropped: list[str] = field(default_factory=list)  # "#index type codec: reason"
@@ -104,19 +104,21 @@ def blur_video(
         stage = "tracking"
         start = time.perf_counter()
         times = np.array(parts.times, np.float64)
-        track_of = [np.full(len(d), -1) for d in parts.frames]
-        added: list[tuple[int, int, Detections]] = []
-        if config.video.tracking:
-            tracks = link_tracks(
-                parts.frames, times, config.video.max_gap_s, config.video.link_iou, config.video.link_distance
-            )
-            for number, track in enumerate(tracks):
-                for frame, index in zip(track.frames, track.det_index, strict=True):
-                    track_of[frame][index] = number
-            added = filled_boxes(tracks, times, config.video.max_gap_s, config.video.pad_frames)
-            outcome.tracks = len(tracks)
-        to_blur = [[d] for d in parts.frames]
-        for frame, _, boxes in added:
+        video = config.video
+        tracked = tracked_boxes(
+            parts.frames,
+            parts.blurs,
+            times,
+            tracking=video.tracking,
+            track_verdict=video.track_verdict,
+            max_gap_s=video.max_gap_s,
+            pad_frames=video.pad_frames,
+            min_iou=video.link_iou,
+            max_distance=video.link_distance,
+        )
+        outcome.tracks = tracked.tracks
+        to_blur = [[d[b]] for d, b in zip(parts.frames, tracked.blurred, strict=True)]
+        for frame, _, boxes in tracked.added:
             to_blur[frame].append(boxes)
         timings["link"] = time.perf_counter() - start
         stage = "blurring"
@@ -142,7 +144,7 @@ def blur_video(
                     "frames": str(len(parts.frames)),
                     "model": detector.model_id,
                 }
-                write_audit(audit, parts.frames, parts.times, track_of, added, metadata)
+                write_audit(audit, parts.frames, parts.times, parts.blurs, tracked, metadata)
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
@@ -155,14 +157,17 @@ def blur_video(
     outcome.frames = len(parts.frames)
     outcome.width, outcome.height = streams["width"], streams["height"]
     outcome.streams_copied, outcome.streams_dropped = streams["copied"], streams["dropped"]
-    outcome.detections = Detections.concat(parts.frames).counts()
-    outcome.filled = len(added)
+    outcome.detections = Detections.concat(
+        d[b] for d, b in zip(parts.frames, parts.blurs, strict=True)
+    ).counts()
+    outcome.filled = len(tracked.added) + tracked.by_verdict
     return outcome
 
 
 def _detection_key(source: Path, detector: Detector, config: Config) -> str:
-    """The input (size, modification time) and everything pass 1's boxes depend on."""
-    settings = output_settings(config, detector.model_id, detector.runtime, detector.precision)
+    """The input (size, modification time) and everything pass 1's boxes depend on (the proposal
+    thresholds too, where track verdicts use the proposals)."""
+    settings = output_settings(config, detector.model_id, detector.runtime, detector.precision, video=True)
     detection = {k: settings[k] for k in ("model", "runtime", "precision", "detect")}
     status = source.stat()
     return json.dumps([str(source.resolve()), status.st_size, status.st_mtime_ns, settings_digest(detection)])
@@ -250,9 +255,10 @@ def _detect_batch(
     start = time.perf_counter()
     turns = round(orientation.rotation / 90) % 4
     upright = [np.ascontiguousarray(np.rot90(pixels, turns)) for _, _, pixels in batch]
-    found = detector.detect_batch(upright)
-    for (pts, time_s, pixels), dets in zip(batch, found, strict=True):
-        parts.add(pts, time_s, _unrotate(dets, turns, pixels.shape[1], pixels.shape[0]))
+    for (pts, time_s, pixels), found in zip(batch, detector.screen_batch(upright), strict=True):
+        dets = Detections.concat([found.blurred, found.unblurred])  # proposals too, for track verdicts
+        blurs = np.arange(len(dets)) < len(found.blurred)
+        parts.add(pts, time_s, _unrotate(dets, turns, pixels.shape[1], pixels.shape[0]), blurs)
     timings["detect"] += time.perf_counter() - start
 
 
