@@ -156,23 +156,30 @@ def _join_fragments(
     tracks: list[Track], times: np.ndarray, max_gap_s: float, min_iou: float, max_distance: float
 ) -> list[Track]:
     """Tracks with fragments of one object joined: the later one's start moved back (its own velocity)
-    must meet the earlier one's end moved forward, within `max_gap_s`. Closest gaps first."""
+    must meet the earlier one's end moved forward, within `max_gap_s`. Closest gaps first. Each later
+    track is weighed against every earlier end at once (tracks of proposals make thousands of tracks)."""
+    classes = np.array([t.class_id for t in tracks])
+    last = np.array([t.frames[-1] for t in tracks])
+    t_last = np.asarray(times, np.float64)[last]
+    end_box = np.array([t.xyxy[-1] for t in tracks], np.float32).reshape(-1, 4)
+    end_velocity = np.array([t.velocity(times) for t in tracks], np.float32).reshape(-1, 4)
     pairs = []
-    for i, early in enumerate(tracks):
-        for j, late in enumerate(tracks):
-            if early.class_id != late.class_id or late.frames[0] <= early.frames[-1]:
-                continue
-            t_end, t_start = float(times[early.frames[-1]]), float(times[late.frames[0]])
-            if t_start - t_end > max_gap_s:
-                continue
-            forward = early.box_at(t_start, times)[None]
-            backward = late.box_at(t_end, times, from_end=False)[None]
-            cost = min(
-                _link_cost(forward, late.xyxy[0][None], min_iou, max_distance)[0, 0],
-                _link_cost(backward, early.xyxy[-1][None], min_iou, max_distance)[0, 0],
-            )
-            if cost < _NO_LINK:
-                pairs.append((t_start - t_end, cost, i, j))
+    for j, late in enumerate(tracks):
+        t_start = float(times[late.frames[0]])
+        early = np.flatnonzero(
+            (classes == late.class_id) & (last < late.frames[0]) & (t_start - t_last <= max_gap_s)
+        )
+        if not len(early):
+            continue
+        gaps = t_start - t_last[early]
+        # As `Track.box_at`: the end moved on to the later start, the start moved back to each end
+        forward = end_box[early] + end_velocity[early] * gaps.astype(np.float32)[:, None]
+        backward = late.xyxy[0] + late.velocity(times, False) * (-gaps).astype(np.float32)[:, None]
+        cost = np.minimum(
+            _link_cost(forward, late.xyxy[0][None], min_iou, max_distance)[:, 0],
+            np.diagonal(_link_cost(backward, end_box[early], min_iou, max_distance)),
+        )
+        pairs += [(gaps[k], cost[k], int(i), j) for k, i in enumerate(early) if cost[k] < _NO_LINK]
     merged_into = list(range(len(tracks)))  # each track's head, after joins
     has_next, has_prev = set(), set()
     for _, _, i, j in sorted(pairs):
