@@ -158,8 +158,8 @@ def _join_fragments(
     """Tracks with fragments of one object joined: the later one's start moved back (its own velocity)
     must meet the earlier one's end moved forward, within `max_gap_s`. Closest gaps first. Each later
     track is weighed against every earlier end at once (tracks of proposals make thousands of tracks)."""
-    classes = np.array([t.class_id for t in tracks])
-    last = np.array([t.frames[-1] for t in tracks])
+    classes = np.array([t.class_id for t in tracks], np.int64)
+    last = np.array([t.frames[-1] for t in tracks], np.int64)
     t_last = np.asarray(times, np.float64)[last]
     end_box = np.array([t.xyxy[-1] for t in tracks], np.float32).reshape(-1, 4)
     end_velocity = np.array([t.velocity(times) for t in tracks], np.float32).reshape(-1, 4)

@@ -125,6 +125,11 @@ def test_a_track_of_proposals_alone_adds_nothing():
     assert tracked.tracks == 0 and tracked.added == [] and tracked.by_verdict == 0
     assert not any(b.any() for b in tracked.blurred)
     assert all((t == -1).all() for t in tracked.track_of)
+    empty = [Detections() for _ in times]  # and a video without a box
+    none = tracked_boxes(
+        empty, blurs[5:6] * 10, times, tracking=True, track_verdict=True, max_gap_s=0.5, pad_frames=3
+    )
+    assert none.tracks == 0 and none.added == [] and not any(len(b) for b in none.blurred)
 
 
 def test_without_verdicts_or_tracking_the_boxes_that_blur_on_their_own_are_todays():
