@@ -66,15 +66,18 @@ def output_settings(
     """Everything that decides an output's pixels and bytes: the weights that run (`model`, a
     `detection.detector.model_id`), the runtime and precision they run in, and every other option of
     `config` but the speed-only ones (`SPEED_ONLY_OPTIONS`). The `video` options count only for a
-    `video` output: changing them redoes videos, not photos."""
+    `video` output: changing them redoes videos, not photos. A video with track verdicts links the
+    proposals too, so their thresholds count for it even with verification off."""
     settings = dataclasses.asdict(config)
     if not video:
         del settings["video"]
     for name in SPEED_ONLY_OPTIONS:
         del settings["detect"][name]
     if config.detect.verify == "off":
+        verdicts = video and config.video.tracking and config.video.track_verdict
         for name in VERIFY_OPTIONS:
-            del settings["detect"][name]
+            if not (verdicts and name == "proposal_thresholds"):
+                del settings["detect"][name]
     return {"model": model, "runtime": runtime, "precision": precision, **settings}
 
 

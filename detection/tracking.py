@@ -9,6 +9,11 @@ moved back in time by its own velocity, against an earlier track's end moved for
 by interpolating between the boxes on both sides (in time, from the frames' timestamps, so variable
 frame rates fill correctly), and each track is padded by a few frames at both ends. Linking only adds
 boxes: every detection is still blurred.
+
+`tracked_boxes` decides what a video blurs. The detector's proposals that do not blur on their own
+(below the sure threshold, or rejected by the verifier) are linked too, and the verdict is per track
+(`track_verdict`): a track blurs whole (every box, its gap fills and padding) when at least one of its
+boxes blurs on its own; a track of proposals alone blurs nothing.
 """
 
 from __future__ import annotations
@@ -83,6 +88,63 @@ def link_tracks(
     return _join_fragments(closed + open_tracks, times, max_gap_s, min_iou, max_distance)
 
 
+@dataclass
+class TrackedBoxes:
+    """What a video blurs of its stored boxes. Per frame and stored box: `blurred` (on its own, or by
+    its track's verdict) and `track_of` (the number of the track that blurs it, -1 for none); `added`,
+    the boxes those tracks add (`filled_boxes`); `tracks`, how many tracks blur; `by_verdict`, how
+    many proposals blur only because of their track."""
+
+    blurred: list[np.ndarray]
+    track_of: list[np.ndarray]
+    added: list[tuple[int, int, Detections]]
+    tracks: int
+    by_verdict: int
+
+
+def tracked_boxes(
+    per_frame: Sequence[Detections],
+    blurs: Sequence[np.ndarray],
+    times: np.ndarray,
+    *,
+    tracking: bool,
+    track_verdict: bool,
+    max_gap_s: float,
+    pad_frames: int,
+    min_iou: float = 0.1,
+    max_distance: float = 2.0,
+) -> TrackedBoxes:
+    """Which of `per_frame`'s boxes blur (`blurs`: per box, whether it blurs on its own) and what tracks
+    add. Tracking off: the boxes that blur on their own, nothing added. Tracking on: with
+    `track_verdict`, every box is linked (`link_tracks`) and the tracks holding at least one box that
+    blurs on its own blur whole, the others nothing; without it, only the boxes that blur on their own
+    are linked. Either way, every box that blurs on its own blurs: linking only adds."""
+    track_of = [np.full(len(d), -1) for d in per_frame]
+    if not tracking:
+        return TrackedBoxes([np.asarray(b, bool).copy() for b in blurs], track_of, [], 0, 0)
+    linked = [
+        np.arange(len(d)) if track_verdict else np.flatnonzero(b)
+        for d, b in zip(per_frame, blurs, strict=True)
+    ]
+    kept = []
+    for track in link_tracks(
+        [d[i] for d, i in zip(per_frame, linked, strict=True)], times, max_gap_s, min_iou, max_distance
+    ):
+        track.det_index = [int(linked[f][i]) for f, i in zip(track.frames, track.det_index, strict=True)]
+        if any(blurs[f][i] for f, i in zip(track.frames, track.det_index, strict=True)):
+            kept.append(track)
+    for number, track in enumerate(kept):
+        for frame, index in zip(track.frames, track.det_index, strict=True):
+            track_of[frame][index] = number
+    blurred = [np.asarray(b, bool) | (t >= 0) for b, t in zip(blurs, track_of, strict=True)]
+    by_verdict = sum(
+        int((now & ~np.asarray(own, bool)).sum()) for now, own in zip(blurred, blurs, strict=True)
+    )
+    return TrackedBoxes(
+        blurred, track_of, filled_boxes(kept, times, max_gap_s, pad_frames), len(kept), by_verdict
+    )
+
+
 def _extend(track: Track, frame: int, dets: Detections, index: int) -> None:
     track.frames.append(frame)
     track.xyxy.append(dets.xyxy[index].copy())
@@ -94,23 +156,30 @@ def _join_fragments(
     tracks: list[Track], times: np.ndarray, max_gap_s: float, min_iou: float, max_distance: float
 ) -> list[Track]:
     """Tracks with fragments of one object joined: the later one's start moved back (its own velocity)
-    must meet the earlier one's end moved forward, within `max_gap_s`. Closest gaps first."""
+    must meet the earlier one's end moved forward, within `max_gap_s`. Closest gaps first. Each later
+    track is weighed against every earlier end at once (tracks of proposals make thousands of tracks)."""
+    classes = np.array([t.class_id for t in tracks], np.int64)
+    last = np.array([t.frames[-1] for t in tracks], np.int64)
+    t_last = np.asarray(times, np.float64)[last]
+    end_box = np.array([t.xyxy[-1] for t in tracks], np.float32).reshape(-1, 4)
+    end_velocity = np.array([t.velocity(times) for t in tracks], np.float32).reshape(-1, 4)
     pairs = []
-    for i, early in enumerate(tracks):
-        for j, late in enumerate(tracks):
-            if early.class_id != late.class_id or late.frames[0] <= early.frames[-1]:
-                continue
-            t_end, t_start = float(times[early.frames[-1]]), float(times[late.frames[0]])
-            if t_start - t_end > max_gap_s:
-                continue
-            forward = early.box_at(t_start, times)[None]
-            backward = late.box_at(t_end, times, from_end=False)[None]
-            cost = min(
-                _link_cost(forward, late.xyxy[0][None], min_iou, max_distance)[0, 0],
-                _link_cost(backward, early.xyxy[-1][None], min_iou, max_distance)[0, 0],
-            )
-            if cost < _NO_LINK:
-                pairs.append((t_start - t_end, cost, i, j))
+    for j, late in enumerate(tracks):
+        t_start = float(times[late.frames[0]])
+        early = np.flatnonzero(
+            (classes == late.class_id) & (last < late.frames[0]) & (t_start - t_last <= max_gap_s)
+        )
+        if not len(early):
+            continue
+        gaps = t_start - t_last[early]
+        # As `Track.box_at`: the end moved on to the later start, the start moved back to each end
+        forward = end_box[early] + end_velocity[early] * gaps.astype(np.float32)[:, None]
+        backward = late.xyxy[0] + late.velocity(times, False) * (-gaps).astype(np.float32)[:, None]
+        cost = np.minimum(
+            _link_cost(forward, late.xyxy[0][None], min_iou, max_distance)[:, 0],
+            np.diagonal(_link_cost(backward, end_box[early], min_iou, max_distance)),
+        )
+        pairs += [(gaps[k], cost[k], int(i), j) for k, i in enumerate(early) if cost[k] < _NO_LINK]
     merged_into = list(range(len(tracks)))  # each track's head, after joins
     has_next, has_prev = set(), set()
     for _, _, i, j in sorted(pairs):

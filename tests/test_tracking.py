@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from detection.detections import CLASS_NAMES, Detections
-from detection.tracking import filled_boxes, link_tracks
+from detection.tracking import filled_boxes, link_tracks, tracked_boxes
 
 FACE, PLATE = CLASS_NAMES.index("face"), CLASS_NAMES.index("plate")
 
@@ -88,3 +88,59 @@ def test_fragments_are_joined_backward_from_the_later_track():
     tracks = link_tracks(_frames(frames), times, max_gap_s=0.5, max_distance=1.5)
     assert len(tracks) == 1
     assert tracks[0].frames == [0, 1, 2, 6, 7, 8, 9, 10, 11]
+
+
+def _sure_face_among_proposals() -> tuple[np.ndarray, list[Detections], list[np.ndarray]]:
+    """A face moving right over 10 frames (missed in frame 5) whose box blurs on its own in frame 3
+    only, the rest proposals; and far from it, a face of proposals alone."""
+    times = np.arange(10) / 25
+    frames = [
+        [([100 + 5 * i, 50, 140 + 5 * i, 90], FACE), ([500, 300, 540, 340], FACE)] if i != 5 else []
+        for i in range(10)
+    ]
+    blurs = [np.array([i == 3, False]) if i != 5 else np.zeros(0, bool) for i in range(10)]
+    return times, _frames(frames), blurs
+
+
+def test_a_track_of_proposals_joined_to_a_box_that_blurs_blurs_whole():
+    times, dets, blurs = _sure_face_among_proposals()
+    tracked = tracked_boxes(
+        dets, blurs, times, tracking=True, track_verdict=True, max_gap_s=0.5, pad_frames=0
+    )
+    assert tracked.tracks == 1 and tracked.by_verdict == 8  # the moving face's 8 proposals
+    for frame in range(10):
+        if frame != 5:
+            assert tracked.blurred[frame].tolist() == [True, False]  # the far face's proposals stay
+            assert tracked.track_of[frame].tolist() == [0, -1]
+    assert [f for f, _, _ in tracked.added] == [5]  # the gap is filled between two proposals
+    np.testing.assert_allclose(_added_at(tracked.added, 5), [[125, 50, 165, 90]], atol=1e-3)
+
+
+def test_a_track_of_proposals_alone_adds_nothing():
+    times, dets, _ = _sure_face_among_proposals()
+    blurs = [np.zeros(len(d), bool) for d in dets]
+    tracked = tracked_boxes(
+        dets, blurs, times, tracking=True, track_verdict=True, max_gap_s=0.5, pad_frames=3
+    )
+    assert tracked.tracks == 0 and tracked.added == [] and tracked.by_verdict == 0
+    assert not any(b.any() for b in tracked.blurred)
+    assert all((t == -1).all() for t in tracked.track_of)
+    empty = [Detections() for _ in times]  # and a video without a box
+    none = tracked_boxes(
+        empty, blurs[5:6] * 10, times, tracking=True, track_verdict=True, max_gap_s=0.5, pad_frames=3
+    )
+    assert none.tracks == 0 and none.added == [] and not any(len(b) for b in none.blurred)
+
+
+def test_without_verdicts_or_tracking_the_boxes_that_blur_on_their_own_are_todays():
+    times, dets, blurs = _sure_face_among_proposals()
+    off = tracked_boxes(dets, blurs, times, tracking=False, track_verdict=True, max_gap_s=0.5, pad_frames=3)
+    assert [b.tolist() for b in off.blurred] == [b.tolist() for b in blurs]
+    assert off.added == [] and off.tracks == 0 and all((t == -1).all() for t in off.track_of)
+    plain = tracked_boxes(dets, blurs, times, tracking=True, track_verdict=False, max_gap_s=0.5, pad_frames=2)
+    assert [b.tolist() for b in plain.blurred] == [b.tolist() for b in blurs] and plain.by_verdict == 0
+    # Linked as if the proposals were not there: the one box, padded by 2 frames on either side
+    alone = [d[b] for d, b in zip(dets, blurs, strict=True)]
+    expected = filled_boxes(link_tracks(alone, times, 0.5), times, 0.5, 2)
+    assert [(f, t) for f, t, _ in plain.added] == [(f, t) for f, t, _ in expected] != []
+    assert plain.track_of[3].tolist() == [0, -1]

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from blurring import blur_mask
-from blurring.config import load_config, output_settings, settings_digest
+from blurring.config import load_config, output_settings, parse_overrides, settings_digest
 from detection.detections import CLASS_NAMES, Detections
 from tests.video_clips import write_clip
 from video import store
@@ -161,8 +161,8 @@ def test_a_killed_run_resumes_after_the_last_stored_part(tmp_path, detector, mon
     assert sorted(p.name for p in work.glob("part-*")) == ["part-000000000.parquet", "part-000000004.parquet"]
     assert not (tmp_path / "out.mp4").exists()
     seen = []
-    original = detector.detect_batch
-    monkeypatch.setattr(detector, "detect_batch", lambda images: seen.extend(images) or original(images))
+    original = detector.screen_batch
+    monkeypatch.setattr(detector, "screen_batch", lambda images: seen.extend(images) or original(images))
     outcome = blur_video(source, tmp_path / "out.mp4", detector, config, work)
     assert outcome.status == "blurred", outcome.error
     assert len(seen) == 4  # only the frames no part held
@@ -189,18 +189,43 @@ def test_chunks_hold_every_frame_once_with_the_boxes_of_the_whole_pass(tmp_path,
         assert all(chunk.frames for chunk in chunks), count  # each chunk has work
         assert [p for chunk in chunks for p in chunk.pts] == whole.pts, count
         assert [t for chunk in chunks for t in chunk.times] == whole.times
+        assert [b.tolist() for chunk in chunks for b in chunk.blurs] == [b.tolist() for b in whole.blurs]
         for joined, alone in zip([d for chunk in chunks for d in chunk.frames], whole.frames, strict=True):
             np.testing.assert_array_equal(joined.xyxy, alone.xyxy)  # the same pixels decoded after a seek
+
+
+def test_parts_keep_each_box_s_blur_flag_and_drop_parts_of_the_older_layout(tmp_path):
+    boxes = Detections([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.1], [0, 0])
+    parts = store.DetectionParts(tmp_path / "work", "key")
+    parts.add(0, 0.0, boxes, np.array([True, False]))
+    parts.add(1, 0.04, Detections(), np.zeros(0, bool))
+    parts.flush()
+    again = store.DetectionParts(tmp_path / "work", "key")
+    assert [b.tolist() for b in again.blurs] == [[True, False], []] and len(again.frames[0]) == 2
+    (tmp_path / "work" / "key.json").write_text('"key"')  # how parts without blur flags were keyed
+    assert store.DetectionParts(tmp_path / "work", "key").frames == []
 
 
 def test_video_options_are_config_options_in_the_digest():
     config = load_config(overrides={"video.crf": 20, "video.max_gap_s": 1})
     assert config.video.crf == 20 and config.video.max_gap_s == 1.0
 
+    no_verdict = load_config(overrides=parse_overrides(["video.track_verdict=false"]))
+    assert load_config().video.track_verdict and not no_verdict.video.track_verdict
+
     def digest(config, video):
         return settings_digest(output_settings(config, "model", "torch", "fp32", video))
 
     assert digest(config, video=True) != digest(load_config(), video=True)
+    assert digest(no_verdict, video=True) != digest(load_config(), video=True)
+    # Proposals are linked into tracks: their threshold changes videos (not photos) with verify off
+    lower = load_config(overrides={"detect.proposal_thresholds.face": 0.05})
+    assert lower.detect.verify == "off" and digest(lower, video=True) != digest(load_config(), video=True)
+    assert digest(lower, video=False) == digest(load_config(), video=False)
+    lower_no_verdict = load_config(
+        overrides={"detect.proposal_thresholds.face": 0.05, "video.track_verdict": False}
+    )
+    assert digest(lower_no_verdict, video=True) == digest(no_verdict, video=True)  # unused without verdicts
     assert digest(config, video=False) == digest(load_config(), video=False)  # photos are not redone
     with pytest.raises(ValueError, match="crf"):
         load_config(overrides={"video.crf": 60})

@@ -32,8 +32,14 @@ def test_eval_video_scores_tracking_on_and_off(tmp_path, capsys):
     assert report["clips"] == 2 and report["frames"] == 8
     off, on = report["off"], report["on"]
     assert off["objects"] == on["objects"] > 0 and off["object_frames"] == on["object_frames"]
-    assert on["blurred_fraction"] >= off["blurred_fraction"]  # tracks only add boxes
-    assert on["leaked_objects"] <= off["leaked_objects"]
+    for tracked in (on, report["on_without_verdict"]):  # tracks only add boxes, with verdicts or not
+        assert tracked["blurred_fraction"] >= off["blurred_fraction"]
+        assert (
+            tracked["leaked_objects"] <= off["leaked_objects"]
+            and tracked["false_boxes"] >= off["false_boxes"]
+        )
+    assert 0 <= report["verdict_boxes"] <= report["track_boxes"]
+    assert "| on, without track verdicts |" in (out / "report.md").read_text()
     assert "| on |" in (out / "report.md").read_text() and "| off |" in capsys.readouterr().out
 
 

@@ -131,8 +131,8 @@ def test_a_killed_job_detects_only_the_chunks_it_had_not_stored(tmp_path, detect
             assert first.blur_chunk("walk.mp4", etag, Chunk(index, 3)) is None
         assert not (tmp_path / "out" / "walk.mp4").exists()
         seen = []
-        original = detector.detect_batch
-        monkeypatch.setattr(detector, "detect_batch", lambda images: seen.extend(images) or original(images))
+        original = detector.screen_batch
+        monkeypatch.setattr(detector, "screen_batch", lambda images: seen.extend(images) or original(images))
         again = VideoChunks(source, target, detector, config, ray.remote(ChunkTally).remote())
         outcomes = [again.blur_chunk("walk.mp4", etag, Chunk(index, 3)) for index in range(3)]
     finally:

@@ -41,6 +41,9 @@ class VideoConfig:
     crf: int = 18  # libx264 constant rate factor: 18 is about visually lossless for most sources
     preset: str = "medium"  # libx264 preset: slower is smaller at the same quality
     tracking: bool = True  # link detections into tracks and blur the frames the detector missed
+    # Link the proposals that do not blur on their own too; a track blurs whole (every box, its gap
+    # fills and padding) when at least one of its boxes blurs on its own. False: link blurring boxes only.
+    track_verdict: bool = True
     max_gap_s: float = 0.5  # fill gaps in a track up to this long (seconds, from the frames' timestamps)
     pad_frames: int = 3  # also blur this many frames before a track starts and after it ends
     # A detection joins a track when it overlaps the track's predicted box by this IoU, or when its

@@ -37,7 +37,7 @@ from blurring import anonymize
 from blurring.config import Config, output_settings, settings_digest
 from detection.detections import Detections
 from detection.detector import Detector
-from detection.tracking import filled_boxes, link_tracks
+from detection.tracking import tracked_boxes
 from video.store import DetectionParts, write_audit
 from video.streams import allowed_metadata, describe, plan_streams
 
@@ -63,8 +63,8 @@ class VideoOutcome:
     frames: int = 0
     width: int = 0
     height: int = 0
-    detections: dict[str, int] = field(default_factory=dict)  # boxes the detector found, per class
-    filled: int = 0  # boxes tracks added (gaps and padding)
+    detections: dict[str, int] = field(default_factory=dict)  # boxes that blur on their own, per class
+    filled: int = 0  # boxes tracks added (gaps, padding) or blurred by their verdict (proposals)
     tracks: int = 0
     streams_copied: list[str] = field(default_factory=list)
     streams_dropped: list[str] = field(default_factory=list)  # "#index type codec: reason"
@@ -124,6 +124,7 @@ def blur_video(
         source,
         target,
         parts.frames,
+        parts.blurs,
         parts.pts,
         parts.times,
         detector.model_id,
@@ -143,6 +144,7 @@ def finish_video(
     source: Path,
     target: Path,
     frames: list[Detections],
+    blurs: list[np.ndarray],
     pts: list[int | None],
     times: list[float],
     model_id: str,
@@ -151,10 +153,11 @@ def finish_video(
     progress: Progress | None = None,
     timings: dict[str, float] | None = None,
 ) -> VideoOutcome:
-    """Link pass 1's boxes (`frames`, with each frame's `pts` and time in seconds, every frame of
-    `source` in presentation order) into tracks, then blur, encode and remux `source` into `target`
-    (pass 2). `audit`, if given, receives every box blurred. Never raises for a bad video: the
-    outcome says why it failed, and nothing is written to `target`."""
+    """Link pass 1's boxes (`frames`, each box flagged in `blurs` when it blurs on its own, with each
+    frame's `pts` and time in seconds; every frame of `source` in presentation order) into tracks,
+    then blur, encode and remux `source` into `target` (pass 2). `audit`, if given, receives every
+    box blurred. Never raises for a bad video: the outcome says why it failed, and nothing is written
+    to `target`."""
     timings = timings if timings is not None else _new_timings()
     outcome = VideoOutcome("failed", timings_s=timings)
     stage = "open"
@@ -165,19 +168,21 @@ def finish_video(
         stage = "tracking"
         start = time.perf_counter()
         seconds = np.array(times, np.float64)
-        track_of = [np.full(len(d), -1) for d in frames]
-        added: list[tuple[int, int, Detections]] = []
-        if config.video.tracking:
-            tracks = link_tracks(
-                frames, seconds, config.video.max_gap_s, config.video.link_iou, config.video.link_distance
-            )
-            for number, track in enumerate(tracks):
-                for frame, index in zip(track.frames, track.det_index, strict=True):
-                    track_of[frame][index] = number
-            added = filled_boxes(tracks, seconds, config.video.max_gap_s, config.video.pad_frames)
-            outcome.tracks = len(tracks)
-        to_blur = [[d] for d in frames]
-        for frame, _, boxes in added:
+        video = config.video
+        tracked = tracked_boxes(
+            frames,
+            blurs,
+            seconds,
+            tracking=video.tracking,
+            track_verdict=video.track_verdict,
+            max_gap_s=video.max_gap_s,
+            pad_frames=video.pad_frames,
+            min_iou=video.link_iou,
+            max_distance=video.link_distance,
+        )
+        outcome.tracks = tracked.tracks
+        to_blur = [[d[b]] for d, b in zip(frames, tracked.blurred, strict=True)]
+        for frame, _, boxes in tracked.added:
             to_blur[frame].append(boxes)
         timings["link"] = time.perf_counter() - start
         stage = "blurring"
@@ -199,7 +204,7 @@ def finish_video(
             )
             if audit is not None:
                 metadata = {"source": str(source), "frames": str(len(frames)), "model": model_id}
-                write_audit(audit, frames, times, track_of, added, metadata)
+                write_audit(audit, frames, times, blurs, tracked, metadata)
             os.replace(partial, target)
         finally:
             partial.unlink(missing_ok=True)
@@ -210,8 +215,8 @@ def finish_video(
     outcome.frames = len(frames)
     outcome.width, outcome.height = streams["width"], streams["height"]
     outcome.streams_copied, outcome.streams_dropped = streams["copied"], streams["dropped"]
-    outcome.detections = Detections.concat(frames).counts()
-    outcome.filled = len(added)
+    outcome.detections = Detections.concat(d[b] for d, b in zip(frames, blurs, strict=True)).counts()
+    outcome.filled = len(tracked.added) + tracked.by_verdict
     return outcome
 
 
@@ -219,12 +224,18 @@ def _new_timings() -> dict[str, float]:
     return dict.fromkeys(("decode", "detect", "link", "blur", "encode"), 0.0)
 
 
+def detection_digest(detector: Detector, config: Config) -> str:
+    """The digest of everything pass 1's boxes depend on: the weights, their runtime and precision, and
+    the detection options (the proposal thresholds too, where track verdicts use the proposals)."""
+    settings = output_settings(config, detector.model_id, detector.runtime, detector.precision, video=True)
+    return settings_digest({k: settings[k] for k in ("model", "runtime", "precision", "detect")})
+
+
 def _detection_key(source: Path, detector: Detector, config: Config) -> str:
-    """The input (size, modification time) and everything pass 1's boxes depend on."""
-    settings = output_settings(config, detector.model_id, detector.runtime, detector.precision)
-    detection = {k: settings[k] for k in ("model", "runtime", "precision", "detect")}
+    """The input (its path, size and modification time) and `detection_digest`."""
     status = source.stat()
-    return json.dumps([str(source.resolve()), status.st_size, status.st_mtime_ns, settings_digest(detection)])
+    digest = detection_digest(detector, config)
+    return json.dumps([str(source.resolve()), status.st_size, status.st_mtime_ns, digest])
 
 
 def _orientation(source: Path) -> _Orientation:
@@ -373,9 +384,10 @@ def _detect_batch(
     start = time.perf_counter()
     turns = round(orientation.rotation / 90) % 4
     upright = [np.ascontiguousarray(np.rot90(pixels, turns)) for _, _, pixels in batch]
-    found = detector.detect_batch(upright)
-    for (pts, time_s, pixels), dets in zip(batch, found, strict=True):
-        parts.add(pts, time_s, _unrotate(dets, turns, pixels.shape[1], pixels.shape[0]))
+    for (pts, time_s, pixels), found in zip(batch, detector.screen_batch(upright), strict=True):
+        dets = Detections.concat([found.blurred, found.unblurred])  # proposals too, for track verdicts
+        blurs = np.arange(len(dets)) < len(found.blurred)
+        parts.add(pts, time_s, _unrotate(dets, turns, pixels.shape[1], pixels.shape[0]), blurs)
     timings["detect"] += time.perf_counter() - start
 
 

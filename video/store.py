@@ -1,5 +1,6 @@
 """Per-frame detections on disk: pass 1's Parquet parts (a killed run resumes after the last whole
-part) and the audit file of every box blurred, detected or added by a track."""
+part) and the audit file of every box blurred: detected, blurred by its track's verdict, or added by
+a track."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from detection.detections import CLASS_NAMES, Detections
+from detection.tracking import TrackedBoxes
 from storage.files import write_file_atomically
 
 PART_FRAMES = 200  # frames per Parquet part: what a killed run loses at most
@@ -26,6 +28,7 @@ PART_SCHEMA = pa.schema(
         ("xyxy", pa.list_(pa.float32())),  # 4 numbers per box
         ("scores", pa.list_(pa.float32())),
         ("class_id", pa.list_(pa.int8())),
+        ("blurs", pa.list_(pa.bool_())),  # per box: blurs on its own (else a proposal that does not)
     ]
 )
 
@@ -40,27 +43,33 @@ AUDIT_SCHEMA = pa.schema(
         ("x2", pa.float32()),
         ("y2", pa.float32()),
         ("track", pa.int64()),  # null: a detection no track holds (tracking off)
-        ("source", pa.string()),  # "detector", or "track" for a box a track added
+        # "detector": blurs on its own; "track-verdict": a proposal blurred because its track holds a
+        # box that blurs on its own; "track": a box a track added (gap fill or padding)
+        ("source", pa.string()),
     ]
 )
 
 
 class DetectionParts:
-    """Pass 1's detections in `folder`, one Parquet part per `PART_FRAMES` frames, each written whole.
+    """Pass 1's detections in `folder`, one Parquet part per `PART_FRAMES` frames, each written whole:
+    per frame every box above the proposal thresholds (`frames`) and whether it blurs on its own (`blurs`).
 
     `key` names the input and the settings the detections depend on; parts written under another key
-    are removed on opening, so a resumed run never reuses another input's or model's boxes.
+    or another `PART_SCHEMA` are removed on opening, so a resumed run never reuses another input's or
+    model's boxes, nor parts of an older layout.
     """
 
     def __init__(self, folder: Path, key: str) -> None:
         self.folder = folder
         key_file = folder / "key.json"
-        if folder.exists() and (not key_file.exists() or json.loads(key_file.read_text()) != key):
+        stored = [key, PART_SCHEMA.names]
+        if folder.exists() and (not key_file.exists() or json.loads(key_file.read_text()) != stored):
             shutil.rmtree(folder)
         if not folder.exists():
             folder.mkdir(parents=True)
-            write_file_atomically(key_file, json.dumps(key).encode())
+            write_file_atomically(key_file, json.dumps(stored).encode())
         self.frames: list[Detections] = []
+        self.blurs: list[np.ndarray] = []
         self.pts: list[int | None] = []
         self.times: list[float] = []
         for part in sorted(folder.glob("part-*.parquet")):
@@ -68,12 +77,13 @@ class DetectionParts:
             if table["frame"][0].as_py() != len(self.frames):  # a gap: keep what is contiguous
                 break
             for row in table.to_pylist():
-                self._append(row["pts"], row["time_s"], _detections(row))
+                self._append(row["pts"], row["time_s"], _detections(row), np.array(row["blurs"], bool))
         self._written = len(self.frames)
 
-    def add(self, pts: int | None, time_s: float, detections: Detections) -> None:
-        """The next frame's detections; a part is written every `PART_FRAMES` frames."""
-        self._append(pts, time_s, detections)
+    def add(self, pts: int | None, time_s: float, detections: Detections, blurs: np.ndarray) -> None:
+        """The next frame's detections and, per box, whether it blurs on its own; a part is written
+        every `PART_FRAMES` frames."""
+        self._append(pts, time_s, detections, blurs)
         if len(self.frames) - self._written >= PART_FRAMES:
             self.flush()
 
@@ -90,6 +100,7 @@ class DetectionParts:
                 "xyxy": [d.xyxy.reshape(-1).tolist() for d in self.frames[start:]],
                 "scores": [d.scores.tolist() for d in self.frames[start:]],
                 "class_id": [d.class_id.tolist() for d in self.frames[start:]],
+                "blurs": [b.tolist() for b in self.blurs[start:]],
             },
             schema=PART_SCHEMA,
         )
@@ -100,8 +111,11 @@ class DetectionParts:
         """Delete the parts (once the video is published and its audit file written)."""
         shutil.rmtree(self.folder, ignore_errors=True)
 
-    def _append(self, pts: int | None, time_s: float, detections: Detections) -> None:
+    def _append(self, pts: int | None, time_s: float, detections: Detections, blurs: np.ndarray) -> None:
+        if len(blurs) != len(detections):
+            raise ValueError(f"{len(detections)} boxes but {len(blurs)} blur flags")
         self.frames.append(detections)
+        self.blurs.append(np.asarray(blurs, bool))
         self.pts.append(pts)
         self.times.append(time_s)
 
@@ -110,16 +124,20 @@ def write_audit(
     path: Path,
     frames: Sequence[Detections],
     times: Sequence[float],
-    track_of: Sequence[np.ndarray],
-    added: Sequence[tuple[int, int, Detections]],
+    blurs: Sequence[np.ndarray],
+    tracked: TrackedBoxes,
     metadata: dict[str, str],
 ) -> None:
-    """One row per box blurred: each frame's detections (`track_of[frame]`: their track numbers, -1
-    for none) and the boxes tracks `added` (`(frame, track, boxes)`), with `metadata` in the file."""
+    """One row per box blurred, with `metadata` in the file: each frame's stored boxes that `tracked`
+    blurs (source "detector" where `blurs` says it blurs on its own, else "track-verdict"), with their
+    track numbers, and the boxes tracks added (source "track")."""
     rows = []
-    for frame, (dets, tracks) in enumerate(zip(frames, track_of, strict=True)):
-        rows += [(frame, dets[i : i + 1], int(tracks[i]), "detector") for i in range(len(dets))]
-    rows += [(frame, dets, track, "track") for frame, track, dets in added]
+    for frame, (dets, own, blurred, tracks) in enumerate(
+        zip(frames, blurs, tracked.blurred, tracked.track_of, strict=True)
+    ):
+        for i in np.flatnonzero(blurred):
+            rows.append((frame, dets[i : i + 1], int(tracks[i]), "detector" if own[i] else "track-verdict"))
+    rows += [(frame, dets, track, "track") for frame, track, dets in tracked.added]
     rows.sort(key=lambda row: (row[0], row[3]))
     columns: dict[str, list] = {name: [] for name in AUDIT_SCHEMA.names}
     for frame, dets, track, source in rows:

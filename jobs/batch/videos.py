@@ -18,11 +18,11 @@ import tempfile
 import time
 from pathlib import Path, PurePosixPath
 
-from blurring.config import Config, output_settings, settings_digest
+from blurring.config import Config, settings_digest
 from detection.detector import Detector
 from jobs.batch.manifest import AUDIT_DIR
 from storage.objects import NotFound, Storage
-from video.pipeline import Chunk, VideoOutcome, detect_frames, finish_video
+from video.pipeline import Chunk, VideoOutcome, detect_frames, detection_digest, finish_video
 from video.store import DetectionParts
 
 DONE_FILE = "done.json"  # written last in a chunk's folder: its boxes are stored whole
@@ -45,9 +45,8 @@ def chunk_count(size: int, chunk_bytes: int, batch_size: int) -> int:
 def chunks_prefix(key: str, etag: str, detector: Detector, config: Config) -> str:
     """The folder of the video `key`'s stored chunks: by input version and detection settings, so a
     chunk is reused only for the same input detected the same way."""
-    settings = output_settings(config, detector.model_id, detector.runtime, detector.precision)
-    detection = {name: settings[name] for name in ("model", "runtime", "precision", "detect")}
-    return f"{AUDIT_DIR}/video-chunks/{key}/{settings_digest({'etag': etag, 'detection': detection})}/"
+    digest = settings_digest({"etag": etag, "detection": detection_digest(detector, config)})
+    return f"{AUDIT_DIR}/video-chunks/{key}/{digest}/"
 
 
 class ChunkTally:
@@ -123,7 +122,7 @@ class VideoChunks:
     def _finish(self, key: str, etag: str, count: int, prefix: str) -> VideoOutcome:
         """Join the stored chunks of the video, blur and write it whole, and remove the chunks."""
         start = time.perf_counter()
-        frames, pts, times = [], [], []
+        frames, blurs, pts, times = [], [], [], []
         timings = dict.fromkeys(("decode", "detect", "link", "blur", "encode"), 0.0)
         suffix = PurePosixPath(key).suffix.lower()
         with tempfile.TemporaryDirectory(dir=self._scratch.name) as work:
@@ -141,6 +140,7 @@ class VideoChunks:
                         timings[stage] += seconds
                     parts = DetectionParts(local, name)
                     frames += parts.frames
+                    blurs += parts.blurs
                     pts += parts.pts
                     times += parts.times
                 source = self._local(key, etag)
@@ -152,7 +152,7 @@ class VideoChunks:
             output, audit = folder / f"output{suffix}", folder / "detections.parquet"
             model = self.detector.model_id
             outcome = finish_video(
-                source, output, frames, pts, times, model, self.config, audit, None, timings
+                source, output, frames, blurs, pts, times, model, self.config, audit, None, timings
             )
             if outcome.status != "blurred":
                 return outcome
