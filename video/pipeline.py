@@ -1,9 +1,10 @@
 """One video in, its blurred copy out, in two passes with bounded memory. Fails closed.
 
 Pass 1 decodes every frame, detects faces and plates (in the frame's display orientation) and stores
-each frame's boxes in Parquet parts (`video.store`), so a killed run resumes after the last part.
-Between the passes the boxes are linked into tracks (`detection.tracking`), which fill the frames
-the detector missed. Pass 2 decodes again, blurs the union of detected and filled boxes with
+each frame's boxes, those that blur and the proposals that do not, in Parquet parts (`video.store`),
+so a killed run resumes after the last part. Between the passes the boxes are linked into tracks
+(`detection.tracking`), which blur their proposals where one of their boxes blurs (track verdicts)
+and fill the frames the detector missed. Pass 2 decodes again, blurs all those boxes with
 `blurring.anonymize`, encodes H.264 with every frame's own timestamp (variable frame rates stay
 variable), and copies the audio, subtitle and data streams packet by packet (`video.streams`).
 Frames without boxes are encoded from the decoded picture itself, untouched by colour conversion.
