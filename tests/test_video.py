@@ -15,7 +15,7 @@ from blurring.config import load_config, output_settings, parse_overrides, setti
 from detection.detections import CLASS_NAMES, Detections
 from tests.video_clips import write_clip
 from video import store
-from video.pipeline import Chunk, blur_video, detect_frames
+from video.pipeline import Chunk, blur_video, detect_frames, finish_video
 
 
 @pytest.fixture(scope="module")
@@ -190,18 +190,63 @@ def test_chunks_hold_every_frame_once_with_the_boxes_of_the_whole_pass(tmp_path,
         assert [p for chunk in chunks for p in chunk.pts] == whole.pts, count
         assert [t for chunk in chunks for t in chunk.times] == whole.times
         assert [b.tolist() for chunk in chunks for b in chunk.blurs] == [b.tolist() for b in whole.blurs]
+        assert [c for chunk in chunks for c in chunk.checksums] == whole.checksums  # the same pixels
         for joined, alone in zip([d for chunk in chunks for d in chunk.frames], whole.frames, strict=True):
             np.testing.assert_array_equal(joined.xyxy, alone.xyxy)  # the same pixels decoded after a seek
+
+
+def _every_frame_flagged_key(path: Path, frames: int = 60) -> None:
+    """An MPEG-4 part 2 MP4 (a real keyframe every 7 frames) whose every sample is flagged a keyframe,
+    as in an MP4 without a sync-sample table: a seek may land on a frame that cannot start decoding
+    (this decoder then gives grey garbage with the right timestamps)."""
+    with av.open(str(path), "w", format="mp4") as output:
+        stream = output.add_stream("mpeg4", rate=25, options={"g": "7", "qscale": "3"})
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        pattern = np.random.default_rng(0).integers(0, 255, (240, 320, 3), np.uint8)
+        for index in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.roll(pattern, index * 3, axis=1), format="bgr24")
+            frame.pts = index
+            for packet in stream.encode(frame):
+                packet.is_keyframe = True
+                output.mux(packet)
+        for packet in stream.encode():
+            packet.is_keyframe = True
+            output.mux(packet)
+
+
+def test_chunks_start_at_a_real_keyframe_when_the_index_flags_every_frame(tmp_path, detector):
+    source = tmp_path / "allkey.mp4"
+    _every_frame_flagged_key(source)
+    whole = store.DetectionParts(tmp_path / "whole", "key")
+    detect_frames(source, whole, detector)
+    for count in (3, 7):
+        chunks = [store.DetectionParts(tmp_path / f"{count}-{index}", "key") for index in range(count)]
+        for index, chunk in enumerate(chunks):
+            detect_frames(source, chunk, detector, Chunk(index, count))
+        assert [p for chunk in chunks for p in chunk.pts] == whole.pts, count
+        assert [c for chunk in chunks for c in chunk.checksums] == whole.checksums, count
+
+
+def test_a_frame_that_decodes_otherwise_in_pass_2_fails_the_video_closed(tmp_path, detector):
+    source = tmp_path / "walk.mp4"
+    write_clip(source, frames=12)
+    parts = store.DetectionParts(tmp_path / "work", "key")
+    detect_frames(source, parts, detector)
+    parts.checksums[5] ^= 1  # what a chunk decoded from a wrong starting frame would have recorded
+    outcome = finish_video(source, tmp_path / "out.mp4", parts, detector.model_id, load_config())
+    assert outcome.status == "failed" and "frame 5 decodes to other pixels" in outcome.error, outcome.error
+    assert not (tmp_path / "out.mp4").exists() and not list(tmp_path.glob(".out.mp4*"))
 
 
 def test_parts_keep_each_box_s_blur_flag_and_drop_parts_of_the_older_layout(tmp_path):
     boxes = Detections([[0, 0, 10, 10], [20, 20, 30, 30]], [0.9, 0.1], [0, 0])
     parts = store.DetectionParts(tmp_path / "work", "key")
-    parts.add(0, 0.0, boxes, np.array([True, False]))
-    parts.add(1, 0.04, Detections(), np.zeros(0, bool))
+    parts.append(0, 0.0, boxes, np.array([True, False]), 7)
+    parts.append(1, 0.04, Detections(), np.zeros(0, bool), 8)
     parts.flush()
     again = store.DetectionParts(tmp_path / "work", "key")
     assert [b.tolist() for b in again.blurs] == [[True, False], []] and len(again.frames[0]) == 2
+    assert again.checksums == [7, 8]
     (tmp_path / "work" / "key.json").write_text('"key"')  # how parts without blur flags were keyed
     assert store.DetectionParts(tmp_path / "work", "key").frames == []
 

@@ -15,7 +15,7 @@ import pytest
 from blurring.config import load_config
 from jobs.batch.job import JobOptions, run_job
 from jobs.batch.manifest import AUDIT_DIR, read_manifest_rows
-from jobs.batch.videos import ChunkTally, VideoChunks, detections_key
+from jobs.batch.videos import ChunkTally, VideoChunks, chunks_folder, detections_key, remove_chunks
 from storage.objects import Storage
 from tests.conftest import SAMPLES
 from tests.video_clips import write_clip
@@ -142,4 +142,6 @@ def test_a_killed_job_detects_only_the_chunks_it_had_not_stored(tmp_path, detect
     assert outcomes[2].frames == 24 and _frames((tmp_path / "out" / "walk.mp4").read_bytes()) == 24
     audit = pq.read_table(tmp_path / "out" / detections_key("walk.mp4")).to_pandas()
     assert set(audit[audit.source == "detector"].frame) == set(range(24))  # both objects seen in each
+    assert (tmp_path / "out" / chunks_folder("walk.mp4")).is_dir()  # until the job has its row
+    remove_chunks(target, "walk.mp4")
     assert not (tmp_path / "out" / AUDIT_DIR / "video-chunks").exists()

@@ -39,7 +39,7 @@ from blurring.config import Config, output_settings, settings_digest
 from detection.detections import Detections
 from detection.detector import Detector
 from detection.tracking import tracked_boxes
-from video.store import DetectionParts, write_audit
+from video.store import DetectedFrames, DetectionParts, frame_checksum, write_audit
 from video.streams import allowed_metadata, describe, plan_streams
 
 CONTAINER_FORMATS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska", ".avi": "avi"}
@@ -110,7 +110,7 @@ def blur_video(
     receives every box blurred (Parquet, `video.store.AUDIT_SCHEMA`). Never raises for a bad video:
     the outcome says why it failed, and nothing is written to `target`.
     """
-    timings = _new_timings()
+    timings = new_timings()
     if target.suffix.lower() not in CONTAINER_FORMATS:
         return VideoOutcome("failed", error=f"open failed: no video container for {target.suffix!r}")
     try:
@@ -121,19 +121,7 @@ def blur_video(
         return VideoOutcome(
             "failed", error=f"detection failed: {type(error).__name__}: {error}", timings_s=timings
         )
-    outcome = finish_video(
-        source,
-        target,
-        parts.frames,
-        parts.blurs,
-        parts.pts,
-        parts.times,
-        detector.model_id,
-        config,
-        audit,
-        progress,
-        timings,
-    )
+    outcome = finish_video(source, target, parts, detector.model_id, config, audit, progress, timings)
     if outcome.status == "blurred":
         parts.remove()
     else:
@@ -144,27 +132,26 @@ def blur_video(
 def finish_video(
     source: Path,
     target: Path,
-    frames: list[Detections],
-    blurs: list[np.ndarray],
-    pts: list[int | None],
-    times: list[float],
+    detected: DetectedFrames,
     model_id: str,
     config: Config,
     audit: Path | None = None,
     progress: Progress | None = None,
     timings: dict[str, float] | None = None,
 ) -> VideoOutcome:
-    """Link pass 1's boxes (`frames`, each box flagged in `blurs` when it blurs on its own, with each
-    frame's `pts` and time in seconds; every frame of `source` in presentation order) into tracks,
-    then blur, encode and remux `source` into `target` (pass 2). `audit`, if given, receives every
+    """Link pass 1's boxes (`detected`: every frame of `source`, in presentation order) into tracks,
+    then blur, encode and remux `source` into `target` (pass 2, which checks that each frame decodes
+    to the pixels pass 1 saw). `audit`, if given, receives every
     box blurred. Never raises for a bad video: the outcome says why it failed, and nothing is written
     to `target`."""
-    timings = timings if timings is not None else _new_timings()
+    timings = timings if timings is not None else new_timings()
     outcome = VideoOutcome("failed", timings_s=timings)
     stage = "open"
     try:
         container_format = CONTAINER_FORMATS[target.suffix.lower()]
         orientation = _orientation(source)
+        frames, blurs, times = detected.frames, detected.blurs, detected.times
+        stage = "detection"
         _check_complete(len(frames), _listed_frames(source))
         stage = "tracking"
         start = time.perf_counter()
@@ -197,7 +184,7 @@ def finish_video(
                 partial,
                 container_format,
                 [Detections.concat(b) for b in to_blur],
-                pts,
+                detected,
                 orientation,
                 config,
                 timings,
@@ -221,7 +208,8 @@ def finish_video(
     return outcome
 
 
-def _new_timings() -> dict[str, float]:
+def new_timings() -> dict[str, float]:
+    """Seconds per stage of a video, all 0: decode, detect, link, blur, encode."""
     return dict.fromkeys(("decode", "detect", "link", "blur", "encode"), 0.0)
 
 
@@ -275,14 +263,14 @@ def detect_frames(
     or before its start, detect in those `parts` does not hold yet (in the display orientation) and add
     their boxes to it. `ValueError` when the whole video does not decode to its end (a chunk's frames
     are checked against the container's count once joined, by `finish_video`)."""
-    timings = timings if timings is not None else _new_timings()
+    timings = timings if timings is not None else new_timings()
     orientation = _orientation(source)
     with av.open(str(source)) as container:
         stream = plan_streams(container).video
         stream.thread_type = "AUTO"
         expected = stream.frames if chunk.count == 1 else 0
         already = len(parts.frames)
-        batch: list[tuple[int | None, float, np.ndarray]] = []
+        batch: list[tuple[int | None, float, np.ndarray, int]] = []
         index = 0
         start = time.perf_counter()
         for frame in _chunk_frames(container, stream, chunk):
@@ -292,6 +280,7 @@ def detect_frames(
                         frame.pts,
                         _frame_time(frame, index, stream.average_rate),
                         frame.to_ndarray(format="bgr24"),
+                        _checksum(frame),
                     )
                 )
             index += 1
@@ -340,11 +329,12 @@ def _chunk_span(
     container: av.container.InputContainer, stream: av.VideoStream, chunk: Chunk
 ) -> tuple[int | None, int | None] | None:
     """`chunk`'s first and end timestamps in `stream`'s time base (None: open-ended), or None when the
-    video is not cut (a single chunk, or no start or duration to cut by)."""
+    video is not cut (a single chunk, no start or duration to cut by, or an AVI file)."""
     duration = stream.duration
     if duration is None and container.duration is not None and stream.time_base:
         duration = round(container.duration / av.time_base / stream.time_base)
-    if chunk.count == 1 or stream.start_time is None or not duration:
+    # AVI has no presentation times of its own: its decoded frames may come out of order (B-frames)
+    if chunk.count == 1 or stream.start_time is None or not duration or container.format.name == "avi":
         return None
     bounds = [stream.start_time + duration * i // chunk.count for i in range(chunk.count + 1)]
     low = bounds[chunk.index] if chunk.index > 0 else None
@@ -353,15 +343,18 @@ def _chunk_span(
 
 
 def _seek_at_or_before(container: av.container.InputContainer, stream: av.VideoStream, pts: int) -> None:
-    """Seek `stream` so that decoding starts at a keyframe at or before `pts`. A demuxer's index may
-    land later than asked: then seek a second earlier, and twice as far each time, down to the start."""
+    """Seek `stream` so that decoding starts at a keyframe at or before `pts`. A demuxer's index may land
+    later than asked, or on a frame that is no keyframe (an MP4 without a sync-sample table calls every
+    frame one), where the decoder gives nothing or garbage: then seek a second earlier, and twice as
+    far each time, down to the start. Pass 2 checks every frame's pixels against pass 1 besides."""
     first_pts = stream.start_time or 0
     step = max(1, round(1 / stream.time_base))  # one second
     target = pts
     while True:
         container.seek(target, stream=stream, backward=True, any_frame=False)
         first = next(container.decode(stream), None)
-        if first is None or first.pts is None or first.pts <= pts or target <= first_pts:
+        landed = first is not None and first.key_frame and first.pts is not None and first.pts <= pts
+        if landed or target <= first_pts:
             break
         target, step = max(target - step, first_pts), step * 2
     container.seek(target, stream=stream, backward=True, any_frame=False)
@@ -376,7 +369,7 @@ def _check_complete(decoded: int, expected: int) -> None:
 
 
 def _detect_batch(
-    batch: list[tuple[int | None, float, np.ndarray]],
+    batch: list[tuple[int | None, float, np.ndarray, int]],
     parts: DetectionParts,
     detector: Detector,
     orientation: _Orientation,
@@ -384,12 +377,18 @@ def _detect_batch(
 ) -> None:
     start = time.perf_counter()
     turns = round(orientation.rotation / 90) % 4
-    upright = [np.ascontiguousarray(np.rot90(pixels, turns)) for _, _, pixels in batch]
-    for (pts, time_s, pixels), found in zip(batch, detector.screen_batch(upright), strict=True):
+    upright = [np.ascontiguousarray(np.rot90(pixels, turns)) for _, _, pixels, _ in batch]
+    for (pts, time_s, pixels, checksum), found in zip(batch, detector.screen_batch(upright), strict=True):
         dets = Detections.concat([found.blurred, found.unblurred])  # proposals too, for track verdicts
         blurs = np.arange(len(dets)) < len(found.blurred)
-        parts.add(pts, time_s, _unrotate(dets, turns, pixels.shape[1], pixels.shape[0]), blurs)
+        boxes = _unrotate(dets, turns, pixels.shape[1], pixels.shape[0])
+        parts.append(pts, time_s, boxes, blurs, checksum)
     timings["detect"] += time.perf_counter() - start
+
+
+def _checksum(frame: av.VideoFrame) -> int:
+    """`video.store.frame_checksum` of a decoded frame's luma."""
+    return frame_checksum(frame.to_ndarray(format="gray"))
 
 
 def _unrotate(dets: Detections, turns: int, width: int, height: int) -> Detections:
@@ -407,14 +406,15 @@ def _blur_pass(
     partial: Path,
     container_format: str,
     boxes: list[Detections],
-    pts: list[int | None],
+    detected: DetectedFrames,
     orientation: _Orientation,
     config: Config,
     timings: dict[str, float],
     progress: Progress | None,
 ) -> dict:
-    """Decode `source` again, blur each frame's `boxes`, encode and remux into `partial` (flushed to
-    disk). Returns the size and the streams copied and dropped."""
+    """Decode `source` again, check each frame against pass 1's record (`detected`), blur its `boxes`,
+    encode and remux into `partial` (flushed to disk). Returns the size and the streams copied and
+    dropped."""
     with av.open(str(source)) as container:
         plan = plan_streams(container)
         stream_in = plan.video
@@ -455,7 +455,9 @@ def _blur_pass(
                         continue
                     copies[stream.index] = output.add_stream_from_template(stream)
                     copies[stream.index].metadata.update(allowed_metadata(stream.metadata))
-                index = _remux(container, plan, stream_out, copies, boxes, pts, config, timings, progress)
+                index = _remux(
+                    container, plan, stream_out, copies, boxes, detected, config, timings, progress
+                )
                 start = time.perf_counter()
                 output.mux(stream_out.encode())
                 timings["encode"] += time.perf_counter() - start
@@ -479,9 +481,9 @@ def _can_carry(output: av.container.OutputContainer, container_format: str, code
     return codec in output.supported_codecs or (codec == "bin_data" and container_format in ("mp4", "mov"))
 
 
-def _remux(container, plan, stream_out, copies, boxes, pts, config, timings, progress) -> int:
-    """Every packet of `container`: video decoded, blurred and encoded, the others copied. Returns the
-    number of video frames."""
+def _remux(container, plan, stream_out, copies, boxes, detected, config, timings, progress) -> int:
+    """Every packet of `container`: video decoded, checked against pass 1 (same timestamp, same pixels),
+    blurred and encoded, the others copied. Returns the number of video frames."""
     index = 0
     start = time.perf_counter()
     for packet in container.demux(plan.video, *plan.copied):
@@ -494,8 +496,10 @@ def _remux(container, plan, stream_out, copies, boxes, pts, config, timings, pro
             timings["decode"] += time.perf_counter() - start
             if index >= len(boxes):
                 raise ValueError(f"pass 2 decoded more frames than pass 1 ({len(boxes)})")
-            if frame.pts != pts[index]:
-                raise ValueError(f"frame {index}: pts {frame.pts} in pass 2, {pts[index]} in pass 1")
+            if frame.pts != detected.pts[index]:
+                raise ValueError(f"frame {index}: pts {frame.pts} in pass 2, {detected.pts[index]} in pass 1")
+            if _checksum(frame) != detected.checksums[index]:
+                raise ValueError(f"frame {index} decodes to other pixels in pass 2 than in pass 1")
             start = time.perf_counter()
             if len(boxes[index]):
                 frame = _blurred_frame(frame, boxes[index], config)

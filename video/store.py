@@ -7,7 +7,9 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import zlib
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,7 @@ PART_SCHEMA = pa.schema(
         ("scores", pa.list_(pa.float32())),
         ("class_id", pa.list_(pa.int8())),
         ("blurs", pa.list_(pa.bool_())),  # per box: blurs on its own (else a proposal that does not)
+        ("checksum", pa.int64()),  # CRC-32 of the decoded frame's luma: pass 2 checks it decodes the same
     ]
 )
 
@@ -50,9 +53,44 @@ AUDIT_SCHEMA = pa.schema(
 )
 
 
-class DetectionParts:
-    """Pass 1's detections in `folder`, one Parquet part per `PART_FRAMES` frames, each written whole:
-    per frame every box above the proposal thresholds (`frames`) and whether it blurs on its own (`blurs`).
+@dataclass
+class DetectedFrames:
+    """Pass 1's record of a video, or of a chunk of one, frame by frame in presentation order: every box
+    above the proposal thresholds (`frames`), whether each blurs on its own (`blurs`), the frame's `pts`
+    and time in seconds, and the `checksums` of its decoded pixels (`frame_checksum`)."""
+
+    frames: list[Detections] = field(default_factory=list)
+    blurs: list[np.ndarray] = field(default_factory=list)
+    pts: list[int | None] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    checksums: list[int] = field(default_factory=list)
+
+    def append(
+        self, pts: int | None, time_s: float, detections: Detections, blurs: np.ndarray, checksum: int
+    ) -> None:
+        """The next frame."""
+        if len(blurs) != len(detections):
+            raise ValueError(f"{len(detections)} boxes but {len(blurs)} blur flags")
+        self.frames.append(detections)
+        self.blurs.append(np.asarray(blurs, bool))
+        self.pts.append(pts)
+        self.times.append(time_s)
+        self.checksums.append(checksum)
+
+    def extend(self, later: DetectedFrames) -> None:
+        """The frames of `later` (the next chunk) after these."""
+        for name in ("frames", "blurs", "pts", "times", "checksums"):
+            getattr(self, name).extend(getattr(later, name))
+
+
+def frame_checksum(luma: np.ndarray) -> int:
+    """CRC-32 of a frame's decoded luma plane (8-bit, rows without padding)."""
+    return zlib.crc32(np.ascontiguousarray(luma))
+
+
+class DetectionParts(DetectedFrames):
+    """Pass 1's `DetectedFrames` kept in `folder`, one Parquet part per `PART_FRAMES` frames, each
+    written whole.
 
     `key` names the input and the settings the detections depend on; parts written under another key
     or another `PART_SCHEMA` are removed on opening, so a resumed run never reuses another input's or
@@ -60,6 +98,7 @@ class DetectionParts:
     """
 
     def __init__(self, folder: Path, key: str) -> None:
+        super().__init__()
         self.folder = folder
         key_file = folder / "key.json"
         stored = [key, PART_SCHEMA.names]
@@ -68,22 +107,20 @@ class DetectionParts:
         if not folder.exists():
             folder.mkdir(parents=True)
             write_file_atomically(key_file, json.dumps(stored).encode())
-        self.frames: list[Detections] = []
-        self.blurs: list[np.ndarray] = []
-        self.pts: list[int | None] = []
-        self.times: list[float] = []
         for part in sorted(folder.glob("part-*.parquet")):
             table = pq.read_table(part, schema=PART_SCHEMA)
             if table["frame"][0].as_py() != len(self.frames):  # a gap: keep what is contiguous
                 break
             for row in table.to_pylist():
-                self._append(row["pts"], row["time_s"], _detections(row), np.array(row["blurs"], bool))
+                blurs = np.array(row["blurs"], bool)
+                super().append(row["pts"], row["time_s"], _detections(row), blurs, row["checksum"])
         self._written = len(self.frames)
 
-    def add(self, pts: int | None, time_s: float, detections: Detections, blurs: np.ndarray) -> None:
-        """The next frame's detections and, per box, whether it blurs on its own; a part is written
-        every `PART_FRAMES` frames."""
-        self._append(pts, time_s, detections, blurs)
+    def append(
+        self, pts: int | None, time_s: float, detections: Detections, blurs: np.ndarray, checksum: int
+    ) -> None:
+        """The next frame; a part is written every `PART_FRAMES` frames."""
+        super().append(pts, time_s, detections, blurs, checksum)
         if len(self.frames) - self._written >= PART_FRAMES:
             self.flush()
 
@@ -101,6 +138,7 @@ class DetectionParts:
                 "scores": [d.scores.tolist() for d in self.frames[start:]],
                 "class_id": [d.class_id.tolist() for d in self.frames[start:]],
                 "blurs": [b.tolist() for b in self.blurs[start:]],
+                "checksum": self.checksums[start:],
             },
             schema=PART_SCHEMA,
         )
@@ -110,14 +148,6 @@ class DetectionParts:
     def remove(self) -> None:
         """Delete the parts (once the video is published and its audit file written)."""
         shutil.rmtree(self.folder, ignore_errors=True)
-
-    def _append(self, pts: int | None, time_s: float, detections: Detections, blurs: np.ndarray) -> None:
-        if len(blurs) != len(detections):
-            raise ValueError(f"{len(detections)} boxes but {len(blurs)} blur flags")
-        self.frames.append(detections)
-        self.blurs.append(np.asarray(blurs, bool))
-        self.pts.append(pts)
-        self.times.append(time_s)
 
 
 def write_audit(

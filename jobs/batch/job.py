@@ -58,7 +58,7 @@ from jobs.batch.manifest import (
     uncompacted_runs,
     write_summary,
 )
-from jobs.batch.videos import ChunkTally, chunk_count
+from jobs.batch.videos import ChunkTally, chunk_count, remove_chunks
 from jobs.ray_cluster import ACTOR_CPUS, BATCH_SIZE, IO_CPUS, start_ray, with_actor_pool
 from storage.objects import InvalidKey, NotFound, Storage, check_key
 from video.config import VIDEO_SUFFIXES, is_video_key
@@ -265,7 +265,10 @@ def run_pipeline(
     counts = ray.get(listing_counts.get.remote())
     last_log = started = time.perf_counter()
     for batch in dataset.iter_batches(batch_size=None, batch_format="pyarrow"):
-        parts.add(batch.to_pylist())
+        rows = batch.to_pylist()
+        parts.add(rows)
+        for key in [row["key"] for row in rows if is_video_key(row["key"])]:
+            _remove_video_chunks(target, key)
         bar.update(batch.num_rows)
         bar.set_postfix_str(f"{parts.counts['failed']} failed", refresh=False)
         if time.perf_counter() - last_log >= (2.0 if not bar.disable else options.log_every_s):
@@ -278,6 +281,15 @@ def run_pipeline(
     counts = ray.get(listing_counts.get.remote())
     _log_progress(parts.counts, counts, time.perf_counter() - started)
     return counts
+
+
+def _remove_video_chunks(target: Storage, key: str) -> None:
+    """`remove_chunks` of a video whose row is in; a failure is logged, not raised (its output and row
+    are written: the chunks only take room, and the next run of that video removes them)."""
+    try:
+        remove_chunks(target, key)
+    except Exception as error:  # noqa: BLE001 -- best effort, see above
+        log.warning("could not remove the stored chunks of %s: %s", key, error)
 
 
 def _log_progress(done_counts: dict, listing: dict, seconds: float) -> None:

@@ -3,11 +3,13 @@
 The read stage turns a video into `chunk_count` rows, one per `video.pipeline.Chunk` (equal stretches of
 its duration, decoded from the keyframe before each). An actor given a chunk row runs pass 1 on it and
 stores the chunk's boxes under the output's audit folder (`chunks_prefix`), then reports it to the
-job's `ChunkTally`. The actor whose report completes the video gathers every chunk's boxes, links
-them into tracks and blurs, encodes and writes the whole video (`video.pipeline.finish_video`): one
-encoder for the whole file, so chunks never show as seams. Only that actor returns the video's
+job's `ChunkTally` (every chunk reports, detected or failed with its reason). The actor whose report
+completes the video gathers every chunk's boxes, links them into tracks and blurs, encodes and writes
+the whole video (`video.pipeline.finish_video`, which checks every frame's pixels against pass 1's):
+one encoder for the whole file, so chunks never show as seams. Only that actor returns the video's
 manifest row. A chunk whose boxes are stored already (a run killed midway, with the same input and
-detection settings) is not detected again; the stored chunks are removed once the video is written.
+detection settings) is not detected again; the driver removes a video's stored chunks once its row
+is in (`remove_chunks`), so a retried batch still finds them and a failed video starts afresh.
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ from blurring.config import Config, settings_digest
 from detection.detector import Detector
 from jobs.batch.manifest import AUDIT_DIR
 from storage.objects import NotFound, Storage
-from video.pipeline import Chunk, VideoOutcome, detect_frames, detection_digest, finish_video
-from video.store import DetectionParts
+from video.pipeline import Chunk, VideoOutcome, detect_frames, detection_digest, finish_video, new_timings
+from video.store import DetectedFrames, DetectionParts
 
 DONE_FILE = "done.json"  # written last in a chunk's folder: its boxes are stored whole
 
@@ -42,11 +44,22 @@ def chunk_count(size: int, chunk_bytes: int, batch_size: int) -> int:
     return batch_size * max(1, math.ceil(size / chunk_bytes))
 
 
+def chunks_folder(key: str) -> str:
+    """Where the stored chunks of the video `key` are kept, whatever its version and settings."""
+    return f"{AUDIT_DIR}/video-chunks/{key}/"
+
+
+def remove_chunks(target: Storage, key: str) -> None:
+    """Delete every stored chunk of the video `key` (its row is in: blurred, or failed)."""
+    for item in target.list(under=chunks_folder(key)):
+        target.delete(item.key)
+
+
 def chunks_prefix(key: str, etag: str, detector: Detector, config: Config) -> str:
     """The folder of the video `key`'s stored chunks: by input version and detection settings, so a
     chunk is reused only for the same input detected the same way."""
     digest = settings_digest({"etag": etag, "detection": detection_digest(detector, config)})
-    return f"{AUDIT_DIR}/video-chunks/{key}/{digest}/"
+    return f"{chunks_folder(key)}{digest}/"
 
 
 class ChunkTally:
@@ -86,11 +99,13 @@ class VideoChunks:
         completes the video: blur and write it whole, and return its outcome; else None."""
         prefix = chunks_prefix(key, etag, self.detector, self.config)
         folder = f"{prefix}{chunk.index:05d}-of-{chunk.count:05d}/"
-        error = ""
         try:
             self.target.stat(folder + DONE_FILE)
+            error = ""
         except NotFound:
             error = self._detect(key, etag, chunk, folder)
+        except Exception as failure:  # noqa: BLE001 -- reported: the video fails closed, with its reason
+            error = f"reading its stored chunk failed: {type(failure).__name__}: {failure}"
         errors = self._report(f"{key}@{prefix}", chunk, error)
         if errors is None:
             return None
@@ -107,23 +122,24 @@ class VideoChunks:
 
     def _detect(self, key: str, etag: str, chunk: Chunk, folder: str) -> str:
         """Pass 1 on `chunk`, its boxes stored under `folder`; the reason it failed, or ''."""
-        with tempfile.TemporaryDirectory(dir=self._scratch.name) as work:
-            try:
-                timings = dict.fromkeys(("decode", "detect"), 0.0)
+        try:
+            with tempfile.TemporaryDirectory(dir=self._scratch.name) as work:
+                timings = new_timings()
                 parts = DetectionParts(Path(work) / "parts", folder)
                 detect_frames(self._local(key, etag), parts, self.detector, chunk, timings)
                 for path in sorted(parts.folder.iterdir()):
                     self.target.upload(path, folder + path.name)
-                self.target.write(folder + DONE_FILE, json.dumps({"timings_s": timings}).encode())
-            except Exception as error:  # noqa: BLE001 -- the video fails closed, with its reason
-                return f"detection failed: {type(error).__name__}: {error}"
+                done = {"frames": len(parts.frames), "timings_s": timings}
+                self.target.write(folder + DONE_FILE, json.dumps(done).encode())
+        except Exception as error:  # noqa: BLE001 -- the video fails closed, with its reason
+            return f"detection failed: {type(error).__name__}: {error}"
         return ""
 
     def _finish(self, key: str, etag: str, count: int, prefix: str) -> VideoOutcome:
-        """Join the stored chunks of the video, blur and write it whole, and remove the chunks."""
+        """Join the stored chunks of the video, blur and write it whole."""
         start = time.perf_counter()
-        frames, blurs, pts, times = [], [], [], []
-        timings = dict.fromkeys(("decode", "detect", "link", "blur", "encode"), 0.0)
+        detected = DetectedFrames()
+        timings = new_timings()
         suffix = PurePosixPath(key).suffix.lower()
         with tempfile.TemporaryDirectory(dir=self._scratch.name) as work:
             folder = Path(work)
@@ -139,10 +155,11 @@ class VideoChunks:
                     for stage, seconds in done["timings_s"].items():
                         timings[stage] += seconds
                     parts = DetectionParts(local, name)
-                    frames += parts.frames
-                    blurs += parts.blurs
-                    pts += parts.pts
-                    times += parts.times
+                    if len(parts.frames) != done["frames"]:  # parts of another layout, or not all there
+                        raise ValueError(
+                            f"chunk {index} holds {len(parts.frames)} of its {done['frames']} frames"
+                        )
+                    detected.extend(parts)
                 source = self._local(key, etag)
             except Exception as error:  # noqa: BLE001 -- the video fails closed, with its reason
                 return VideoOutcome(
@@ -151,9 +168,7 @@ class VideoChunks:
             timings["decode"] += time.perf_counter() - start  # reading the chunks back
             output, audit = folder / f"output{suffix}", folder / "detections.parquet"
             model = self.detector.model_id
-            outcome = finish_video(
-                source, output, frames, blurs, pts, times, model, self.config, audit, None, timings
-            )
+            outcome = finish_video(source, output, detected, model, self.config, audit, None, timings)
             if outcome.status != "blurred":
                 return outcome
             try:
@@ -162,9 +177,6 @@ class VideoChunks:
             except Exception as error:  # noqa: BLE001 -- recorded in the manifest, job goes on
                 outcome.status, outcome.output = "failed", None
                 outcome.error = f"write failed: {type(error).__name__}: {error}"
-                return outcome
-        for item in stored:
-            self.target.delete(item)
         return outcome
 
     def _local(self, key: str, etag: str) -> Path:
