@@ -98,7 +98,7 @@ class VideoChunks:
         """Detect `chunk` of the video `key` (unless stored already) and report it. When this report
         completes the video: blur and write it whole, and return its outcome; else None."""
         prefix = chunks_prefix(key, etag, self.detector, self.config)
-        folder = f"{prefix}{chunk.index:05d}-of-{chunk.count:05d}/"
+        folder = _chunk_folder(prefix, chunk)
         try:
             self.target.stat(folder + DONE_FILE)
             error = ""
@@ -146,7 +146,7 @@ class VideoChunks:
             try:
                 stored = sorted(item.key for item in self.target.list(under=prefix))
                 for index in range(count):
-                    name = f"{prefix}{index:05d}-of-{count:05d}/"
+                    name = _chunk_folder(prefix, Chunk(index, count))
                     local = folder / f"chunk-{index:05d}"
                     local.mkdir()
                     for item in (k for k in stored if k.startswith(name)):
@@ -189,3 +189,8 @@ class VideoChunks:
             self.source.download(key, local)
             self._fetched = (key, etag)
         return local
+
+
+def _chunk_folder(prefix: str, chunk: Chunk) -> str:
+    """Where `chunk`'s boxes are stored, under its video's `chunks_prefix`."""
+    return f"{prefix}{chunk.index:05d}-of-{chunk.count:05d}/"
