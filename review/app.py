@@ -32,17 +32,19 @@ from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from blurring.image_io import decode_image, output_format
+from blurring.image_io import output_format
 from detection.detections import CLASS_NAMES
 from jobs.batch.lease import LeaseHeld
-from review.output import ReviewedOutput, UnknownImage
+from review.output import ImageChanged, ReviewedOutput, UnknownImage
 from review.queue import RANDOM_SLICE, build_queue, image_reasons
 from review.reblur import reblur
 from review.verdicts import BOX_KINDS, ImageState, append_verdicts, box_id, fold, now_iso, read_verdicts
+from video.config import is_video_key
 
 STATIC = Path(__file__).parent / "static"
 TOKEN_COOKIE = "streetblur_review_token"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+LOOPBACK_NAMES = ["127.0.0.1", "localhost", "[::1]"]  # Host header names of loopback (IPv6 in brackets)
 MAX_LOOK_FRACTION = 0.25  # the original is shown inside a box of at most this share of the image
 MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
@@ -89,7 +91,7 @@ class ReviewSession:
         self._writing = threading.Lock()
 
     def states(self) -> dict[str, ImageState]:
-        return fold(read_verdicts(self.output.target))
+        return fold(read_verdicts(self.output.target), self.output.rows())
 
     def queue(self) -> dict:
         """The queue, the failed inputs with their reasons, and counts."""
@@ -101,7 +103,7 @@ class ReviewSession:
             "reviewer": self.reviewer,
             "items": items,
             "failed": failed,
-            "images": sum(r["status"] == "blurred" for r in rows),
+            "images": sum(r["status"] == "blurred" and not is_video_key(r["key"]) for r in rows),
         }
 
     def image(self, key: str) -> dict:
@@ -137,17 +139,18 @@ class ReviewSession:
 
     def look(self, key: str, wanted: str) -> bytes:
         """The original inside one box the job found in `key` (blurred, proposed, or blurred before a
-        re-render), as PNG; logs the look."""
+        re-render; never a box a reviewer drew), as PNG; logs the look."""
         row = self.output.row(key)
         state = self.states().get(key, ImageState())
-        known = row["boxes"] or [], row.get("proposals") or [], state.original_boxes(row["boxes"] or [])
+        accepted = [v for v in state.box_verdicts if v["kind"] == "accept"]  # proposals the job found
+        known = state.job_boxes(row), row.get("proposals") or [], accepted
         box = next((b for boxes in known for b in boxes if box_id(b) == wanted), None)
         if box is None:
             raise ReviewError(f"{key}: no box {wanted!r} found by the job in this image")
         x1, y1, x2, y2 = (float(v) for v in box["box"])
         if (x2 - x1) * (y2 - y1) > MAX_LOOK_FRACTION * row["width"] * row["height"]:
             raise ReviewError(f"box {wanted} covers over {MAX_LOOK_FRACTION:.0%} of the image: not shown")
-        pixels = decode_image(self.output.original(row), self.output.config(row).max_pixels).pixels
+        pixels = self.output.original(row).pixels
         crop = pixels[max(math.floor(y1), 0) : math.ceil(y2), max(math.floor(x1), 0) : math.ceil(x2)]
         ok, png = cv2.imencode(".png", crop)
         if not ok or not crop.size:
@@ -176,10 +179,14 @@ class ReviewSession:
         else:
             raise ReviewError(f"unknown verdict kind {kind!r}; expected one of {(*BOX_KINDS, 'reviewed')}")
         with self._writing:
-            append_verdicts(self.output.target, [entry])
-            written = [entry]
             if kind in BOX_KINDS:
-                written.append(reblur(self.output, key, self.states()[key], self.reviewer))
+                written = reblur(self.output, key, entry, self.reviewer)
+            else:
+                self.output.sync()
+                if not self.states().get(key, ImageState()).same_job(self.output.row(key), row):
+                    raise ImageChanged(f"{key}: a job wrote this image again since the page showed it")
+                append_verdicts(self.output.target, [entry])
+                written = [entry]
         return {"image": self.image(key), "written": written}
 
     def _reasons(self, row: dict) -> list[str]:
@@ -192,6 +199,7 @@ class ReviewSession:
             "at": now_iso(),
             "who": self.reviewer,
             "key": row["key"],
+            "etag": row["etag"],
             "output_key": row["output_key"],
             "image_sha256": hashlib.sha256(self.output.target.read(row["output_key"])).hexdigest(),
             "model_id": row["model_id"],
@@ -274,7 +282,7 @@ def create_app(
         return JSONResponse(await run_in_threadpool(session.verdict, body))
 
     async def refused(request: Request, error: Exception) -> Response:
-        status = {UnknownImage: 404, LeaseHeld: 409}.get(type(error), 400)
+        status = {UnknownImage: 404, LeaseHeld: 409, ImageChanged: 409}.get(type(error), 400)
         return JSONResponse({"error": str(error)}, status_code=status)
 
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or ["*"])]
@@ -291,7 +299,12 @@ def create_app(
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         middleware=middleware,
-        exception_handlers={UnknownImage: refused, ValueError: refused, LeaseHeld: refused},
+        exception_handlers={
+            UnknownImage: refused,
+            ValueError: refused,
+            LeaseHeld: refused,
+            ImageChanged: refused,
+        },
     )
 
 
@@ -305,7 +318,7 @@ def serve(
     loopback = host in LOOPBACK_HOSTS
     if not loopback and not token:
         raise ValueError(f"--host {host}: serving beyond this machine needs --token")
-    allowed = ["127.0.0.1", "localhost", "::1"] if loopback else None
+    allowed = LOOPBACK_NAMES if loopback else None
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
     print(f"streetblur review of {session.output.target.uri}: {url}")

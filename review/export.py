@@ -2,7 +2,7 @@
 miss and false-blur rates measured on the random slice (`review_stats`).
 
 An image's true boxes, once it is fully reviewed, are its corrected boxes (`ImageState.corrected`);
-the job blurred `ImageState.original_boxes`. Misses are the true boxes the job did not blur, false
+the job blurred `ImageState.job_boxes`. Misses are the true boxes the job did not blur, false
 blurs the boxes it blurred that are not true.
 """
 
@@ -11,17 +11,18 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
 import cv2
 
-from blurring.image_io import decode_image
 from detection.detections import CLASS_NAMES, Detections
 from eval.datasets import write_yolo_labels
 from jobs.training.dataset import REVIEW_EXPORT_KIND
 from review.output import ReviewedOutput
 from review.verdicts import VERDICTS_KEY, ImageState, box_id, fold, in_random_slice, read_verdicts
+from video.config import is_video_key
 
 PROVENANCE_FILE = "provenance.json"
 TRAIN, HELDOUT = "train", "heldout"
@@ -29,8 +30,8 @@ TRAIN, HELDOUT = "train", "heldout"
 
 def reviewed_images(output: ReviewedOutput) -> list[tuple[dict, ImageState]]:
     """The manifest row and state of every fully reviewed image, by key."""
-    states = fold(read_verdicts(output.target))
     rows = output.rows()
+    states = fold(read_verdicts(output.target), rows)
     return [
         (rows[key], state)
         for key, state in sorted(states.items())
@@ -48,9 +49,8 @@ def review_stats(output: ReviewedOutput, seed: str) -> dict:
         for row, state in reviewed_images(output):
             if in_slice and not in_random_slice(row["key"], seed):
                 continue
-            current = row["boxes"] or []
-            job = {box_id(b) for b in state.original_boxes(current)}
-            corrected = {box_id(b) for b in state.corrected(current)}
+            job = {box_id(b) for b in state.job_boxes(row)}
+            corrected = {box_id(b) for b in state.corrected(row["boxes"] or [])}
             images += 1
             true, missed = true + len(corrected), missed + len(corrected - job)
             blurred, false = blurred + len(job), false + len(job - corrected)
@@ -64,7 +64,9 @@ def review_stats(output: ReviewedOutput, seed: str) -> dict:
             "false_blur_rate": round(false / blurred, 4) if blurred else None,
         }
     in_slice = [
-        r for r in output.rows().values() if r["status"] == "blurred" and in_random_slice(r["key"], seed)
+        r
+        for r in output.rows().values()
+        if r["status"] == "blurred" and not is_video_key(r["key"]) and in_random_slice(r["key"], seed)
     ]
     figures["random_slice"]["images_in_slice"] = len(in_slice)
     return {"output": output.target.uri, "seed": seed, **figures}
@@ -76,17 +78,36 @@ def export_dataset(output: ReviewedOutput, out_dir: Path, seed: str, max_backgro
     (never trained on), the others in `train/`, each an upright JPEG of its original named by the
     SHA-256 of its bytes, with its corrected boxes. Images with no face or plate are background; in
     `train/` at most `max_background` times the labelled images, those whose blurs were all false
-    first. `provenance.json` says where each came from; its `dataset_id` hashes the content."""
-    if out_dir.exists():
-        if not _is_export(out_dir):
-            raise ValueError(f"--out {out_dir} exists and is not a review export: choose a new folder")
-        shutil.rmtree(out_dir)
+    first. `provenance.json` says where each came from; its `dataset_id` hashes the content. The export
+    is written beside `out_dir` and renamed into place whole: one that fails leaves the earlier one."""
+    if out_dir.exists() and not _is_export(out_dir):
+        raise ValueError(f"--out {out_dir} exists and is not a review export: choose a new folder")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        counts, dataset_id = _write_export(output, work, seed, max_background)
+        if out_dir.exists():
+            earlier = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent)) / "earlier"
+            out_dir.rename(earlier)
+            work.rename(out_dir)
+            shutil.rmtree(earlier.parent)
+        else:
+            work.rename(out_dir)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {"out": str(out_dir), "dataset_id": dataset_id, "counts": counts}
+
+
+def _write_export(
+    output: ReviewedOutput, out_dir: Path, seed: str, max_background: float
+) -> tuple[dict, str]:
+    """Write the export of `export_dataset` into the empty folder `out_dir`; its counts and dataset id."""
     images = reviewed_images(output)
     heldout = [(row, state) for row, state in images if in_random_slice(row["key"], seed)]
     train = [(row, state) for row, state in images if not in_random_slice(row["key"], seed)]
     labelled = [(row, state) for row, state in train if state.corrected(row["boxes"] or [])]
     background = [(row, state) for row, state in train if not state.corrected(row["boxes"] or [])]
-    background.sort(key=lambda item: (not item[1].original_boxes(item[0]["boxes"] or []), item[0]["key"]))
+    background.sort(key=lambda item: (not item[1].job_boxes(item[0]), item[0]["key"]))
     kept_background = background[: int(max_background * len(labelled))]
     entries = []
     for split, chosen in ((TRAIN, labelled + kept_background), (HELDOUT, heldout)):
@@ -111,13 +132,12 @@ def export_dataset(output: ReviewedOutput, out_dir: Path, seed: str, max_backgro
         "counts": counts,
         "images": entries,
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / PROVENANCE_FILE).write_text(json.dumps(provenance, indent=1) + "\n")
     names = dict(enumerate(CLASS_NAMES))
     (out_dir / "data.yaml").write_text(
         json.dumps({"train": "train/images", "val": "heldout/images", "names": names})
     )
-    return {"out": str(out_dir), "dataset_id": provenance["dataset_id"], "counts": counts}
+    return counts, provenance["dataset_id"]
 
 
 def _is_export(folder: Path) -> bool:
@@ -130,7 +150,7 @@ def _is_export(folder: Path) -> bool:
 def _write_example(output: ReviewedOutput, row: dict, state: ImageState, part_dir: Path) -> dict:
     """Write one image (its original, upright, as JPEG) and its corrected labels; its provenance."""
     boxes = state.corrected(row["boxes"] or [])
-    pixels = decode_image(output.original(row), output.config(row).max_pixels).pixels
+    pixels = output.original(row).pixels
     ok, jpeg = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, 95])
     if not ok:
         raise OSError(f"{row['key']}: could not encode")
@@ -142,6 +162,6 @@ def _write_example(output: ReviewedOutput, row: dict, state: ImageState, part_di
     write_yolo_labels(Detections.from_records(boxes), width, height, part_dir / "labels" / f"{stem}.txt")
     reviewers = sorted({v["who"] for v in state.box_verdicts})
     return {"file": f"{stem}.jpg", "key": row["key"], "model_id": row["model_id"], "boxes": len(boxes)} | {
-        "job_boxes": len(state.original_boxes(row["boxes"] or [])),
+        "job_boxes": len(state.job_boxes(row)),
         "reviewers": reviewers,
     }

@@ -8,13 +8,25 @@ import threading
 from dataclasses import dataclass, field
 
 from blurring.config import Config, load_config, settings_digest
-from jobs.batch.manifest import read_manifest_rows, summary_key
+from blurring.image_io import DecodedImage, decode_image
+from jobs.batch.manifest import (
+    read_index,
+    read_manifest_rows,
+    read_run_rows,
+    row_order,
+    summary_key,
+    uncompacted_runs,
+)
 from storage.objects import NotFound, Storage
 from video.config import is_video_key
 
 
 class UnknownImage(KeyError):
     """A key that names no blurred image of the output's manifest."""
+
+
+class ImageChanged(RuntimeError):
+    """A job wrote an image again since the page showed it: a verdict made on the page is refused."""
 
 
 @dataclass
@@ -26,18 +38,41 @@ class ReviewedOutput:
     input_uri: str | None = None
     _rows: dict[str, dict] | None = field(default=None, repr=False)
     _summaries: dict[str, dict] = field(default_factory=dict, repr=False)
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _index_version: str | None = field(default=None, repr=False)  # of manifest.json when the rows were read
+    _runs_read: set[str] = field(default_factory=set, repr=False)  # uncompacted runs whose rows are held
 
     def rows(self) -> dict[str, dict]:
-        """The latest manifest row of every input, by key (read once, then after each `refresh`)."""
+        """The latest manifest row of every input, by key (read once, then kept up to date by `sync`
+        and `refresh`)."""
         with self._lock:
             if self._rows is None:
+                index = read_index(self.target)
+                runs = uncompacted_runs(self.target, index)
                 self._rows = {row["key"]: row for row in read_manifest_rows(self.target)}
+                self._index_version, self._runs_read = index["version"], set(runs)
             return self._rows
 
+    def sync(self) -> None:
+        """Catch up with the manifest as it is now: the rows of runs written since they were read (a
+        job's, another reviewer's re-renders), or all of them again if a job compacted the state."""
+        index = read_index(self.target)
+        runs = uncompacted_runs(self.target, index)
+        with self._lock:
+            if self._rows is not None and index["version"] != self._index_version:
+                self._rows = None
+            rows = self.rows()
+            for run in (r for r in runs if r not in self._runs_read):
+                for row in read_run_rows(self.target, run):
+                    if row["key"] not in rows or row_order(row) > row_order(rows[row["key"]]):
+                        rows[row["key"]] = row
+                self._runs_read.add(run)
+
     def refresh(self, row: dict) -> None:
-        """Hold `row` as the latest of its key (written by a re-render)."""
-        self.rows()[row["key"]] = row
+        """Hold `row`, which this process wrote as the only row of its run, as the latest of its key."""
+        with self._lock:
+            self.rows()[row["key"]] = row
+            self._runs_read.add(row["run_id"])
 
     def row(self, key: str) -> dict:
         """The manifest row of a blurred image; `UnknownImage` for any other key (videos included: the
@@ -80,11 +115,18 @@ class ReviewedOutput:
         """Where `row`'s original is: `input_uri`, else its run's input."""
         return Storage(self.input_uri or self.summary(row["run_id"])["input"], self.target.endpoint_url)
 
-    def original(self, row: dict) -> bytes:
-        """The original of `row`'s image, checked to be the one the job read: same size, and same ETag
-        where it is read from the job's own input (a copy named by `input_uri` has another)."""
+    def original(self, row: dict) -> DecodedImage:
+        """The original of `row`'s image, decoded upright, checked to be the one the job read: same
+        size in bytes, same ETag where it is read from the job's own input (a copy named by `input_uri`
+        has another), and the same upright width and height (an edited orientation tag changes no size)."""
         source = self.source(row)
         listed = source.stat(row["key"])
         if listed.size != row["size"] or (not self.input_uri and listed.etag != row["etag"]):
             raise ValueError(f"{row['key']}: the original changed since the job read it (ETag or size)")
-        return source.read(row["key"])
+        decoded = decode_image(source.read(row["key"]), self.config(row).max_pixels)
+        if (decoded.width, decoded.height) != (row["width"], row["height"]):
+            raise ValueError(
+                f"{row['key']}: the original is {decoded.width}x{decoded.height} upright, the job's output "
+                f"{row['width']}x{row['height']}: it changed since the job read it"
+            )
+        return decoded

@@ -1,9 +1,10 @@
 """The reviewers' verdicts: an append-only JSON Lines log, `OUTPUT/_streetblur/review/verdicts.jsonl`, and
 the state of each image as a fold over it.
 
-Each line is one entry: `at` (UTC, ISO 8601), `who`, `key` (the input key), `output_key`, `image_sha256`
-(of the published output the reviewer saw), `model_id`, `kind`, `class` and `box` (for box verdicts),
-`reason` (the image's queue reasons) and `random_slice`. Kinds:
+Each line is one entry: `at` (UTC, ISO 8601), `who`, `key` (the input key), `etag` (the input's version
+the job read), `output_key`, `image_sha256` (of the published output the reviewer saw), `model_id`,
+`kind`, `class` and `box` (for box verdicts), `reason` (the image's queue reasons) and `random_slice`.
+Kinds:
 
   add       a face or plate the reviewer drew (a miss)
   accept    a proposal the detector did not blur, accepted as real (a miss)
@@ -11,7 +12,11 @@ Each line is one entry: `at` (UTC, ISO 8601), `who`, `key` (the input key), `out
   reviewed  the image is fully reviewed: every face and plate in it is now blurred, and only those
   look      the reviewer looked at the original inside one box (logged, changes nothing)
   reblur    the image was re-rendered from its original (`review.reblur`): `old_sha256`, `new_sha256`,
-            `old_boxes`, `new_boxes`, `run_id`
+            `old_boxes`, `new_boxes`, `run_id`, and the job's run and boxes it corrects (`job_run`,
+            `job_boxes`)
+
+An image's state (`fold`) holds only the entries of the input's version that its manifest row is of:
+verdicts on a photo that has since been replaced at the same key do not carry over to the new one.
 
 Appends are compare-and-swap writes of the whole log (`Storage.write_if`), so two reviewers never lose
 each other's lines, on S3 as in a folder; lines are only ever added.
@@ -26,7 +31,7 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from jobs.batch.manifest import AUDIT_DIR
+from jobs.batch.manifest import AUDIT_DIR, row_order
 from storage.objects import ConditionFailed, NotFound, Storage
 
 VERDICTS_KEY = f"{AUDIT_DIR}/review/verdicts.jsonl"
@@ -108,15 +113,42 @@ class ImageState:
         latest = {box_id(v): v["kind"] for v in self.box_verdicts}
         return {box for box, kind in latest.items() if kind == "false"}
 
-    def original_boxes(self, current: list[dict]) -> list[dict]:
-        """The boxes the job blurred: those before the first re-render, else `current`."""
-        return self.reblurs[0]["old_boxes"] if self.reblurs else current
+    def rerender(self, row: dict) -> dict | None:
+        """The `reblur` entry of the re-render that wrote `row` (a manifest row of this image); None when
+        a job wrote it."""
+        return next((entry for entry in reversed(self.reblurs) if entry["run_id"] == row["run_id"]), None)
+
+    def job_run(self, row: dict) -> str | None:
+        """The job run whose detections `row` holds, corrected by re-renders or not (None for a
+        re-render logged before `job_run` was)."""
+        entry = self.rerender(row)
+        return row["run_id"] if entry is None else entry.get("job_run")
+
+    def job_boxes(self, row: dict) -> list[dict]:
+        """The boxes the job blurred in the image of `row`: the row's own when a job wrote it, else those
+        its re-render carried over from the job's row."""
+        entry = self.rerender(row)
+        if entry is None:
+            return row["boxes"] or []
+        return entry.get("job_boxes", self.reblurs[0]["old_boxes"])  # logs before job_boxes
+
+    def same_job(self, row: dict, shown: dict) -> bool:
+        """Whether `row`, the image's latest manifest row, holds the detections of the same job run as
+        `shown` (the row a page showed): the same row, or re-renders of the same job's row."""
+        if row_order(row) == row_order(shown):
+            return True
+        run = self.job_run(row)
+        return run is not None and run == self.job_run(shown)
 
 
-def fold(entries: list[dict]) -> dict[str, ImageState]:
-    """The state of every image the log names, by input key."""
+def fold(entries: list[dict], rows: dict[str, dict]) -> dict[str, ImageState]:
+    """The state of every image of `rows` (latest manifest rows by input key) that the log names, from
+    the entries of the input version the row is of (entries without an `etag` predate it: they count)."""
     states: dict[str, ImageState] = {}
     for entry in entries:
+        row = rows.get(entry["key"])
+        if row is None or entry.get("etag", row["etag"]) != row["etag"]:
+            continue
         state = states.setdefault(entry["key"], ImageState())
         kind = entry["kind"]
         if kind in BOX_KINDS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 
 import cv2
@@ -13,12 +14,15 @@ import pytest
 from starlette.testclient import TestClient
 
 from blurring import anonymize, blur_mask
-from blurring.config import Config
+from blurring.config import Config, load_config
 from blurring.image_io import decode_image, encode_image, output_format
 from detection.detections import Detections
 from detection.detector import Detector
+from jobs.batch.lease import Lease
 from jobs.batch.manifest import read_manifest_rows
-from review.app import ReviewSession, create_app
+from review import export as review_export
+from review.app import LOOPBACK_NAMES, ReviewSession, create_app
+from review.export import export_dataset, reviewed_images
 from review.output import ReviewedOutput
 from review.queue import NEAR_THRESHOLD, RANDOM_SLICE
 from review.verdicts import box_id, in_random_slice, read_verdicts
@@ -75,7 +79,7 @@ def rendered(output: ReviewedOutput, key: str, boxes: list[dict]) -> bytes:
     """What the job's blur code makes of `key`'s original with `boxes`: the reference re-render."""
     row = output.row(key)
     config = output.config(row)
-    image = decode_image(output.original(row), config.max_pixels)
+    image = output.original(row)
     pixels = anonymize(image.pixels, Detections.from_records(boxes), config.blur)
     return encode_image(image, pixels, output_format(key), config.keep_metadata, config.quality)
 
@@ -127,7 +131,7 @@ def test_a_false_blur_is_unblurred_from_the_original_and_logged(output):
     after = output.target.read(key)
     remaining = [b for b in row["boxes"] if box_id(b) != box_id(target)]
     assert after == rendered(output, key, remaining)  # from the original, never the blurred output
-    original = decoded(output.original(output.row(key)))
+    original = output.original(output.row(key)).pixels.astype(int)
     mask = blur_mask(row["height"], row["width"], Detections.from_records([target]), Config().blur) > 0
     others = blur_mask(row["height"], row["width"], Detections.from_records(remaining), Config().blur) > 0
     assert (decoded(before)[mask & ~others] != original[mask & ~others]).any()
@@ -242,7 +246,7 @@ def test_the_browser_reaches_only_the_outputs_and_boxes_of_the_manifest(output):
     assert reply.status_code == 200
     crop = cv2.imdecode(np.frombuffer(reply.content, np.uint8), cv2.IMREAD_COLOR)
     x1, y1, x2, y2 = box["box"]
-    original = decode_image(output.original(row), 10**9).pixels
+    original = output.original(row).pixels
     assert crop.shape[:2] == (np.ceil(y2) - np.floor(y1), np.ceil(x2) - np.floor(x1))
     assert (
         crop == original[int(np.floor(y1)) : int(np.ceil(y2)), int(np.floor(x1)) : int(np.ceil(x2))]
@@ -417,3 +421,163 @@ def test_videos_are_neither_queued_nor_served(output):
     output.refresh(output.row("dashcam_1.png") | {"key": key, "output_key": key})  # as if a video's row
     assert key not in [item["key"] for item in client_of(output, seed).get("/api/queue").json()["items"]]
     assert client_of(output, seed).get("/api/image", params={"key": key}).status_code == 404
+
+
+def test_a_verdict_on_an_image_a_job_wrote_again_is_refused_and_keeps_the_jobs_blurs(job_output, tmp_path):
+    inputs, _ = job_output
+    output = ReviewedOutput(Storage(str(tmp_path / "out")))
+    shutil.copytree(job_output[1], tmp_path / "out")
+    client, key = client_of(output), "crowd_0.jpg"
+    shown = client.get("/api/image", params={"key": key}).json()
+    lower = load_config(overrides={"detect.thresholds.face": 0.05})  # a later job blurs more
+    write_job_output(Storage(str(inputs)), output.target, Detector(lower.detect), lower)
+    rewritten = output.target.read(key)
+    reply = client.post("/api/verdict", json={"key": key, "kind": "false", "id": shown["boxes"][0]["id"]})
+    assert reply.status_code == 409 and "reload" in reply.json()["error"]
+    assert output.target.read(key) == rewritten and read_verdicts(output.target) == []
+    reloaded = client.get("/api/image", params={"key": key}).json()  # the later job's boxes
+    assert len(reloaded["boxes"]) > len(shown["boxes"])
+    target = reloaded["boxes"][-1]
+    assert (
+        client.post("/api/verdict", json={"key": key, "kind": "false", "id": target["id"]}).status_code == 200
+    )
+    kept = next(b for b in read_manifest_rows(output.target) if b["key"] == key)["boxes"]
+    assert {box_id(b) for b in kept} == {b["id"] for b in reloaded["boxes"]} - {target["id"]}
+
+
+def test_two_reviewers_keep_each_others_verdicts(output, monkeypatch):
+    key = "crowd_0.jpg"
+    bob_output = ReviewedOutput(output.target)
+    alice, bob = client_of(output), client_of(bob_output)
+    job_boxes = output.row(key)["boxes"]
+    assert bob.get("/api/image", params={"key": key}).status_code == 200
+    drawn = [
+        {"class": "face", "box": [2.0, 2.0, 30.0, 30.0]},
+        {"class": "face", "box": [40.0, 2.0, 70.0, 30.0]},
+    ]
+    bob_replies = []
+    read_original = ReviewedOutput.original
+
+    def original(self, row):  # Bob posts while Alice's re-render reads the original
+        if self is output and not bob_replies:
+            bob_replies.append(bob.post("/api/verdict", json={"key": key, "kind": "add", **drawn[1]}))
+        return read_original(self, row)
+
+    monkeypatch.setattr(ReviewedOutput, "original", original)
+    assert alice.post("/api/verdict", json={"key": key, "kind": "add", **drawn[0]}).status_code == 200
+    assert bob_replies[0].status_code == 409  # Alice's re-render holds the output's lease
+    assert [v["kind"] for v in read_verdicts(output.target)] == ["add", "reblur"]
+    assert bob.post("/api/verdict", json={"key": key, "kind": "add", **drawn[1]}).status_code == 200
+    expected = job_boxes + [box | {"score": None} for box in drawn]
+    assert output.target.read(key) == rendered(output, key, expected)
+    latest = next(r for r in read_manifest_rows(output.target) if r["key"] == key)
+    assert {box_id(b) for b in latest["boxes"]} == {box_id(b) for b in expected}
+
+
+def test_a_verdict_the_output_cannot_show_is_not_logged(output):
+    client, key = client_of(output), "crowd_0.jpg"
+    before = output.target.read(key)
+    with Lease(output.target, "a-job", wait_s=0):  # a job writes the output
+        reply = client.post(
+            "/api/verdict", json={"key": key, "kind": "add", "class": "face", "box": [2, 2, 30, 30]}
+        )
+    assert reply.status_code == 409
+    assert read_verdicts(output.target) == [] and output.target.read(key) == before
+
+
+def test_an_original_whose_orientation_changed_is_refused(tmp_path):
+    from PIL import Image
+
+    inputs, out = tmp_path / "inputs", tmp_path / "out"
+    inputs.mkdir()
+    upright = cv2.imread(str(SAMPLES / "crowd_2.jpg"))
+    stored = Image.fromarray(cv2.cvtColor(np.ascontiguousarray(np.rot90(upright)), cv2.COLOR_BGR2RGB))
+    exif = stored.getexif()
+    exif[0x0112] = 6  # stored sideways, shown upright
+    stored.save(inputs / "sideways.jpg", exif=exif.tobytes(), quality=95)
+    write_job_output(Storage(str(inputs)), Storage(str(out)), Detector())
+    output = ReviewedOutput(Storage(str(out)))
+    client = client_of(output)
+    row = output.row("sideways.jpg")
+    assert (row["width"], row["height"]) == upright.shape[1::-1]
+    path = inputs / "sideways.jpg"
+    data, stat = bytearray(path.read_bytes()), path.stat()
+    for entry, at in (
+        (b"\x12\x01\x03\x00\x01\x00\x00\x00\x06\x00", 8),
+        (b"\x01\x12\x00\x03\x00\x00\x00\x01\x00\x06", 9),
+    ):
+        if entry in data:  # Orientation, SHORT, 1 value: 6 (Intel or Motorola byte order)
+            data[bytes(data).index(entry) + at] = 1  # edited in place: same size, same ETag (mtime kept)
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    before = output.target.read("sideways.jpg")
+    reply = client.post(
+        "/api/verdict", json={"key": "sideways.jpg", "kind": "add", "class": "face", "box": [2, 2, 30, 30]}
+    )
+    assert reply.status_code == 400 and "changed" in reply.json()["error"]
+    assert output.target.read("sideways.jpg") == before and read_verdicts(output.target) == []
+
+
+def test_the_original_is_shown_only_inside_boxes_the_job_found(output):
+    client, key = client_of(output), "crowd_0.jpg"
+    quarter = {
+        "class": "face",
+        "box": [0.0, 0.0, output.row(key)["width"] / 2, output.row(key)["height"] / 2],
+    }
+    assert client.post("/api/verdict", json={"key": key, "kind": "add", **quarter}).status_code == 200
+    drawn = box_id(quarter)
+    assert drawn in {b["id"] for b in client.get("/api/image", params={"key": key}).json()["boxes"]}
+    assert client.get("/api/original", params={"key": key, "box": drawn}).status_code == 400
+    job_box = box_id(output.row(key)["boxes"][0])
+    assert client.get("/api/original", params={"key": key, "box": job_box}).status_code == 200
+
+
+def test_verdicts_on_a_replaced_photo_do_not_carry_over(job_output, tmp_path):
+    inputs = tmp_path / "inputs"
+    shutil.copytree(job_output[0], inputs)
+    output = ReviewedOutput(Storage(str(tmp_path / "out")))
+    shutil.copytree(job_output[1], tmp_path / "out")
+    client, key = client_of(output), "crowd_2.jpg"
+    assert (
+        client.post(
+            "/api/verdict", json={"key": key, "kind": "add", "class": "face", "box": [2, 2, 30, 30]}
+        ).status_code
+        == 200
+    )
+    assert client.post("/api/verdict", json={"key": key, "kind": "reviewed"}).status_code == 200
+    shutil.copy(SAMPLES / "dashcam_0.jpg", inputs / key)  # another photo at the same key
+    write_job_output(Storage(str(inputs)), output.target, Detector())
+    fresh = ReviewedOutput(output.target)
+    image = client_of(fresh).get("/api/image", params={"key": key}).json()
+    assert not image["reviewed"] and all(b["source"] == "detector" for b in image["boxes"])
+    assert key not in {row["key"] for row, _ in reviewed_images(fresh)}
+
+
+def test_a_failed_export_leaves_the_earlier_one(output, tmp_path, monkeypatch):
+    client = client_of(output)
+    for key in ("crowd_0.jpg", "crowd_2.jpg"):
+        assert client.post("/api/verdict", json={"key": key, "kind": "reviewed"}).status_code == 200
+    out_dir = tmp_path / "export"
+    first = export_dataset(output, out_dir, "test")
+    files = sorted(p.relative_to(out_dir) for p in out_dir.rglob("*"))
+    calls = []
+
+    def failing(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return write_example(*args)
+
+    write_example = review_export._write_example
+    monkeypatch.setattr(review_export, "_write_example", failing)
+    with pytest.raises(OSError, match="disk full"):
+        export_dataset(output, out_dir, "test")
+    assert sorted(p.relative_to(out_dir) for p in out_dir.rglob("*")) == files
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".export")] == []
+    monkeypatch.setattr(review_export, "_write_example", write_example)
+    assert export_dataset(output, out_dir, "test")["dataset_id"] == first["dataset_id"]
+
+
+def test_ipv6_loopback_is_served(output):
+    client = TestClient(create_app(ReviewSession(output, "t", "s"), allowed_hosts=LOOPBACK_NAMES))
+    assert client.get("/api/queue", headers={"host": "[::1]:8765"}).status_code == 200

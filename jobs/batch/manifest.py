@@ -183,7 +183,7 @@ def compact(target: Storage, index: dict, run_ids: list[str], lease: Lease | Non
     """Merge the done rows of `run_ids` into the state of `index`; return the new index, now current.
 
     A streaming merge: each source (the state, and each run's parts in order) is sorted by key, and
-    only a few parts of each are in memory at once. The latest row of a key wins (`_order`).
+    only a few parts of each are in memory at once. The latest row of a key wins (`row_order`).
 
     `lease` (the run's; None only where nothing else can write the output, as in a test) is renewed
     before the merge, before the switch and before the old generation is deleted: `LeaseLost` if
@@ -205,7 +205,7 @@ def compact(target: Storage, index: dict, run_ids: list[str], lease: Lease | Non
     merged = heapq.merge(*sources, key=itemgetter("key"))
     parts, batch = [], []
     for _, rows in groupby(merged, key=itemgetter("key")):
-        batch.append(max(rows, key=_order))
+        batch.append(max(rows, key=row_order))
         if len(batch) == STATE_PART_ROWS:
             parts.append(_write_state_part(target, generation, len(parts), batch))
             batch = []
@@ -248,12 +248,12 @@ def read_manifest_rows(target: Storage) -> list[dict]:
     sources = [_rows_of_parts(target, [p["key"] for p in index["parts"]])]
     sources += [_run_rows(target, run, _done_parts(target, run)) for run in uncompacted_runs(target, index)]
     merged = heapq.merge(*sources, key=itemgetter("key"))
-    return [max(rows, key=_order) for _, rows in groupby(merged, key=itemgetter("key"))]
+    return [max(rows, key=row_order) for _, rows in groupby(merged, key=itemgetter("key"))]
 
 
-def _order(row: dict) -> tuple:
-    """Latest by (run id, finished at): run ids start with the run's UTC start time, so a later run wins
-    even if a worker's clock is behind; within a run, the later row."""
+def row_order(row: dict) -> tuple:
+    """The sort key of the rows of one input, the latest last: run ids start with the run's UTC start
+    time, so a later run wins even if a worker's clock is behind; within a run, the later row."""
     return row["run_id"], row["finished_at"]
 
 
@@ -267,6 +267,11 @@ def _done_parts(target: Storage, run_id: str) -> list[str]:
     """The keys of run `run_id`'s parts of done rows, in order."""
     listed = target.list((".parquet",), under=f"{AUDIT_DIR}/runs/{run_id}/")
     return [o.key for o in listed if o.key.rsplit("/", 1)[-1].startswith("part-")]
+
+
+def read_run_rows(target: Storage, run_id: str) -> list[dict]:
+    """The done rows of run `run_id` (blurred and failed), in key order."""
+    return list(_run_rows(target, run_id, _done_parts(target, run_id)))
 
 
 def _run_rows(target: Storage, run_id: str, parts: list[str]) -> Iterator[dict]:
