@@ -22,7 +22,7 @@ from jobs.batch.lease import Lease
 from jobs.batch.manifest import read_manifest_rows
 from review import export as review_export
 from review.app import LOOPBACK_NAMES, ReviewSession, create_app
-from review.export import export_dataset, reviewed_images
+from review.export import export_dataset, review_stats, reviewed_images
 from review.output import ReviewedOutput
 from review.queue import NEAR_THRESHOLD, RANDOM_SLICE
 from review.verdicts import box_id, in_random_slice, read_verdicts
@@ -319,7 +319,6 @@ def test_the_command_says_what_is_missing_and_imports_the_server_only_when_run(o
 def test_stats_export_and_training_follow_the_verdicts(output, tmp_path, capsys):
     from jobs.cli import main
     from jobs.training.dataset import write_yolo_dataset
-    from review.export import export_dataset, review_stats
 
     rows = {k: r for k, r in output.rows().items() if r["status"] == "blurred"}
     seed = seed_with_slice(sorted(rows))
@@ -421,6 +420,10 @@ def test_videos_are_neither_queued_nor_served(output):
     output.refresh(output.row("dashcam_1.png") | {"key": key, "output_key": key})  # as if a video's row
     assert key not in [item["key"] for item in client_of(output, seed).get("/api/queue").json()["items"]]
     assert client_of(output, seed).get("/api/image", params={"key": key}).status_code == 404
+    photos = [k for k, row in output.rows().items() if row["status"] == "blurred" and k != key]
+    assert client_of(output, seed).get("/api/queue").json()["images"] == len(photos)
+    in_slice = review_stats(output, seed)["random_slice"]["images_in_slice"]
+    assert in_slice == sum(in_random_slice(k, seed) for k in photos)
 
 
 def test_a_verdict_on_an_image_a_job_wrote_again_is_refused_and_keeps_the_jobs_blurs(job_output, tmp_path):
