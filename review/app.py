@@ -95,9 +95,18 @@ class ReviewSession:
 
     def queue(self) -> dict:
         """The queue, the failed inputs with their reasons, and counts."""
-        rows = list(self.output.rows().values())
+        rows, unreadable = [], []
+        for row in self.output.rows().values():
+            if row["status"] == "blurred" and not is_video_key(row["key"]):
+                try:
+                    self.output.settings(row)
+                except ValueError as error:  # e.g. a run killed before it wrote a summary: the rest goes on
+                    unreadable.append({"key": row["key"], "error": f"cannot be reviewed: {error}"})
+                    continue
+            rows.append(row)
         items = build_queue(rows, self.output.thresholds, self.states(), self.seed)
         failed = [{"key": r["key"], "error": r["error"]} for r in rows if r["status"] == "failed"]
+        failed += unreadable
         return {
             "output": self.output.target.uri,
             "reviewer": self.reviewer,

@@ -7,6 +7,7 @@ the module), one detector actor and a few real photos, so the module stays fast.
 from __future__ import annotations
 
 import io
+import json
 import os
 import random
 import shutil
@@ -39,6 +40,7 @@ from jobs.batch.manifest import (
     read_index,
     read_manifest_rows,
     run_part_key,
+    summary_key,
     uncompacted_runs,
     write_rows,
 )
@@ -155,6 +157,8 @@ def test_resume_skips_only_unchanged_inputs_done_with_the_same_settings(tmp_path
     monkeypatch.undo()
     assert not (output / AUDIT_DIR / "manifest.json").exists()  # the run did not get that far
     [killed] = uncompacted_runs(target, read_index(target))
+    started = json.loads(target.read(summary_key(killed)))  # written before its first row
+    assert not started["finished"] and started["settings"]["model"] == model_id((str(model_a),))
     first = {row["key"]: row for row in read_manifest_rows(target)}
     assert {k: r["status"] for k, r in first.items()} == {
         "a.jpg": "blurred",

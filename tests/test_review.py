@@ -584,3 +584,11 @@ def test_a_failed_export_leaves_the_earlier_one(output, tmp_path, monkeypatch):
 def test_ipv6_loopback_is_served(output):
     client = TestClient(create_app(ReviewSession(output, "t", "s"), allowed_hosts=LOOPBACK_NAMES))
     assert client.get("/api/queue", headers={"host": "[::1]:8765"}).status_code == 200
+
+
+def test_an_image_whose_run_has_no_summary_is_listed_and_the_rest_is_reviewed(output):
+    key = "crowd_0.jpg"
+    output.refresh(output.row(key) | {"run_id": "20991231T000000Z-killed"})  # a run killed before its summary
+    queue = client_of(output, seed_with_slice([key])).get("/api/queue").json()
+    assert [f["key"] for f in queue["failed"] if "no summary.json" in f["error"]] == [key]
+    assert queue["items"] and key not in [item["key"] for item in queue["items"]]

@@ -136,6 +136,14 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
             log.info("compacting the manifest parts of %d earlier runs that did not finish", len(leftover))
             index = compact(target, index, leftover, lease)
         log.info("run %s: settings %s; %d inputs done before", run_id, rule.settings_digest, index["rows"])
+        settings_of_run = {
+            "settings_digest": rule.settings_digest,  # of the photos
+            "settings": settings,
+            "video_settings_digest": rule.video_settings_digest,  # of the videos: the `video` options too
+        }
+        started_summary = {"run_id": run_id, "input": options.input_uri, "output": options.output_uri}
+        # Written before any row, so a run killed midway still says how its rows were made.
+        write_summary(target, run_id, started_summary | {"finished": False} | settings_of_run)
         start_ray(address, verbose=options.verbose)
         parts = ManifestPartWriter(target, run_id)
         try:
@@ -147,9 +155,8 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
     processed = parts.counts["blurred"] + parts.counts["failed"]
     failed_fraction = parts.counts["failed"] / processed if processed else 0.0
     summary = {
-        "run_id": run_id,
-        "input": options.input_uri,
-        "output": options.output_uri,
+        **started_summary,
+        "finished": True,
         "inputs": listed["inputs"],
         **parts.counts,
         "skipped": listed["skipped"],
@@ -160,9 +167,7 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
         "failed_fraction": round(failed_fraction, 4),
         "max_failed_fraction": options.max_failed_fraction,
         "failed_fraction_exceeded": failed_fraction > options.max_failed_fraction or not listed["inputs"],
-        "settings_digest": rule.settings_digest,  # of the photos
-        "settings": settings,
-        "video_settings_digest": rule.video_settings_digest,  # of the videos: the `video` options too
+        **settings_of_run,
     }
     write_summary(target, run_id, summary)
     log.info("summary: %s", json.dumps(summary))

@@ -4,7 +4,8 @@
                                          sorted by key. A listing streams in key order and its blocks
                                          follow one another, so a run's parts, in order, are sorted too
   runs/RUN_ID/skipped-NNNNNNNNN.parquet  the inputs the run skipped (done before, same ETag and settings)
-  runs/RUN_ID/summary.json               counts, images/s, wall time and settings of the run
+  runs/RUN_ID/summary.json               the run's settings, written as it starts ("finished": false),
+                                         then with its counts, images/s and wall time as it ends
                                          (`jobs.batch.job`)
   manifest.json                          the index of the current state: its parts with their first and
                                          last keys, and the runs compacted into it
