@@ -35,10 +35,10 @@ from starlette.staticfiles import StaticFiles
 from blurring.image_io import output_format
 from detection.detections import CLASS_NAMES
 from jobs.batch.lease import LeaseHeld
+from jobs.batch.verdicts import BOX_KINDS, ImageState, append_verdicts, box_id, fold, now_iso, read_verdicts
 from review.output import ImageChanged, ReviewedOutput, UnknownImage
 from review.queue import RANDOM_SLICE, build_queue, image_reasons
 from review.reblur import reblur
-from review.verdicts import BOX_KINDS, ImageState, append_verdicts, box_id, fold, now_iso, read_verdicts
 from video.config import is_video_key
 
 STATIC = Path(__file__).parent / "static"
@@ -202,7 +202,7 @@ class ReviewSession:
         return image_reasons(row, self.output.thresholds(row), self.seed)
 
     def _entry(self, row: dict, kind: str, box: dict | None) -> dict:
-        """A log entry for `row`'s image (`review.verdicts`)."""
+        """A log entry for `row`'s image (`jobs.batch.verdicts`)."""
         reasons = self._reasons(row)
         entry = {
             "at": now_iso(),

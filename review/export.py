@@ -19,9 +19,9 @@ import cv2
 
 from detection.detections import CLASS_NAMES, Detections
 from eval.datasets import write_yolo_labels
+from jobs.batch.verdicts import VERDICTS_KEY, ImageState, box_id, fold, in_random_slice, read_verdicts
 from jobs.training.dataset import REVIEW_EXPORT_KIND
 from review.output import ReviewedOutput
-from review.verdicts import VERDICTS_KEY, ImageState, box_id, fold, in_random_slice, read_verdicts
 from video.config import is_video_key
 
 PROVENANCE_FILE = "provenance.json"

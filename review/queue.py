@@ -10,7 +10,7 @@
 
 from __future__ import annotations
 
-from review.verdicts import ImageState, in_random_slice
+from jobs.batch.verdicts import ImageState, in_random_slice
 from video.config import is_video_key
 
 NEAR_THRESHOLD = 0.15  # score margin around a class's threshold that puts a box in the queue

@@ -20,8 +20,8 @@ from blurring.image_io import encode_image, output_format
 from detection.detections import Detections
 from jobs.batch.lease import Lease
 from jobs.batch.manifest import TIMING_COLUMNS, run_part_key, write_rows, write_summary
+from jobs.batch.verdicts import ImageState, append_verdicts, box_id, fold, now_iso, read_verdicts
 from review.output import ImageChanged, ReviewedOutput
-from review.verdicts import ImageState, append_verdicts, box_id, fold, now_iso, read_verdicts
 
 
 def review_run_id() -> str:

@@ -20,12 +20,12 @@ from detection.detections import Detections
 from detection.detector import Detector
 from jobs.batch.lease import Lease
 from jobs.batch.manifest import read_manifest_rows
+from jobs.batch.verdicts import box_id, in_random_slice, read_verdicts
 from review import export as review_export
 from review.app import LOOPBACK_NAMES, ReviewSession, create_app
 from review.export import export_dataset, review_stats, reviewed_images
 from review.output import ReviewedOutput
 from review.queue import NEAR_THRESHOLD, RANDOM_SLICE
-from review.verdicts import box_id, in_random_slice, read_verdicts
 from storage.objects import Storage
 from tests.conftest import SAMPLES
 from tests.review_output import write_job_output

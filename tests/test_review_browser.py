@@ -13,9 +13,9 @@ from blurring import blur_mask
 from blurring.config import Config
 from detection.detections import Detections
 from detection.detector import Detector
+from jobs.batch.verdicts import read_verdicts
 from review.app import ReviewSession, create_app
 from review.output import ReviewedOutput
-from review.verdicts import read_verdicts
 from storage.objects import Storage
 from tests.conftest import free_port
 from tests.review_output import write_job_output
