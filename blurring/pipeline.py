@@ -39,8 +39,15 @@ class Outcome:
         ]
 
 
-def blur_images(inputs: list[tuple[bytes, str]], detector: Detector, config: Config) -> list[Outcome]:
-    """Blur every face and plate in encoded images `(bytes, output format)`, detected in one batch.
+def blur_images(
+    inputs: list[tuple[bytes, str]],
+    detector: Detector,
+    config: Config,
+    extra_boxes: list[Detections] | None = None,
+) -> list[Outcome]:
+    """Blur every face and plate in encoded images `(bytes, output format)`, detected in one batch, and
+    in each image the boxes `extra_boxes` gives it (those reviewers added), which are blurred and
+    recorded with the detections.
 
     Fails closed: any failure while decoding, detecting, blurring or encoding an image gives that
     image `status="failed"` with a reason and no output, so an image whose detection failed can
@@ -70,7 +77,8 @@ def blur_images(inputs: list[tuple[bytes, str]], detector: Detector, config: Con
             start = time.perf_counter()
             # The boxes as the manifest records them (to 0.01 px), so that a re-render from the record
             # (the review page) blurs exactly what the job blurred.
-            boxes = Detections.from_records(result.blurred.to_records())
+            to_blur = Detections.concat([result.blurred, extra_boxes[i] if extra_boxes else Detections()])
+            boxes = Detections.from_records(to_blur.to_records())
             blurred = anonymize(image.pixels, boxes, config.blur)
             outcome.timings_ms["blur"] = _ms_since(start)
             start = time.perf_counter()

@@ -12,22 +12,15 @@ and the output's old and new SHA-256, which the verdict log records too (a `rebl
 from __future__ import annotations
 
 import hashlib
-import uuid
 from datetime import datetime, timezone
 
 from blurring import anonymize
 from blurring.image_io import encode_image, output_format
 from detection.detections import Detections
 from jobs.batch.lease import Lease
-from jobs.batch.manifest import TIMING_COLUMNS, run_part_key, write_rows, write_summary
+from jobs.batch.manifest import TIMING_COLUMNS, new_run_id, run_part_key, write_rows, write_summary
 from jobs.batch.verdicts import ImageState, append_verdicts, box_id, fold, now_iso, read_verdicts
 from review.output import ImageChanged, ReviewedOutput
-
-
-def review_run_id() -> str:
-    """A run id that sorts after the job runs before it (`jobs.batch.manifest.row_order`), marked review."""
-    now = datetime.now(timezone.utc)
-    return f"{now:%Y%m%dT%H%M%SZ}-review-{now:%f}{uuid.uuid4().hex[:4]}"
 
 
 def reblur(output: ReviewedOutput, key: str, verdict: dict, reviewer: str) -> list[dict]:
@@ -42,7 +35,7 @@ def reblur(output: ReviewedOutput, key: str, verdict: dict, reviewer: str) -> li
     the original cannot be read or is not the one the job read. A verdict is logged only once the output
     shows it."""
     shown = output.row(key)
-    run_id = review_run_id()
+    run_id = new_run_id("review-")  # later than the row of the job it corrects
     with Lease(output.target, run_id, wait_s=0):
         output.sync()
         row = output.row(key)

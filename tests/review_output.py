@@ -6,14 +6,21 @@ code (`write_rows`, `compact`) and settings (`output_settings`), without startin
 
 from __future__ import annotations
 
-import uuid
 from datetime import datetime, timezone
 
 from blurring.config import Config, output_settings, settings_digest
 from blurring.image_io import output_format
 from blurring.pipeline import blur_image_bytes
 from detection.detector import Detector, model_id, resolve_models
-from jobs.batch.manifest import TIMING_COLUMNS, compact, read_index, run_part_key, write_rows, write_summary
+from jobs.batch.manifest import (
+    TIMING_COLUMNS,
+    compact,
+    new_run_id,
+    read_index,
+    run_part_key,
+    write_rows,
+    write_summary,
+)
 from storage.objects import Storage
 
 
@@ -26,7 +33,7 @@ def write_job_output(
     plan = resolve_models(config.detect, "cpu")
     settings = output_settings(config, model_id(plan.weights), plan.runtime, plan.precision)
     digest = settings_digest(settings)
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
+    run_id = new_run_id()
     rows = []
     for item in source.list((".jpg", ".jpeg", ".png", ".webp")):
         common = {"key": item.key, "model_id": settings["model"], "settings_digest": digest}

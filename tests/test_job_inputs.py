@@ -304,6 +304,7 @@ def test_an_image_that_crashes_the_batch_fails_alone(detector, monkeypatch):
         "read_ms": [1.0, 1.0, 1.0],
         "block": [0, 0, 0],
         "block_todo": [3, 3, 3],
+        "reviewer_boxes": ["[]", "[]", "[]"],
     }
     result = actor(batch)
     assert result["status"] == ["blurred", "failed", "failed"]

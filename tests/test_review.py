@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import replace
 
 import cv2
 import numpy as np
@@ -18,6 +19,7 @@ from blurring.config import Config, load_config
 from blurring.image_io import decode_image, encode_image, output_format
 from detection.detections import Detections
 from detection.detector import Detector
+from jobs.batch.job import JobOptions, run_job
 from jobs.batch.lease import Lease
 from jobs.batch.manifest import read_manifest_rows
 from jobs.batch.verdicts import box_id, in_random_slice, read_verdicts
@@ -592,3 +594,28 @@ def test_an_image_whose_run_has_no_summary_is_listed_and_the_rest_is_reviewed(ou
     queue = client_of(output, seed_with_slice([key])).get("/api/queue").json()
     assert [f["key"] for f in queue["failed"] if "no summary.json" in f["error"]] == [key]
     assert queue["items"] and key not in [item["key"] for item in queue["items"]]
+
+
+def test_a_job_that_redoes_a_reviewed_image_keeps_the_boxes_reviewers_added(tmp_path):
+    inputs, out = tmp_path / "inputs", tmp_path / "out"
+    inputs.mkdir()
+    for name in ("crowd_0.jpg", "dashcam_0.jpg"):
+        shutil.copy(SAMPLES / name, inputs / name)
+    options = JobOptions(str(inputs), str(out), actors=1, batch_size=2)
+    run_job(options)
+    output = ReviewedOutput(Storage(str(out)))
+    client, key = client_of(output), "crowd_0.jpg"
+    drawn = {"class": "face", "box": [2.0, 2.0, 30.0, 30.0]}
+    assert client.post("/api/verdict", json={"key": key, "kind": "add", **drawn}).status_code == 200
+    assert client.post("/api/verdict", json={"key": key, "kind": "reviewed"}).status_code == 200
+    summary = run_job(replace(options, overwrite=True))  # redone from the detector
+    assert summary["blurred"] == 2
+    rows = {row["key"]: row for row in read_manifest_rows(output.target)}
+    assert rows[key]["run_id"] == summary["run_id"]
+    assert box_id(drawn) in {box_id(b) for b in rows[key]["boxes"]}
+    assert output.target.read(key) == rendered(ReviewedOutput(output.target), key, rows[key]["boxes"])
+    assert all(b["score"] < 1 for b in rows["dashcam_0.jpg"]["boxes"])  # no review there: detections only
+    stats = review_stats(ReviewedOutput(output.target), "test")["all_reviewed"]
+    assert (stats["images"], stats["missed"]) == (1, 1)  # the drawn face is the reviewer's, not the job's
+    image = client_of(ReviewedOutput(output.target)).get("/api/image", params={"key": key}).json()
+    assert [b["source"] for b in image["boxes"] if b["id"] == box_id(drawn)] == ["review"]

@@ -8,6 +8,7 @@ import json
 
 from blurring.config import Config, output_settings, settings_digest
 from blurring.pipeline import Outcome, blur_images
+from detection.detections import Detections
 from detection.detector import Detector
 from jobs.batch.manifest import TIMING_COLUMNS
 from jobs.batch.videos import VideoChunks, detections_key
@@ -48,7 +49,10 @@ class ImagePipelineActor:
         readable = [i for i, error in enumerate(batch["error"]) if not error]
         videos = [i for i in readable if batch["format"][i] == "video"]
         images = [i for i in readable if i not in videos]
-        outcomes = self._blur({i: (bytes(batch["data"][i]), str(batch["format"][i])) for i in images})
+        reviewed = {i: Detections.from_records(json.loads(batch["reviewer_boxes"][i])) for i in images}
+        outcomes = self._blur(
+            {i: (bytes(batch["data"][i]), str(batch["format"][i])) for i in images}, reviewed
+        )
         columns: dict[str, list] = {name: [] for name in ("output", "status", "error", "width", "height")}
         columns |= {"boxes": [], "proposals": [], "model_id": [], "settings_digest": []}
         columns |= {"faces": [], "plates": []}
@@ -127,11 +131,15 @@ class ImagePipelineActor:
             columns[name].append(value)
         return True
 
-    def _blur(self, inputs: dict[int, tuple[bytes, str]]) -> dict[int, Outcome]:
-        """`blur_images` of the batch. Should it raise, image by image: an image that raises fails alone
-        (closed: no output, the reason recorded) instead of failing the batch and so the job."""
+    def _blur(
+        self, inputs: dict[int, tuple[bytes, str]], reviewed: dict[int, Detections]
+    ) -> dict[int, Outcome]:
+        """`blur_images` of the batch, with the boxes reviewers added to each image (`reviewed`). Should it
+        raise, image by image: an image that raises fails alone (closed: no output, the reason
+        recorded) instead of failing the batch and so the job."""
         try:
-            results = blur_images(list(inputs.values()), self.detector, self.config)
+            extra = [reviewed[i] for i in inputs]
+            results = blur_images(list(inputs.values()), self.detector, self.config, extra)
             return dict(zip(inputs, results, strict=True))
         except Exception as error:  # noqa: BLE001 -- retried image by image below
             if len(inputs) == 1:
@@ -139,7 +147,7 @@ class ImagePipelineActor:
         outcomes = {}
         for i, item in inputs.items():
             try:
-                outcomes[i] = blur_images([item], self.detector, self.config)[0]
+                outcomes[i] = blur_images([item], self.detector, self.config, [reviewed[i]])[0]
             except Exception as error:  # noqa: BLE001 -- fails closed, with its reason
                 outcomes[i] = _crashed(error)
         return outcomes

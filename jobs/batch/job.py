@@ -37,7 +37,6 @@ import json
 import logging
 import sys
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,10 +53,12 @@ from jobs.batch.manifest import (
     TIMING_COLUMNS,
     ManifestPartWriter,
     compact,
+    new_run_id,
     read_index,
     uncompacted_runs,
     write_summary,
 )
+from jobs.batch.verdicts import reviewer_boxes
 from jobs.batch.videos import ChunkTally, chunk_count, remove_chunks
 from jobs.ray_cluster import ACTOR_CPUS, BATCH_SIZE, IO_CPUS, start_ray, with_actor_pool
 from storage.objects import InvalidKey, NotFound, Storage, check_key
@@ -128,8 +129,11 @@ def run_job(options: JobOptions, address: str | None = None) -> dict:
     rule = ResumeRule(
         settings_digest(settings), settings_digest(video_settings), options.overwrite, options.retry_failed
     )
-    run_id = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ-") + uuid.uuid4().hex[:6]
-    with Lease(target, run_id, wait_s=options.lease_wait_s) as lease:
+    with Lease(target, new_run_id(), wait_s=options.lease_wait_s) as lease:
+        # The run's id is minted again once it holds the lease, so that its rows sort after those of
+        # every re-render (`review`) written while it waited; the lease then names it.
+        run_id = lease.run_id = new_run_id()
+        lease.verify()
         index = read_index(target)
         leftover = uncompacted_runs(target, index)
         if leftover:
@@ -235,6 +239,7 @@ def run_pipeline(
     import ray
 
     ray.data.DataContext.get_current().target_max_block_size = STREAM_BLOCK_BYTES
+    reviewed = reviewer_boxes(target)  # a redone image keeps the boxes reviewers added to it
     listing_counts = ray.remote(num_cpus=0)(ListingCounts).remote()
     keys = None if options.keys_file is None else ray.put(Path(options.keys_file).read_bytes())
     listing = ListInputsToDo(
@@ -247,7 +252,7 @@ def run_pipeline(
     chunk_bytes = round(options.video_chunk_mb * 2**20)
     dataset = dataset.flat_map(
         _ReadStage,
-        fn_constructor_args=(source, options.max_input_bytes, chunk_bytes, options.batch_size),
+        fn_constructor_args=(source, options.max_input_bytes, chunk_bytes, options.batch_size, reviewed),
         compute=io_pool,
         num_cpus=options.io_cpus,
     )
@@ -320,13 +325,23 @@ class _ReadStage:
     a failed manifest row. So is an error the listing found (a name that is not UTF-8).
     """
 
-    def __init__(self, source: Storage, max_bytes: int, chunk_bytes: int, batch_size: int) -> None:
+    def __init__(
+        self,
+        source: Storage,
+        max_bytes: int,
+        chunk_bytes: int,
+        batch_size: int,
+        reviewed: dict[tuple[str, str], list[dict]],
+    ) -> None:
         self.source, self.max_bytes = source, max_bytes
         self.chunk_bytes, self.batch_size = chunk_bytes, batch_size
+        self.reviewed = reviewed
 
     def __call__(self, row: dict) -> list[dict]:
         start = time.perf_counter()
         row["data"], row["format"], row["chunk"], row["chunks"] = b"", "", 0, 1
+        # JSON, as the boxes elsewhere: a batch's column of empty lists alone would be a 0-wide tensor
+        row["reviewer_boxes"] = json.dumps(self.reviewed.get((row["key"], row["etag"]), []))
         if row["error"]:
             row["read_ms"] = 0.0
             return [row]

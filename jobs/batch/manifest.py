@@ -110,6 +110,12 @@ def run_part_key(run_id: str, kind: str, number: int) -> str:
     return f"{AUDIT_DIR}/runs/{run_id}/{kind}-{number:09d}.parquet"
 
 
+def new_run_id(kind: str = "") -> str:
+    """A new run id: the UTC time to the microsecond (so that ids sort as their runs started, see
+    `row_order`), then `kind` (e.g. "review-") and random hex."""
+    return datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ-") + kind + uuid.uuid4().hex[:6]
+
+
 def summary_key(run_id: str) -> str:
     """Where a run's `summary.json` is stored."""
     return f"{AUDIT_DIR}/runs/{run_id}/summary.json"

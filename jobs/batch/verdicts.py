@@ -125,12 +125,14 @@ class ImageState:
         return row["run_id"] if entry is None else entry.get("job_run")
 
     def job_boxes(self, row: dict) -> list[dict]:
-        """The boxes the job blurred in the image of `row`: the row's own when a job wrote it, else those
-        its re-render carried over from the job's row."""
+        """The boxes the detector blurred in the image of `row`: the row's own when a job wrote it, but
+        for those reviewers had put in (a job that redoes an image blurs them too, `reviewer_boxes`),
+        else those its re-render carried over from the job's row."""
         entry = self.rerender(row)
-        if entry is None:
-            return row["boxes"] or []
-        return entry.get("job_boxes", self.reblurs[0]["old_boxes"])  # logs before job_boxes
+        if entry is not None:
+            return entry.get("job_boxes", self.reblurs[0]["old_boxes"])  # logs before job_boxes
+        reviewers = {box_id(v) for v in self.box_verdicts if v["kind"] != "false"}
+        return [b for b in row["boxes"] or [] if box_id(b) not in reviewers]
 
     def same_job(self, row: dict, shown: dict) -> bool:
         """Whether `row`, the image's latest manifest row, holds the detections of the same job run as
@@ -160,6 +162,18 @@ def fold(entries: list[dict], rows: dict[str, dict]) -> dict[str, ImageState]:
         elif kind == "reblur":
             state.reblurs.append(entry)
     return states
+
+
+def reviewer_boxes(target: Storage) -> dict[tuple[str, str], list[dict]]:
+    """The boxes reviewers put in each image of the output `target` (drawn, or proposals accepted) that
+    no later verdict marked false, by input key and the input's ETag they were given on: a job that
+    redoes that version of the input blurs them too. Entries logged before verdicts carried the ETag
+    are left out (their input version is unknown)."""
+    states: dict[tuple[str, str], ImageState] = {}
+    for entry in read_verdicts(target):
+        if entry["kind"] in BOX_KINDS and "etag" in entry:
+            states.setdefault((entry["key"], entry["etag"]), ImageState()).box_verdicts.append(entry)
+    return {version: boxes for version, state in states.items() if (boxes := state.corrected([]))}
 
 
 def _box_record(record: dict) -> dict:
