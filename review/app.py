@@ -34,7 +34,7 @@ from starlette.staticfiles import StaticFiles
 
 from blurring.image_io import output_format
 from detection.detections import CLASS_NAMES
-from jobs.batch.lease import LeaseHeld
+from jobs.batch.lease import LeaseHeld, LeaseLost
 from jobs.batch.verdicts import BOX_KINDS, ImageState, append_verdicts, box_id, fold, now_iso, read_verdicts
 from review.output import ImageChanged, ReviewedOutput, UnknownImage
 from review.queue import RANDOM_SLICE, build_queue, image_reasons
@@ -291,7 +291,7 @@ def create_app(
         return JSONResponse(await run_in_threadpool(session.verdict, body))
 
     async def refused(request: Request, error: Exception) -> Response:
-        status = {UnknownImage: 404, LeaseHeld: 409, ImageChanged: 409}.get(type(error), 400)
+        status = {UnknownImage: 404, LeaseHeld: 409, LeaseLost: 409, ImageChanged: 409}.get(type(error), 400)
         return JSONResponse({"error": str(error)}, status_code=status)
 
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or ["*"])]
@@ -312,6 +312,7 @@ def create_app(
             UnknownImage: refused,
             ValueError: refused,
             LeaseHeld: refused,
+            LeaseLost: refused,
             ImageChanged: refused,
         },
     )

@@ -40,7 +40,7 @@ class ReviewedOutput:
     _summaries: dict[str, dict] = field(default_factory=dict, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _index_version: str | None = field(default=None, repr=False)  # of manifest.json when the rows were read
-    _runs_read: set[str] = field(default_factory=set, repr=False)  # uncompacted runs whose rows are held
+    _runs_read: set[str] = field(default_factory=set, repr=False)  # finished uncompacted runs, rows held
 
     def rows(self) -> dict[str, dict]:
         """The latest manifest row of every input, by key (read once, then kept up to date by `sync`
@@ -48,14 +48,15 @@ class ReviewedOutput:
         with self._lock:
             if self._rows is None:
                 index = read_index(self.target)
-                runs = uncompacted_runs(self.target, index)
+                finished = {run for run in uncompacted_runs(self.target, index) if self._finished(run)}
                 self._rows = {row["key"]: row for row in read_manifest_rows(self.target)}
-                self._index_version, self._runs_read = index["version"], set(runs)
+                self._index_version, self._runs_read = index["version"], finished
             return self._rows
 
     def sync(self) -> None:
         """Catch up with the manifest as it is now: the rows of runs written since they were read (a
-        job's, another reviewer's re-renders), or all of them again if a job compacted the state."""
+        job's, another reviewer's re-renders; a run that has not finished, running or killed, is read
+        again each time), or all of them again if a job compacted the state."""
         index = read_index(self.target)
         runs = uncompacted_runs(self.target, index)
         with self._lock:
@@ -63,10 +64,21 @@ class ReviewedOutput:
                 self._rows = None
             rows = self.rows()
             for run in (r for r in runs if r not in self._runs_read):
-                for row in read_run_rows(self.target, run):
+                finished = self._finished(run)  # asked first: all its rows are written by then
+                run_rows = read_run_rows(self.target, run)
+                for row in run_rows:
                     if row["key"] not in rows or row_order(row) > row_order(rows[row["key"]]):
                         rows[row["key"]] = row
-                self._runs_read.add(run)
+                if finished and run_rows:  # a re-render writes its summary just before its row
+                    self._runs_read.add(run)
+
+    def _finished(self, run_id: str) -> bool:
+        """Whether run `run_id` has written all its rows: a job's summary says so at its end (one
+        written before `finished` was, only at the end); a re-render's is written before its row."""
+        try:
+            return json.loads(self.target.read(summary_key(run_id))).get("finished", True)
+        except NotFound:
+            return False
 
     def refresh(self, row: dict) -> None:
         """Hold `row`, which this process wrote as the only row of its run, as the latest of its key."""

@@ -30,13 +30,14 @@ def reblur(output: ReviewedOutput, key: str, verdict: dict, reviewer: str) -> li
 
     All of it holds the output's lease, so no job and no other reviewer writes the image meanwhile; the
     log and the manifest are read again under it, so another reviewer's verdicts are kept. Raises,
-    logging nothing: `jobs.batch.lease.LeaseHeld` while a job or another re-render holds the lease;
+    logging nothing: `jobs.batch.lease.LeaseHeld` while a job or another re-render holds the lease
+    (`LeaseLost` if a job took it over meanwhile);
     `ImageChanged` when a job wrote `key` again since the page showed it; `ValueError` when
     the original cannot be read or is not the one the job read. A verdict is logged only once the output
     shows it."""
     shown = output.row(key)
     run_id = new_run_id("review-")  # later than the row of the job it corrects
-    with Lease(output.target, run_id, wait_s=0):
+    with Lease(output.target, run_id, wait_s=0) as lease:
         output.sync()
         row = output.row(key)
         state = fold(read_verdicts(output.target), {key: row}).get(key, ImageState())
@@ -51,6 +52,7 @@ def reblur(output: ReviewedOutput, key: str, verdict: dict, reviewer: str) -> li
             decoded, pixels, output_format(row["output_key"]), config.keep_metadata, config.quality
         )
         old = output.target.read(row["output_key"])
+        lease.verify()  # still held after the decode, blur and encode: `LeaseLost` if a job took it
         output.target.write(row["output_key"], data)
         blurred = {box_id(b) for b in boxes}
         new_row = {
@@ -95,7 +97,12 @@ def reblur(output: ReviewedOutput, key: str, verdict: dict, reviewer: str) -> li
             "settings_digest": row["settings_digest"],
             "settings": output.settings(row),
         }
-        append_verdicts(output.target, [verdict, entry])
+        try:
+            append_verdicts(output.target, [verdict, entry])
+        except Exception:
+            output.target.write(row["output_key"], old)  # unlogged, so unpublished
+            raise
+        lease.verify()
         write_summary(output.target, run_id, summary)  # before the row: a row's run always has a summary
         write_rows(output.target, run_part_key(run_id, "part", 0), [new_row])
         output.refresh(new_row)

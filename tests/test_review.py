@@ -20,10 +20,11 @@ from blurring.image_io import decode_image, encode_image, output_format
 from detection.detections import Detections
 from detection.detector import Detector
 from jobs.batch.job import JobOptions, run_job
-from jobs.batch.lease import Lease
-from jobs.batch.manifest import read_manifest_rows
+from jobs.batch.lease import LEASE_KEY, Lease
+from jobs.batch.manifest import new_run_id, read_manifest_rows, run_part_key, write_rows, write_summary
 from jobs.batch.verdicts import box_id, in_random_slice, read_verdicts
 from review import export as review_export
+from review import reblur as review_reblur
 from review.app import LOOPBACK_NAMES, ReviewSession, create_app
 from review.export import export_dataset, review_stats, reviewed_images
 from review.output import ReviewedOutput
@@ -619,3 +620,50 @@ def test_a_job_that_redoes_a_reviewed_image_keeps_the_boxes_reviewers_added(tmp_
     assert (stats["images"], stats["missed"]) == (1, 1)  # the drawn face is the reviewer's, not the job's
     image = client_of(ReviewedOutput(output.target)).get("/api/image", params={"key": key}).json()
     assert [b["source"] for b in image["boxes"] if b["id"] == box_id(drawn)] == ["review"]
+
+
+def test_rows_of_a_job_that_was_running_when_the_page_synced_are_read_again(output):
+    client, key = client_of(output), "crowd_0.jpg"
+    shown = output.row(key)
+    job = new_run_id()
+    started = output.summary(shown["run_id"]) | {"run_id": job, "finished": False}
+    write_summary(output.target, job, started)  # a job starts...
+    assert client.post("/api/verdict", json={"key": "crowd_2.jpg", "kind": "reviewed"}).status_code == 200
+    extra = {"class": "face", "score": 0.9, "box": [40.0, 2.0, 70.0, 30.0]}  # ...blurs one more face, dies
+    later = shown | {"run_id": job, "boxes": shown["boxes"] + [extra], "finished_at": shown["finished_at"]}
+    write_rows(output.target, run_part_key(job, "part", 0), [later])
+    reply = client.post("/api/verdict", json={"key": key, "kind": "false", "id": box_id(shown["boxes"][0])})
+    assert reply.status_code == 409  # not a re-render of the rows the page showed, which lack that face
+    assert box_id(extra) in {b["id"] for b in client.get("/api/image", params={"key": key}).json()["boxes"]}
+
+
+def test_a_re_render_that_lost_the_lease_writes_nothing(output, monkeypatch):
+    client, key = client_of(output), "crowd_0.jpg"
+    before = output.target.read(key)
+    read_original = ReviewedOutput.original
+
+    def original(self, row):  # the reviewer's process stalls past its lease; a job takes it over
+        output.target.write(LEASE_KEY, json.dumps({"run_id": "a-job", "expires_at": 0}).encode())
+        return read_original(self, row)
+
+    monkeypatch.setattr(ReviewedOutput, "original", original)
+    reply = client.post(
+        "/api/verdict", json={"key": key, "kind": "add", "class": "face", "box": [2, 2, 30, 30]}
+    )
+    assert reply.status_code == 409 and "lost the lease" in reply.json()["error"]
+    assert output.target.read(key) == before and read_verdicts(output.target) == []
+
+
+def test_a_verdict_that_cannot_be_logged_is_taken_off_the_output(output, monkeypatch):
+    client, key = client_of(output), "crowd_0.jpg"
+    before = output.target.read(key)
+
+    def append_fails(*args):
+        raise RuntimeError("could not append")
+
+    monkeypatch.setattr(review_reblur, "append_verdicts", append_fails)
+    with pytest.raises(RuntimeError, match="could not append"):
+        client.post(
+            "/api/verdict", json={"key": key, "kind": "false", "id": box_id(output.row(key)["boxes"][0])}
+        )
+    assert output.target.read(key) == before and read_verdicts(output.target) == []
