@@ -77,7 +77,8 @@ def blur_images(
             start = time.perf_counter()
             # The boxes as the manifest records them (to 0.01 px), so that a re-render from the record
             # (the review page) blurs exactly what the job blurred.
-            to_blur = Detections.concat([result.blurred, extra_boxes[i] if extra_boxes else Detections()])
+            extra = extra_boxes[i].clipped(image.width, image.height) if extra_boxes else Detections()
+            to_blur = Detections.concat([result.blurred, extra])
             boxes = Detections.from_records(to_blur.to_records())
             blurred = anonymize(image.pixels, boxes, config.blur)
             outcome.timings_ms["blur"] = _ms_since(start)

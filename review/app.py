@@ -174,7 +174,8 @@ class ReviewSession:
         key, kind = body.get("key"), body.get("kind")
         row = self.output.row(key)
         if kind == "reviewed":
-            entry = self._entry(row, kind, None)
+            job_run = self.states().get(key, ImageState()).job_run(row)
+            entry = self._entry(row, kind, None) | {"job_run": job_run}
         elif kind == "add":
             entry = self._entry(row, kind, _drawn_box(body, row["width"], row["height"]))
         elif kind in ("accept", "false"):

@@ -331,7 +331,7 @@ class _ReadStage:
         max_bytes: int,
         chunk_bytes: int,
         batch_size: int,
-        reviewed: dict[tuple[str, str], list[dict]],
+        reviewed: dict[str, list[dict]],
     ) -> None:
         self.source, self.max_bytes = source, max_bytes
         self.chunk_bytes, self.batch_size = chunk_bytes, batch_size
@@ -341,7 +341,7 @@ class _ReadStage:
         start = time.perf_counter()
         row["data"], row["format"], row["chunk"], row["chunks"] = b"", "", 0, 1
         # JSON, as the boxes elsewhere: a batch's column of empty lists alone would be a 0-wide tensor
-        row["reviewer_boxes"] = json.dumps(self.reviewed.get((row["key"], row["etag"]), []))
+        row["reviewer_boxes"] = json.dumps(self.reviewed.get(row["key"], []))
         if row["error"]:
             row["read_ms"] = 0.0
             return [row]

@@ -2,9 +2,9 @@
 the state of each image as a fold over it.
 
 Each line is one entry: `at` (UTC, ISO 8601), `who`, `key` (the input key), `etag` (the input's version
-the job read), `output_key`, `image_sha256` (of the published output the reviewer saw), `model_id`,
-`kind`, `class` and `box` (for box verdicts), `reason` (the image's queue reasons) and `random_slice`.
-Kinds:
+the job read), `job_run` (for `reviewed`: the job run whose detections were reviewed), `output_key`,
+`image_sha256` (of the published output the reviewer saw), `model_id`, `kind`, `class` and `box` (for
+box verdicts), `reason` (the image's queue reasons) and `random_slice`. Kinds:
 
   add       a face or plate the reviewer drew (a miss)
   accept    a proposal the detector did not blur, accepted as real (a miss)
@@ -88,13 +88,15 @@ def read_verdicts(target: Storage) -> list[dict]:
 
 @dataclass
 class ImageState:
-    """What the log says of one image: its box verdicts in order, whether it is fully reviewed, how
-    often its original was looked at, and its re-renders."""
+    """What the log says of one image: its box verdicts in order, whether it is fully reviewed (as the
+    job run its latest row holds left it: a job that redoes it needs a new look), how often its
+    original was looked at, and its re-renders."""
 
     box_verdicts: list[dict] = field(default_factory=list)
     reviewed: bool = False
     looks: int = 0
     reblurs: list[dict] = field(default_factory=list)
+    reviewed_runs: list[str | None] = field(default_factory=list)  # job runs marked fully reviewed
 
     def corrected(self, blurred: list[dict]) -> list[dict]:
         """The boxes to blur: `blurred` (the boxes blurred now) with this image's box verdicts applied in
@@ -156,24 +158,27 @@ def fold(entries: list[dict], rows: dict[str, dict]) -> dict[str, ImageState]:
         if kind in BOX_KINDS:
             state.box_verdicts.append(entry)
         elif kind == "reviewed":
-            state.reviewed = True
+            state.reviewed_runs.append(entry.get("job_run"))  # None: logged before `job_run` was
         elif kind == "look":
             state.looks += 1
         elif kind == "reblur":
             state.reblurs.append(entry)
+    for key, state in states.items():
+        run = state.job_run(rows[key])
+        state.reviewed = any(marked is None or marked == run for marked in state.reviewed_runs)
     return states
 
 
-def reviewer_boxes(target: Storage) -> dict[tuple[str, str], list[dict]]:
+def reviewer_boxes(target: Storage) -> dict[str, list[dict]]:
     """The boxes reviewers put in each image of the output `target` (drawn, or proposals accepted) that
-    no later verdict marked false, by input key and the input's ETag they were given on: a job that
-    redoes that version of the input blurs them too. Entries logged before verdicts carried the ETag
-    are left out (their input version is unknown)."""
-    states: dict[tuple[str, str], ImageState] = {}
+    no later verdict marked false, by input key: a job that redoes the image blurs them too, whichever
+    version of the input they were given on (privacy first: a photo replaced at the same key is
+    blurred there too, rather than a touched or re-copied one losing them)."""
+    states: dict[str, ImageState] = {}
     for entry in read_verdicts(target):
-        if entry["kind"] in BOX_KINDS and "etag" in entry:
-            states.setdefault((entry["key"], entry["etag"]), ImageState()).box_verdicts.append(entry)
-    return {version: boxes for version, state in states.items() if (boxes := state.corrected([]))}
+        if entry["kind"] in BOX_KINDS:
+            states.setdefault(entry["key"], ImageState()).box_verdicts.append(entry)
+    return {key: boxes for key, state in states.items() if (boxes := state.corrected([]))}
 
 
 def _box_record(record: dict) -> dict:
