@@ -78,8 +78,7 @@ def blur_images(
             # The boxes as the manifest records them (to 0.01 px), so that a re-render from the record
             # (the review page) blurs exactly what the job blurred.
             extra = extra_boxes[i].clipped(image.width, image.height) if extra_boxes else Detections()
-            to_blur = Detections.concat([result.blurred, extra])
-            boxes = Detections.from_records(to_blur.to_records())
+            boxes = Detections.from_records(_once(Detections.concat([result.blurred, extra]).to_records()))
             blurred = anonymize(image.pixels, boxes, config.blur)
             outcome.timings_ms["blur"] = _ms_since(start)
             start = time.perf_counter()
@@ -89,13 +88,31 @@ def blur_images(
             outcome.error = _reason("blurring", error)
             continue
         outcome.status, outcome.output, outcome.detections = "blurred", output, boxes
-        outcome.proposals, outcome.proposal_stages = result.unblurred, result.stages
+        blurred_boxes = {_identity(r) for r in boxes.to_records()}  # proposals reviewers had accepted
+        unblurred = [
+            k for k, r in enumerate(result.unblurred.to_records()) if _identity(r) not in blurred_boxes
+        ]
+        outcome.proposals = result.unblurred[unblurred]
+        outcome.proposal_stages = tuple(result.stages[k] for k in unblurred)
     return outcomes
 
 
 def blur_image_bytes(data: bytes, output_format: str, detector: Detector, config: Config) -> Outcome:
     """`blur_images` for one image."""
     return blur_images([(data, output_format)], detector, config)[0]
+
+
+def _identity(record: dict) -> tuple:
+    """A box record's class and corners (as the manifest records them, to 0.01 px)."""
+    return record["class"], *record["box"]
+
+
+def _once(records: list[dict]) -> list[dict]:
+    """`records` without repeats of a box (a detection that is also a box reviewers added)."""
+    kept: dict[tuple, dict] = {}
+    for record in records:
+        kept.setdefault(_identity(record), record)
+    return list(kept.values())
 
 
 def _detect(detector: Detector, images: list) -> list[Screened | Exception]:

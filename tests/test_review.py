@@ -608,12 +608,17 @@ def test_a_job_that_redoes_a_reviewed_image_keeps_the_boxes_reviewers_added(tmp_
     client, key = client_of(output), "crowd_0.jpg"
     drawn = {"class": "face", "box": [2.0, 2.0, 30.0, 30.0]}
     assert client.post("/api/verdict", json={"key": key, "kind": "add", **drawn}).status_code == 200
+    proposal = output.row(key)["proposals"][0]  # under the threshold: the next job proposes it again
+    accepted = {"kind": "accept", "id": box_id(proposal)}
+    assert client.post("/api/verdict", json={"key": key, **accepted}).status_code == 200
     assert client.post("/api/verdict", json={"key": key, "kind": "reviewed"}).status_code == 200
     summary = run_job(replace(options, overwrite=True))  # redone from the detector
     assert summary["blurred"] == 2
     rows = {row["key"]: row for row in read_manifest_rows(output.target)}
     assert rows[key]["run_id"] == summary["run_id"]
     assert box_id(drawn) in {box_id(b) for b in rows[key]["boxes"]}
+    assert [box_id(b) for b in rows[key]["boxes"]].count(box_id(proposal)) == 1  # blurred once...
+    assert box_id(proposal) not in {box_id(p) for p in rows[key]["proposals"]}  # ...and no longer a miss
     assert output.target.read(key) == rendered(ReviewedOutput(output.target), key, rows[key]["boxes"])
     assert all(b["score"] < 1 for b in rows["dashcam_0.jpg"]["boxes"])  # no review there: detections only
     state = fold(read_verdicts(output.target), rows)[key]
