@@ -45,6 +45,9 @@ STATIC = Path(__file__).parent / "static"
 TOKEN_COOKIE = "streetblur_review_token"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 LOOPBACK_NAMES = ["127.0.0.1", "localhost", "[::1]"]  # Host header names of loopback (IPv6 in brackets)
+# The HTTP status of each refusal; a subclass of one (ReviewError is a ValueError) gets a 400 (Starlette
+# finds a handler by the exception's class hierarchy).
+REFUSED_STATUS = {UnknownImage: 404, LeaseHeld: 409, LeaseLost: 409, ImageChanged: 409, ValueError: 400}
 MAX_LOOK_FRACTION = 0.25  # the original is shown inside a box of at most this share of the image
 MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"}
 
@@ -174,8 +177,7 @@ class ReviewSession:
         key, kind = body.get("key"), body.get("kind")
         row = self.output.row(key)
         if kind == "reviewed":
-            job_run = self.states().get(key, ImageState()).job_run(row)
-            entry = self._entry(row, kind, None) | {"job_run": job_run}
+            entry = self._entry(row, kind, None)
         elif kind == "add":
             entry = self._entry(row, kind, _drawn_box(body, row["width"], row["height"]))
         elif kind in ("accept", "false"):
@@ -191,12 +193,10 @@ class ReviewSession:
         with self._writing:
             if kind in BOX_KINDS:
                 written = reblur(self.output, key, entry, self.reviewer)
-            else:
-                self.output.sync()
-                if not self.states().get(key, ImageState()).same_job(self.output.row(key), row):
-                    raise ImageChanged(f"{key}: a job wrote this image again since the page showed it")
-                append_verdicts(self.output.target, [entry])
-                written = [entry]
+            else:  # the job run whose detections were reviewed: that of the row the page showed
+                current, state = self.output.current(key, row)
+                written = [entry | {"job_run": state.job_run(current)}]
+                append_verdicts(self.output.target, written)
         return {"image": self.image(key), "written": written}
 
     def _reasons(self, row: dict) -> list[str]:
@@ -292,8 +292,7 @@ def create_app(
         return JSONResponse(await run_in_threadpool(session.verdict, body))
 
     async def refused(request: Request, error: Exception) -> Response:
-        status = {UnknownImage: 404, LeaseHeld: 409, LeaseLost: 409, ImageChanged: 409}.get(type(error), 400)
-        return JSONResponse({"error": str(error)}, status_code=status)
+        return JSONResponse({"error": str(error)}, status_code=REFUSED_STATUS.get(type(error), 400))
 
     middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=allowed_hosts or ["*"])]
     if token:
@@ -309,13 +308,7 @@ def create_app(
             Mount("/static", StaticFiles(directory=STATIC), name="static"),
         ],
         middleware=middleware,
-        exception_handlers={
-            UnknownImage: refused,
-            ValueError: refused,
-            LeaseHeld: refused,
-            LeaseLost: refused,
-            ImageChanged: refused,
-        },
+        exception_handlers=dict.fromkeys(REFUSED_STATUS, refused),
     )
 
 

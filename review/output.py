@@ -17,6 +17,7 @@ from jobs.batch.manifest import (
     summary_key,
     uncompacted_runs,
 )
+from jobs.batch.verdicts import ImageState, fold, read_verdicts
 from storage.objects import NotFound, Storage
 from video.config import is_video_key
 
@@ -38,6 +39,8 @@ class ReviewedOutput:
     input_uri: str | None = None
     _rows: dict[str, dict] | None = field(default=None, repr=False)
     _summaries: dict[str, dict] = field(default_factory=dict, repr=False)
+    # The settings checked against rows, by (run id, settings digest)
+    _settings: dict[tuple[str, str], dict] = field(default_factory=dict, repr=False)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     _index_version: str | None = field(default=None, repr=False)  # of manifest.json when the rows were read
     _runs_read: set[str] = field(default_factory=set, repr=False)  # finished uncompacted runs, rows held
@@ -80,6 +83,16 @@ class ReviewedOutput:
         except NotFound:
             return False
 
+    def current(self, key: str, shown: dict) -> tuple[dict, ImageState]:
+        """`key`'s latest manifest row and verdict state, the manifest and the log read again first;
+        `ImageChanged` if a job wrote the image again since `shown`, the row a page showed."""
+        self.sync()
+        row = self.row(key)
+        state = fold(read_verdicts(self.target), {key: row}).get(key, ImageState())
+        if not state.same_job(row, shown):
+            raise ImageChanged(f"{key}: a job wrote this image again since the page showed it: reload it")
+        return row, state
+
     def refresh(self, row: dict) -> None:
         """Hold `row`, which this process wrote as the only row of its run, as the latest of its key."""
         with self._lock:
@@ -106,11 +119,15 @@ class ReviewedOutput:
         return self._summaries[run_id]
 
     def settings(self, row: dict) -> dict:
-        """The settings that made `row`'s output (its run's), checked against the row's digest."""
-        settings = self.summary(row["run_id"])["settings"]
-        if settings_digest(settings) != row["settings_digest"]:
-            raise ValueError(f"{row['key']}: the settings of run {row['run_id']} do not match its row")
-        return settings
+        """The settings that made `row`'s output (its run's), checked against the row's digest (once per
+        run and digest: the queue asks for every row)."""
+        checked = (row["run_id"], row["settings_digest"])
+        if checked not in self._settings:
+            settings = self.summary(row["run_id"])["settings"]
+            if settings_digest(settings) != row["settings_digest"]:
+                raise ValueError(f"{row['key']}: the settings of run {row['run_id']} do not match its row")
+            self._settings[checked] = settings
+        return self._settings[checked]
 
     def config(self, row: dict) -> Config:
         """The blur and output options `row`'s output was made with, as a `Config`."""

@@ -19,8 +19,8 @@ from blurring.image_io import encode_image, output_format
 from detection.detections import Detections
 from jobs.batch.lease import Lease
 from jobs.batch.manifest import TIMING_COLUMNS, new_run_id, run_part_key, write_rows, write_summary
-from jobs.batch.verdicts import ImageState, append_verdicts, box_id, fold, now_iso, read_verdicts
-from review.output import ImageChanged, ReviewedOutput
+from jobs.batch.verdicts import append_verdicts, box_id, now_iso
+from review.output import ReviewedOutput
 
 
 def reblur(output: ReviewedOutput, key: str, verdict: dict, reviewer: str) -> list[dict]:
@@ -38,11 +38,7 @@ def reblur(output: ReviewedOutput, key: str, verdict: dict, reviewer: str) -> li
     shown = output.row(key)
     run_id = new_run_id("review-")  # later than the row of the job it corrects
     with Lease(output.target, run_id, wait_s=0) as lease:
-        output.sync()
-        row = output.row(key)
-        state = fold(read_verdicts(output.target), {key: row}).get(key, ImageState())
-        if not state.same_job(row, shown):
-            raise ImageChanged(f"{key}: a job wrote this image again since the page showed it: reload it")
+        row, state = output.current(key, shown)
         state.box_verdicts.append(verdict)
         boxes = state.corrected(row["boxes"] or [])
         config = output.config(row)
