@@ -88,12 +88,13 @@ def blur_images(
             outcome.error = _reason("blurring", error)
             continue
         outcome.status, outcome.output, outcome.detections = "blurred", output, boxes
-        blurred_boxes = {_identity(r) for r in boxes.to_records()}  # proposals reviewers had accepted
-        unblurred = [
-            k for k, r in enumerate(result.unblurred.to_records()) if _identity(r) not in blurred_boxes
-        ]
-        outcome.proposals = result.unblurred[unblurred]
-        outcome.proposal_stages = tuple(result.stages[k] for k in unblurred)
+        outcome.proposals, outcome.proposal_stages = result.unblurred, result.stages
+        if len(extra):  # proposals reviewers had accepted are blurred now: no longer proposals
+            blurred_boxes = {_identity(r) for r in boxes.to_records()}
+            records = result.unblurred.to_records()
+            unblurred = [k for k, r in enumerate(records) if _identity(r) not in blurred_boxes]
+            outcome.proposals = result.unblurred[unblurred]
+            outcome.proposal_stages = tuple(result.stages[k] for k in unblurred)
     return outcomes
 
 
